@@ -13,8 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 
 _SIGN = {"minimize": 1.0, "min": 1.0, "maximize": -1.0, "max": -1.0}
-# Candidate rows per block in non_dominated: bounds the (block, n, d) comparison arrays.
-_BLOCK_ELEMENTS = 4_000_000
 
 
 def _signs(directions: Sequence[str], d: int) -> np.ndarray:
@@ -37,17 +35,22 @@ def _as_min(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
 
 
 def _non_dominated_min(pts: np.ndarray) -> np.ndarray:
-    """Indices of the rows of a minimisation array that no other row dominates."""
-    n, d = pts.shape
-    keep = np.ones(n, dtype=bool)
-    block = max(1, _BLOCK_ELEMENTS // max(1, n * d))
-    for start in range(0, n, block):
-        cand = pts[start : start + block, None, :]  # (b, 1, d)
-        # others[j] dominates cand[i]: no worse everywhere and strictly better somewhere.
-        no_worse = (pts[None, :, :] <= cand).all(axis=2)
-        better = (pts[None, :, :] < cand).any(axis=2)
-        keep[start : start + block] = ~(no_worse & better).any(axis=1)
-    return np.flatnonzero(keep)
+    """Indices (ascending) of the rows of a minimisation array no other row dominates."""
+    # Visit points in order of coordinate sum, so that strong points come first and
+    # prune most of the rest; each visit drops the survivors the visited point
+    # dominates. Only non-dominated points are never dropped, so all get visited.
+    with np.errstate(invalid="ignore"):  # +inf and -inf in one row sum to NaN: fine
+        order = np.argsort(pts.sum(axis=1), kind="stable")
+    alive, vals = order, pts[order]
+    i = 0
+    while i < len(alive):
+        p = vals[i]
+        dominated = (vals >= p).all(axis=1) & (vals > p).any(axis=1)
+        if dominated.any():
+            alive, vals = alive[~dominated], vals[~dominated]
+            i = int((~dominated[:i]).sum())  # p's new position: it survives itself
+        i += 1
+    return np.sort(alive)
 
 
 def non_dominated(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -55,7 +58,9 @@ def non_dominated(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
 
     A point dominates another if it is no worse in every objective and strictly
     better in at least one. Identical points do not dominate each other, so every
-    copy of a non-dominated point is kept. O(n² d) time, vectorised in blocks.
+    copy of a non-dominated point is kept. Typically O(n · |front| · d) time (O(n² d)
+    at worst), vectorised per visited point (10k random 3-D points: well under a
+    second).
 
     Args:
         points: (n, d) objective values.
