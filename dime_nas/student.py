@@ -32,9 +32,13 @@ class VisionTowerConfig:
     heads: int | None = None  # ViT: attention heads (width // heads = head width)
     mlp_ratio: float | None = None  # ViT: MLP hidden size / width
     patch_size: int | None = None  # ViT: square patch side in pixels
-    timm_model: str | None = None  # timm: model name, e.g. "convnext_atto"
+    # timm: model name, e.g. "convnext_atto". Must accept any input size (convnets): open_clip
+    # builds the trunk at its default size, so size-bound timm ViTs would not reload.
+    timm_model: str | None = None
     timm_pool: str = "avg"  # timm: pooling before the projection ("" = model's own head)
-    timm_proj: str = "linear"  # timm: projection to the embedding ("linear", "mlp", "")
+    # timm: projection to the embedding: "" = the network's own classifier head resized to
+    # embed_dim (works for every timm convnet), or "linear"/"mlp" on the pooled trunk features
+    timm_proj: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
@@ -219,9 +223,7 @@ def build_image_tower(config: StudentConfig):
     """The student's image tower alone (what a search trial trains): images -> (B, embed_dim)."""
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
-    tower = _build_vision_tower(config.embed_dim, CLIPVisionCfg(**config.vision_cfg()))
-    _fix_timm_resolution(tower, config)
-    return tower
+    return _build_vision_tower(config.embed_dim, CLIPVisionCfg(**config.vision_cfg()))
 
 
 def build_text_tower(config: StudentConfig):
@@ -241,9 +243,7 @@ def build_student(config: StudentConfig, teacher_text_cfg: dict[str, Any] | None
     """
     import open_clip
 
-    model = open_clip.model.CLIP(**_clip_kwargs(config.open_clip_config(teacher_text_cfg)))
-    _fix_timm_resolution(model.visual, config)
-    return model
+    return open_clip.model.CLIP(**_clip_kwargs(config.open_clip_config(teacher_text_cfg)))
 
 
 def _clip_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -255,12 +255,6 @@ def _clip_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
         "text_cfg": CLIPTextCfg(**cfg["text_cfg"]),
         "quick_gelu": cfg.get("quick_gelu", False),
     }
-
-
-def _fix_timm_resolution(tower: Any, config: StudentConfig) -> None:
-    """open_clip's TimmModel records image_size but ignores it for the trunk; set it."""
-    if config.vision.kind == "timm":
-        tower.image_size = (config.vision.image_size, config.vision.image_size)
 
 
 def write_open_clip_config(config: StudentConfig, path: str | Path,
