@@ -141,8 +141,8 @@ def default_reference(points: np.ndarray, directions: Sequence[str], margin: flo
     Returns:
         (d,) reference point in the objectives' own units and directions.
     """
-    signs = _signs(directions, np.asarray(points).shape[-1])
     pts = _as_min(points, directions)
+    signs = _signs(directions, pts.shape[1])
     if len(pts) == 0 or not np.isfinite(pts).all():
         raise ValueError("default_reference needs at least one point, all finite")
     nadir = pts.max(axis=0)
