@@ -292,8 +292,8 @@ def _tail_problem(tf: tarfile.TarFile) -> str | None:
     """Why a tar ended early, or None: tarfile silently stops at a cut or garbage header."""
     tf.fileobj.seek(tf.offset)
     block = tf.fileobj.read(tarfile.BLOCKSIZE)
-    if not block or block == b"\0" * tarfile.BLOCKSIZE:
-        return None  # end-of-archive marker, or a clean end at a member boundary
+    if not block.strip(b"\0"):
+        return None  # end-of-archive marker (maybe cut), or a clean end at a member boundary
     return f"unreadable header at byte {tf.offset}"
 
 
@@ -314,15 +314,13 @@ def open_image_corpus(spec: PathSpec | Sequence[PathSpec], extensions: Iterable[
         if len(spec) != 1:
             return TarShards(spec, extensions)  # several specs only make sense as shards
         spec = spec[0]
-    if has_pattern(str(spec)):
-        return TarShards(spec, extensions)
     path = Path(spec)
-    if path.is_dir():
+    if path.is_dir():  # before patterns: a real folder may have `[` or `{` in its name
         return ImageFolder(path, extensions)
-    if path.suffix.lower() == ".tar":
-        return TarShards(path, extensions)
-    if path.suffix.lower() in LIST_SUFFIXES:
+    if path.suffix.lower() in LIST_SUFFIXES and not has_pattern(str(spec)):
         return ImageList(path)
+    if path.suffix.lower() == ".tar" or has_pattern(str(spec)):
+        return TarShards(spec, extensions)
     if not path.exists():
         raise FileNotFoundError(f"image corpus not found: {path}")
     raise ValueError(f"cannot tell how to read image corpus {path}: expected a folder, "

@@ -172,11 +172,12 @@ def _read_parquet(path: Path, column: str) -> Iterator[TextRecord]:
 
     row = 0
     try:
-        # Batches within row groups: memory is one batch of one column.
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=[column]):
-            for value in batch.column(0).to_pylist():
-                yield TextRecord(f"{path}:row {row}", value or "")
-                row += 1
+        with pq.ParquetFile(path) as pf:
+            # Batches within row groups: memory is one batch of one column.
+            for batch in pf.iter_batches(batch_size=8192, columns=[column]):
+                for value in batch.column(0).to_pylist():
+                    yield TextRecord(f"{path}:row {row}", value or "")
+                    row += 1
     except (pa.ArrowException, OSError) as e:  # a corrupt page ends this file, counted
         yield TextRecord(f"{path}:row {row}", "", f"unreadable from here on: {e}")
 
