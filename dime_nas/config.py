@@ -1,0 +1,342 @@
+"""Experiment YAML -> typed, validated dataclasses. Errors name the file and the key.
+
+Every key is documented by the comment on its field; ``experiments/demo.yaml`` and
+``experiments/dime-fm-vitl14-b32.yaml`` show complete files. Relative paths in the
+file are resolved against the file's folder.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, did_you_mean
+from .typed_yaml import from_mapping, load_yaml_mapping
+
+# metric -> (direction of "better", what it is)
+METRICS = {
+    "accuracy": ("maximize", "mean zero-shot top-1 over the in-distribution evaluation tasks (0..1)"),
+    "shifted_accuracy": ("maximize", "mean zero-shot top-1 over the distribution-shifted tasks (0..1)"),
+    "retrieval": ("maximize", "mean of image->text and text->image R@1 on the paired set (0..1)"),
+    "agreement": ("maximize", "fraction of evaluation images where student and teacher predict the same class"),
+    "latency_ms": ("minimize", "summed median latency of the counted towers on the target (ms)"),
+    "gmacs": ("minimize", "multiply-accumulates of the counted towers, in units of 1e9, per sample"),
+    "params_m": ("minimize", "parameters of the counted towers, in millions"),
+}
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+_BUDGET_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass
+class ShapesTeacherConfig:
+    """The built-in demo teacher, trained contrastively on paired ShapesWorld data."""
+
+    seed: int = 0  # seed of the teacher's data and initialisation
+    image_size: int = 64  # teacher input resolution
+    embed_dim: int = 256  # teacher embedding width (students match it)
+    layers: int = 4  # ViT layers of the teacher's image tower
+    width: int = 256  # ViT width of the image tower
+    patch_size: int = 8  # ViT patch size
+    text_layers: int = 4  # layers of the teacher's text tower
+    text_width: int = 256  # width of the text tower
+    context_length: int = 32  # tokens per sentence
+    steps: int = 3000  # training steps (batch `batch_size` image-caption pairs)
+    batch_size: int = 128  # pairs per step
+    lr: float = 1e-3  # peak AdamW learning rate
+    pool_size: int = 20000  # distinct paired samples rendered for training
+
+
+@dataclass
+class TeacherConfig:
+    """Where the frozen teacher comes from: exactly one of shapes / model+pretrained / checkpoint."""
+
+    shapes: ShapesTeacherConfig | None = None  # the built-in demo teacher (built once, then cached)
+    model: str | None = None  # open_clip model name, e.g. ViT-L-14
+    pretrained: str | None = None  # open_clip pretrained tag, e.g. openai
+    checkpoint: str | None = None  # local open_clip checkpoint folder, or a state-dict file (with `model`)
+    cache_dir: str | None = None  # where open_clip keeps downloaded weights
+    device: str = "cpu"  # device for the teacher while the feature cache is built (cpu, cuda, cuda:1)
+    batch_size: int = 64  # teacher batch size while building the cache
+
+    def __post_init__(self) -> None:
+        sources = [self.shapes is not None, bool(self.model and self.pretrained) or bool(self.checkpoint)]
+        if sum(sources) != 1:
+            raise ConfigError("give exactly one of: shapes, model + pretrained, or checkpoint", key="teacher")
+        if self.model and not (self.pretrained or self.checkpoint):
+            raise ConfigError("model needs a pretrained tag or a checkpoint", key="teacher.pretrained")
+
+
+@dataclass
+class ShapesDataConfig:
+    """Unpaired ShapesWorld corpora, written to real files and read back by the corpus readers."""
+
+    n_images: int = 4000  # images in the image corpus
+    n_sentences: int = 4000  # sentences in the sentence corpus (drawn independently of the images)
+    image_size: int = 64  # resolution the images are rendered at
+    seed: int = 1  # seed of the image stream (the sentence stream uses another seed)
+    format: str = "folder"  # folder (png files) or tar (WebDataset-style shards)
+
+    def __post_init__(self) -> None:
+        if self.format not in ("folder", "tar"):
+            raise ConfigError(f"format must be folder or tar, got {self.format!r}", key="data.shapes.format")
+
+
+@dataclass
+class DataConfig:
+    """The unpaired training corpora: ShapesWorld, or your own images and sentences."""
+
+    shapes: ShapesDataConfig | None = None  # use the built-in world
+    images: str | list[str] | None = None  # image folder, tar shards (brace ranges ok), or a list file
+    sentences: str | list[str] | None = None  # .txt / .csv / .tsv / .parquet / .jsonl files
+    sentence_column: str | None = None  # column (csv/tsv/parquet) or field (jsonl) holding the sentence
+    pixel_size: int = 64  # students read images from a uint8 store at this size: >= the largest student input
+    max_images: int | None = None  # use only the first N images (None: all)
+    max_sentences: int | None = None  # use only the first N sentences (None: all)
+
+    def __post_init__(self) -> None:
+        if (self.shapes is None) == (self.images is None and self.sentences is None):
+            raise ConfigError("give either shapes or images + sentences", key="data")
+        if self.shapes is None and (self.images is None or self.sentences is None):
+            raise ConfigError("both images and sentences are needed", key="data")
+
+
+@dataclass
+class ShapesEvalConfig:
+    """ShapesWorld's evaluation suite: zero-shot tasks, shifted variants, paired retrieval."""
+
+    seed: int = 12345  # seed of the evaluation images (disjoint from training seeds)
+    n_per_class: int = 10  # images per class per task
+    shifts: list[str] = field(default_factory=lambda: ["sketch", "noisy"])  # shifted variants to evaluate
+    retrieval_size: int = 200  # image-caption pairs in the retrieval set
+
+
+@dataclass
+class FolderTaskConfig:
+    """A zero-shot task on your images: an ImageFolder tree (one sub-folder per class)."""
+
+    name: str  # task name shown in reports
+    folder: str  # root folder; sub-folder names are the class names unless `classnames` is given
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # prompt templates, {} = class
+    classnames: dict[str, str] | None = None  # sub-folder -> class name used in prompts
+    shifted: bool = False  # counts towards shifted_accuracy instead of accuracy
+
+
+@dataclass
+class RetrievalConfig:
+    """A paired image-caption set for retrieval: a JSONL file of {"image": path, "caption": text}."""
+
+    pairs: str  # JSONL path; image paths relative to the file
+
+
+@dataclass
+class EvalConfig:
+    shapes: ShapesEvalConfig | None = None  # ShapesWorld's suite
+    tasks: list[FolderTaskConfig] = field(default_factory=list)  # your zero-shot tasks
+    retrieval: RetrievalConfig | None = None  # your paired retrieval set
+    max_images_per_task: int | None = None  # cap per task (None: all)
+
+
+@dataclass
+class LossConfig:
+    """DIME-FM loss weights and temperatures (DESIGN.md section 2)."""
+
+    w_vl: float = 0.7
+    w_pvl: float = 0.3
+    w_udist: float = 0.0
+    t_vl: float = 1.0
+    t_pvl: float = 3.0
+    t_udist: float = 7.0
+    w_text_vl: float = 0.7  # student text towers only
+    w_text_pvl: float = 0.3  # student text towers only
+    kind: str = "dime-fm"  # dime-fm, or feature (cosine feature distillation baseline)
+
+
+@dataclass
+class DistillConfig:
+    """One distillation run's budget and optimiser."""
+
+    steps: int = 200  # optimiser steps (a run stops at whichever of steps / seconds comes first)
+    seconds: float | None = None  # wall-clock cap in seconds (None: no cap)
+    batch_size: int = 64  # images per step
+    text_batch_size: int = 64  # sentences per step (an independent stream)
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.05  # not applied to 1-D parameters, biases and embeddings
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to 0
+    grad_clip: float | None = 1.0  # max gradient norm (None: off)
+    augment: bool = False  # random resized crops + flips (off: the cache holds one embedding per image)
+    seed: int = 0  # seeds initialisation and data order
+    eval_every: int | None = None  # evaluate every N steps (for pruning and curves; None: only at the end)
+    checkpoint_every: int = 500  # full runs: steps between resumable checkpoints
+    losses: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class Objective:
+    metric: str  # one of METRICS
+    direction: str | None = None  # maximize / minimize (default: the metric's natural direction)
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(f"unknown metric {self.metric!r}" + did_you_mean(self.metric, METRICS)
+                              + f"; known: {', '.join(METRICS)}", key="objectives")
+        self.direction = self.direction or METRICS[self.metric][0]
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}", key="objectives")
+
+
+@dataclass
+class Budget:
+    metric: str
+    op: str  # "<=" or ">="
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        m = _BUDGET_RE.match(text)
+        if not m:
+            raise ConfigError(f"cannot read budget {text!r}: write it as `metric <= number` or `metric >= number`",
+                              key="budgets")
+        metric, op, value = m.group(1), m.group(2), float(m.group(3))
+        if metric not in METRICS:
+            raise ConfigError(f"budget on unknown metric {metric!r}" + did_you_mean(metric, METRICS), key="budgets")
+        return cls(metric, op, value)
+
+    def violation(self, measured: float) -> float:
+        """Optuna constraint value: <= 0 when the budget holds, else how far it is exceeded."""
+        return measured - self.value if self.op == "<=" else self.value - measured
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+@dataclass
+class SearchConfig:
+    sampler: str = "tpe"  # tpe, nsga2, gp, random or grid
+    seed: int = 0  # sampler seed
+    trials: int | None = 20  # number of trials (None: until timeout_s)
+    timeout_s: float | None = None  # wall-clock limit of the search in seconds
+    storage: str | None = None  # Optuna storage URL (default: sqlite file in the run directory)
+    prune: bool = True  # single-objective studies: median-prune trials on intermediate accuracy
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}" + did_you_mean(self.sampler, SAMPLERS),
+                              key="search.sampler")
+        if self.trials is None and self.timeout_s is None:
+            raise ConfigError("give trials or timeout_s (or both)", key="search")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str  # names the study and the run
+    teacher: TeacherConfig  # the frozen teacher
+    data: DataConfig  # unpaired training corpora
+    space: str  # search space file (or the name of a shipped space: tiny, edge, dime-fm-b32)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # how students are evaluated
+    target: str = "local-cpu"  # latency target the objectives and budgets use
+    targets_file: str | None = None  # extra target definitions (YAML), added to the shipped ones
+    objectives: list[Objective] = field(default_factory=lambda: [Objective("accuracy"), Objective("latency_ms")])
+    budgets: list[str] = field(default_factory=list)  # hard constraints, e.g. "latency_ms <= 8"
+    distill: DistillConfig = field(default_factory=DistillConfig)  # the short run of each trial
+    full_distill: DistillConfig = field(default_factory=lambda: DistillConfig(steps=2000, checkpoint_every=250))
+    search: SearchConfig = field(default_factory=SearchConfig)
+    out_dir: str = "runs/{name}"  # run directory ({name} = the experiment name)
+    cache_dir: str | None = None  # teacher-feature cache (default: the user cache dir, keyed by teacher+data)
+    source: str | None = None  # set by load_experiment: the file this came from
+
+    @property
+    def budget_list(self) -> list[Budget]:
+        return [Budget.parse(b) for b in self.budgets]
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment file; every problem is a ConfigError naming the key."""
+    path = Path(path)
+    config = from_mapping(ExperimentConfig, load_yaml_mapping(path), file=path)
+    config.source = str(path)
+    _resolve_paths(config, path.parent)
+    _validate(config, path)
+    return config
+
+
+def _resolve_paths(config: ExperimentConfig, base: Path) -> None:
+    def resolve(p):
+        if p is None or "://" in str(p):
+            return p
+        if isinstance(p, list):
+            return [resolve(x) for x in p]
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (base / q))
+
+    from .space import resolve_space_path, shipped_spaces_dir
+
+    space = resolve_space_path(config.space)
+    if not space.is_absolute() and not str(space).startswith(str(shipped_spaces_dir())):
+        candidate = base / space
+        space = candidate if candidate.exists() else space
+    config.space = str(space)
+    d = config.data
+    d.images, d.sentences = resolve(d.images), resolve(d.sentences)
+    config.teacher.checkpoint = resolve(config.teacher.checkpoint)
+    config.targets_file = resolve(config.targets_file)
+    for task in config.eval.tasks:
+        task.folder = resolve(task.folder)
+    if config.eval.retrieval:
+        config.eval.retrieval.pairs = resolve(config.eval.retrieval.pairs)
+
+
+def _validate(config: ExperimentConfig, file: Path) -> None:
+    for i, b in enumerate(config.budgets):
+        try:
+            Budget.parse(b)
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, file=file, key=f"budgets[{i}]") from None
+    if not config.objectives:
+        raise ConfigError("at least one objective is needed", file=file, key="objectives")
+    evaluated = _evaluated_metrics(config)
+    for i, o in enumerate(config.objectives):
+        if o.metric not in evaluated:
+            raise ConfigError(f"objective {o.metric!r} is not measured by this experiment's eval section",
+                              file=file, key=f"objectives[{i}]")
+    for i, b in enumerate(config.budget_list):
+        if b.metric not in evaluated:
+            raise ConfigError(f"budget on {b.metric!r}, which this experiment does not measure",
+                              file=file, key=f"budgets[{i}]")
+    if not Path(config.space).is_file():
+        raise ConfigError(f"search space not found: {config.space}", file=file, key="space")
+    from .cost.targets import load_targets
+
+    targets = load_targets(config.targets_file)
+    if config.target not in targets:
+        raise ConfigError(f"unknown target {config.target!r}" + did_you_mean(config.target, targets)
+                          + f"; known: {', '.join(targets)}", file=file, key="target")
+    for key, p in [("data.images", config.data.images), ("data.sentences", config.data.sentences),
+                   ("teacher.checkpoint", config.teacher.checkpoint)]:
+        for one in ([p] if isinstance(p, str) else p or []):
+            if "{" not in one and not any(ch in one for ch in "*?") and not Path(one).exists():
+                raise ConfigError(f"path not found: {one}", file=file, key=key)
+    for i, task in enumerate(config.eval.tasks):
+        if not Path(task.folder).is_dir():
+            raise ConfigError(f"folder not found: {task.folder}", file=file, key=f"eval.tasks[{i}].folder")
+    if config.eval.retrieval and not Path(config.eval.retrieval.pairs).is_file():
+        raise ConfigError(f"file not found: {config.eval.retrieval.pairs}", file=file, key="eval.retrieval.pairs")
+    if config.search.sampler == "grid":
+        from .space import SearchSpace
+
+        SearchSpace.load(config.space).grid()  # refuses a grid that is too large or continuous, now
+
+
+def _evaluated_metrics(config: ExperimentConfig) -> set[str]:
+    out = {"latency_ms", "gmacs", "params_m"}
+    e = config.eval
+    if e.shapes is not None or e.tasks:
+        out |= {"accuracy", "agreement"}
+    if (e.shapes is not None and e.shapes.shifts) or any(t.shifted for t in e.tasks):
+        out.add("shifted_accuracy")
+    if (e.shapes is not None and e.shapes.retrieval_size > 0) or e.retrieval is not None:
+        out.add("retrieval")
+    return out
+
+
+def run_dir(config: ExperimentConfig) -> Path:
+    return Path(config.out_dir.format(name=config.name))
