@@ -1,0 +1,232 @@
+"""Latency of exported towers on a target: backends, statistics, machine facts.
+
+Convention: a latency is the wall time of one call on a fixed batch of
+``target.batch_size`` inputs, after ``target.warmup`` untimed calls; statistics are
+over ``target.runs`` timed calls. A model's latency on a target is the sum of the
+medians of the towers the target counts. Medians of small models drift 20-40%
+between runs on a shared machine: compare candidates as ratios within one run.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dime_nas.cost.export import ExportedTower, export_tower
+from dime_nas.cost.targets import Target
+from dime_nas.cost.towers import Tower
+
+
+@dataclass
+class LatencyMeasurement:
+    """Timing statistics of one tower on one target (milliseconds per call)."""
+
+    tower: str
+    target: str
+    backend: str
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    cv: float  # std / mean: the run-to-run spread
+    runs: int
+    warmup: int
+    batch: int
+    threads: int
+    providers: list[str]  # what actually ran (onnxruntime's session.get_providers())
+    precision: str
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latency_stats(times_ms: Any) -> dict[str, float]:
+    """Median, p90, p99, mean, std (population) and cv of per-call times in ms."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise ValueError("latency_stats needs a non-empty 1-D array of finite, non-negative times")
+    mean, std = float(t.mean()), float(t.std())
+    return {
+        "median_ms": float(np.median(t)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "mean_ms": mean,
+        "std_ms": std,
+        "cv": std / mean if mean > 0 else 0.0,
+    }
+
+
+@functools.cache
+def machine_facts() -> dict[str, Any]:
+    """What a latency number was measured on (recorded with every measurement)."""
+    facts: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": _cpu_model() or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    for module in ("onnxruntime", "torch"):
+        try:
+            facts[module] = __import__(module).__version__
+        except ImportError:
+            facts[module] = None
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _timed(call: Any, warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        call()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+# ---- backends -------------------------------------------------------------------------------
+
+class LatencyBackend(ABC):
+    """Measures the latency of an exported tower on a target.
+
+    Call order: ``measure_target`` exports each tower the target counts (an fp32 ONNX
+    file, parity-checked against torch, plus its int8 variant when the target's
+    precision is int8), then calls ``measure(exported, target)`` once per tower.
+
+    Invariants every implementation keeps (checked by the shared conformance test):
+    it runs the file of ``target.precision`` at ``target.batch_size`` on a fixed input,
+    ``target.warmup`` untimed calls then exactly ``target.runs`` timed ones; it returns
+    finite positive statistics, the providers that actually ran (non-empty) and the
+    machine facts; it leaves the files untouched and holds no state between calls.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def measure(self, exported: ExportedTower, target: Target) -> LatencyMeasurement:
+        """Time ``exported`` on ``target``."""
+
+
+class OnnxRuntimeBackend(LatencyBackend):
+    """onnxruntime on this machine: intra-op threads from the target, inter-op 1."""
+
+    name = "onnxruntime"
+
+    def measure(self, exported: ExportedTower, target: Target) -> LatencyMeasurement:
+        import onnxruntime as ort
+
+        path = exported.path
+        if target.precision == "int8":
+            if exported.int8_path is None:
+                raise ValueError(f"target {target.name!r} is int8 but the {exported.tower} tower has no int8 export")
+            path = exported.int8_path
+        available = set(ort.get_available_providers())
+        providers = [p for p in target.providers if p in available]
+        if not providers:
+            raise RuntimeError(f"target {target.name!r}: none of {list(target.providers)} is available "
+                               f"here (available: {sorted(available)})")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = target.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        feed = {exported.input_name: exported.example_input(target.batch_size)}
+        times = _timed(lambda: session.run(None, feed), target.warmup, target.runs)
+        return LatencyMeasurement(
+            tower=exported.tower, target=target.name, backend=self.name, **latency_stats(times),
+            runs=len(times), warmup=target.warmup, batch=target.batch_size,
+            threads=target.intra_op_threads, providers=list(session.get_providers()),
+            precision=target.precision, machine=dict(machine_facts()),
+        )
+
+
+LATENCY_BACKENDS: dict[str, type[LatencyBackend]] = {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+
+
+def register_backend(cls: type[LatencyBackend]) -> type[LatencyBackend]:
+    """Make a backend available to targets whose ``backend`` is ``cls.name`` (usable as a decorator)."""
+    LATENCY_BACKENDS[cls.name] = cls
+    return cls
+
+
+def torch_eager_latency(tower: Tower, threads: int = 2, batch: int = 1, warmup: int = 10,
+                        runs: int = 50, target: str = "torch-eager") -> LatencyMeasurement:
+    """Latency of the tower in PyTorch eager mode (fp32, inference mode, fast paths on).
+
+    The baseline ONNX speed is compared with. ``torch.set_num_threads`` is restored after.
+    """
+    import torch
+
+    module, x = tower.module, tower.example_input(batch)
+    was_training, old_threads = module.training, torch.get_num_threads()
+    module.eval()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            times = _timed(lambda: module(x), warmup, runs)
+    finally:
+        torch.set_num_threads(old_threads)
+        module.train(was_training)
+    return LatencyMeasurement(
+        tower=tower.name, target=target, backend="torch", **latency_stats(times), runs=len(times),
+        warmup=warmup, batch=batch, threads=threads, providers=["torch-cpu-eager"],
+        precision="fp32", machine=dict(machine_facts()),
+    )
+
+
+def measure_target(towers: dict[str, Tower], target: Target, workdir: str | Path) -> dict[str, Any]:
+    """Export (if the backend needs ONNX) and time every tower the target counts.
+
+    Returns:
+        {"target", "towers": {name: {"export", "latency"}}, "total_median_ms", "convention"}.
+
+    Raises:
+        ValueError: a tower the target counts is missing (e.g. a student reusing the
+            teacher's text tower, built without the teacher's text config).
+        NotImplementedError: the target's backend has no implementation yet.
+    """
+    missing = [t for t in target.towers if t not in towers]
+    if missing:
+        raise ValueError(f"target {target.name!r} counts tower(s) {missing}, but only {sorted(towers)} were given")
+    if target.backend != "torch" and target.backend not in LATENCY_BACKENDS:
+        raise NotImplementedError(f"target {target.name!r}: backend {target.backend!r} is not implemented")
+    results: dict[str, Any] = {}
+    for name in target.towers:
+        tower = towers[name]
+        if target.backend == "torch":
+            measurement = torch_eager_latency(tower, target.intra_op_threads, target.batch_size,
+                                              target.warmup, target.runs, target=target.name)
+            results[name] = {"export": None, "latency": measurement.to_dict()}
+            continue
+        exported = export_tower(tower, Path(workdir) / f"{name}.onnx", int8=target.precision == "int8")
+        measurement = LATENCY_BACKENDS[target.backend]().measure(exported, target)
+        results[name] = {"export": exported.to_dict(), "latency": measurement.to_dict()}
+    return {
+        "target": target.to_dict(),
+        "towers": results,
+        "total_median_ms": sum(r["latency"]["median_ms"] for r in results.values()),
+        "convention": (f"ms per call on a batch of {target.batch_size}, median of {target.runs} timed calls "
+                       f"after {target.warmup} warm-up calls; total = sum of tower medians"),
+    }

@@ -1,0 +1,103 @@
+"""Targets: named descriptions of the hardware and runtime a latency is measured on.
+
+Shipped targets live in ``targets.yaml`` next to this file; a project can pass its own
+YAML (a mapping of target name -> fields). Every field is validated and an unknown
+key is an error that names the key, the target and the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHIPPED_TARGETS = Path(__file__).with_name("targets.yaml")
+# "remote" is declared for targets measured on another device by a later backend.
+BACKENDS = ("onnxruntime", "torch", "remote")
+PRECISIONS = ("fp32", "int8")
+TOWERS = ("image", "text")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a latency is measured."""
+
+    name: str  # key in the targets file, e.g. "local-cpu"
+    description: str  # the hardware and runtime in words
+    backend: str = "onnxruntime"  # "onnxruntime", "torch" (eager comparison) or "remote"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime EPs, in preference order
+    intra_op_threads: int = 2  # threads inside one op (onnxruntime intra-op / torch.set_num_threads)
+    batch_size: int = 1  # inputs per call
+    towers: tuple[str, ...] = ("image",)  # towers whose latencies are summed (the deployed ones)
+    precision: str = "fp32"  # "fp32" or "int8" (dynamic-quantised ONNX)
+    warmup: int = 10  # untimed runs first (allocations, caches, thread pools)
+    runs: int = 50  # timed runs (median and percentiles over these)
+
+    def __post_init__(self) -> None:
+        where = f"target {self.name!r}"
+        if self.backend not in BACKENDS:
+            raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.backend == "torch" and self.precision != "fp32":
+            raise ValueError(f"{where}: the torch (eager) backend measures fp32 only")
+        if not self.towers or any(t not in TOWERS for t in self.towers) or len(set(self.towers)) != len(self.towers):
+            raise ValueError(f"{where}: towers must be distinct names from {TOWERS}, got {list(self.towers)}")
+        if not self.providers or not all(isinstance(p, str) and p for p in self.providers):
+            raise ValueError(f"{where}: providers must be a non-empty list of names")
+        for name in ("intra_op_threads", "batch_size", "runs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
+            raise ValueError(f"{where}: warmup must be a non-negative integer, got {self.warmup!r}")
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any], source: str = "<dict>") -> Target:
+        """Build a target from its YAML fields; errors name the key, target and source."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: target {name!r} must be a mapping of fields")
+        known = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: target {name!r} has unknown key(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        if "description" not in data:
+            raise ValueError(f"{source}: target {name!r} needs a description")
+        kwargs = dict(data)
+        for key in ("providers", "towers"):
+            if key in kwargs:
+                value = kwargs[key]
+                kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
+        try:
+            return cls(name=name, **kwargs)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["providers"], out["towers"] = list(self.providers), list(self.towers)
+        return out
+
+
+def load_targets(path: str | Path | None = None) -> dict[str, Target]:
+    """Targets from a YAML file (default: the shipped ``targets.yaml``)."""
+    import yaml
+
+    path = Path(path) if path is not None else SHIPPED_TARGETS
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a mapping of target name -> fields")
+    return {str(name): Target.from_dict(str(name), fields, str(path)) for name, fields in data.items()}
+
+
+def get_target(name: str, path: str | Path | None = None) -> Target:
+    """One target by name; an unknown name lists the close matches."""
+    targets = load_targets(path)
+    if name not in targets:
+        close = difflib.get_close_matches(name, list(targets), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(targets)}."
+        raise KeyError(f"unknown target {name!r}.{hint}")
+    return targets[name]
+
