@@ -1,0 +1,187 @@
+"""Targets, latency statistics, the shared LatencyBackend conformance test, measure_target."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dime_nas.cost.export import export_tower
+from dime_nas.cost.latency import (LATENCY_BACKENDS, LatencyMeasurement, OnnxRuntimeBackend, latency_stats,
+                                   measure_target, torch_eager_latency)
+from dime_nas.cost.targets import SHIPPED_TARGETS, Target, get_target, load_targets
+from dime_nas.cost.towers import towers_from_student
+from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
+
+
+def _vit(layers: int, width: int, heads: int, patch: int, size: int, text: TextTowerConfig | None = None) -> StudentConfig:
+    vision = VisionTowerConfig(kind="vit", image_size=size, layers=layers, width=width, heads=heads,
+                               mlp_ratio=2.0, patch_size=patch)
+    return StudentConfig(embed_dim=64, vision=vision, text=text or TextTowerConfig())
+
+
+TINY = _vit(1, 32, 2, 8, 32, TextTowerConfig(kind="transformer", layers=1, width=32, heads=2,
+                                             context_length=16, vocab_size=1000))
+
+
+def _quick(name: str, **changes) -> Target:
+    return dataclasses.replace(get_target(name), warmup=2, runs=7, **changes)
+
+
+@pytest.fixture(scope="module")
+def towers():
+    return towers_from_student(TINY)
+
+
+@pytest.fixture(scope="module")
+def exported(towers, tmp_path_factory):
+    return export_tower(towers["image"], tmp_path_factory.mktemp("lat") / "image.onnx", int8=True)
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+
+def test_latency_stats_on_known_times():
+    stats = latency_stats(np.arange(1.0, 11.0))  # 1..10 ms
+    assert stats["median_ms"] == 5.5 and stats["mean_ms"] == 5.5
+    assert stats["p90_ms"] == pytest.approx(9.1) and stats["p99_ms"] == pytest.approx(9.91)
+    assert stats["std_ms"] == pytest.approx(math.sqrt(8.25))
+    assert stats["cv"] == pytest.approx(math.sqrt(8.25) / 5.5)
+    assert latency_stats([3.0, 3.0, 3.0])["cv"] == 0.0
+    # one slow outlier moves the mean and the tail, not the median
+    spiky = latency_stats([2.0] * 98 + [50.0, 60.0])
+    assert spiky["median_ms"] == 2.0 and spiky["p99_ms"] > 49 and spiky["mean_ms"] > 3
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [-1.0], [[1.0]]])
+def test_latency_stats_rejects_bad_input(bad):
+    with pytest.raises(ValueError):
+        latency_stats(bad)
+
+
+# ---- targets ------------------------------------------------------------------------------------
+
+def test_shipped_targets():
+    targets = load_targets()
+    assert {"local-cpu", "local-cpu-int8", "local-cpu-1t", "pi4-int8", "gpu-cuda"} <= set(targets)
+    local = targets["local-cpu"]
+    assert (local.backend, local.providers, local.intra_op_threads, local.batch_size, local.towers,
+            local.precision) == ("onnxruntime", ("CPUExecutionProvider",), 2, 1, ("image",), "fp32")
+    assert targets["local-cpu-int8"].precision == "int8" and targets["local-cpu-1t"].intra_op_threads == 1
+    pi4 = targets["pi4-int8"]
+    assert (pi4.backend, pi4.intra_op_threads, pi4.precision) == ("remote", 4, "int8")
+    assert "Cortex-A72" in pi4.description
+    assert targets["gpu-cuda"].providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert load_targets(SHIPPED_TARGETS) == targets
+
+
+def test_unknown_key_names_key_target_and_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("board:\n  description: x\n  threads: 4\n")
+    with pytest.raises(ValueError, match=r"mine\.yaml.*'board'.*threads"):
+        load_targets(path)
+
+
+@pytest.mark.parametrize("field, value", [("precision", "fp16"), ("towers", ["audio"]), ("runs", 0),
+                                          ("backend", "tflite"), ("providers", [])])
+def test_invalid_values_are_errors(tmp_path, field, value):
+    path = tmp_path / "t.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"board": {"description": "x", field: value}}))
+    with pytest.raises(ValueError, match=rf"t\.yaml.*board.*{field}"):
+        load_targets(path)
+
+
+def test_get_target_suggests_close_names():
+    with pytest.raises(KeyError, match="local-cpu"):
+        get_target("local-cpu-2t")
+
+
+# ---- the shared conformance test every backend runs ----------------------------------------------
+
+def _check_conformance(m: LatencyMeasurement, target: Target) -> None:
+    stats = [m.median_ms, m.p90_ms, m.p99_ms, m.mean_ms]
+    assert all(math.isfinite(s) and s > 0 for s in stats)
+    assert m.p99_ms >= m.p90_ms >= m.median_ms
+    assert m.std_ms >= 0 and m.cv >= 0 and math.isfinite(m.cv)
+    assert (m.runs, m.warmup, m.batch, m.threads) == (target.runs, target.warmup, target.batch_size,
+                                                       target.intra_op_threads)
+    assert m.precision == target.precision and m.target == target.name
+    assert m.providers and all(isinstance(p, str) for p in m.providers)
+    assert {"platform", "processor", "cpu_count", "onnxruntime", "torch"} <= set(m.machine)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("backend", sorted(LATENCY_BACKENDS))
+def test_backend_conformance(backend, precision, exported):
+    target = _quick("local-cpu", backend=backend, precision=precision, batch_size=2)
+    m = LATENCY_BACKENDS[backend]().measure(exported, target)
+    _check_conformance(m, target)
+    assert m.tower == "image" and m.backend == backend
+
+
+def test_torch_eager_meets_the_same_contract(towers):
+    target = _quick("local-torch", intra_op_threads=1)
+    threads = torch.get_num_threads()
+    m = torch_eager_latency(towers["image"], threads=1, batch=1, warmup=2, runs=7, target=target.name)
+    _check_conformance(m, target)
+    assert torch.get_num_threads() == threads  # restored
+
+
+def test_onnxruntime_providers_filtered_and_recorded(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here: nothing falls back")
+    m = OnnxRuntimeBackend().measure(exported, _quick("gpu-cuda"))
+    assert m.providers == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="none of"):
+        OnnxRuntimeBackend().measure(exported, _quick("gpu-cuda", providers=("CUDAExecutionProvider",)))
+
+
+def test_int8_target_needs_int8_export(towers, tmp_path):
+    fp32_only = export_tower(towers["image"], tmp_path / "image.onnx")
+    with pytest.raises(ValueError, match="int8"):
+        OnnxRuntimeBackend().measure(fp32_only, _quick("local-cpu-int8"))
+
+
+def test_bigger_model_measures_slower(tmp_path):
+    # ~250x the MACs: far beyond the 20-40% run-to-run noise of this machine
+    small = towers_from_student(_vit(1, 32, 2, 16, 32))["image"]
+    big = towers_from_student(_vit(4, 256, 4, 16, 160))["image"]
+    target = dataclasses.replace(get_target("local-cpu"), warmup=3, runs=15)
+    backend = OnnxRuntimeBackend()
+    t_small = backend.measure(export_tower(small, tmp_path / "small.onnx"), target).median_ms
+    t_big = backend.measure(export_tower(big, tmp_path / "big.onnx"), target).median_ms
+    assert t_big > 3 * t_small
+
+
+# ---- measure_target --------------------------------------------------------------------------------
+
+def test_measure_target_sums_counted_towers(towers, tmp_path):
+    target = _quick("local-cpu-both")
+    result = measure_target(towers, target, tmp_path)
+    assert set(result["towers"]) == {"image", "text"}
+    medians = [r["latency"]["median_ms"] for r in result["towers"].values()]
+    assert result["total_median_ms"] == pytest.approx(sum(medians))
+    assert (tmp_path / "image.onnx").is_file() and (tmp_path / "text.onnx").is_file()
+    assert result["target"]["name"] == "local-cpu-both" and "median" in result["convention"]
+    image_only = measure_target(towers, _quick("local-cpu"), tmp_path / "b")
+    assert set(image_only["towers"]) == {"image"}
+
+
+def test_measure_target_torch_backend_skips_export(towers, tmp_path):
+    result = measure_target(towers, _quick("local-torch"), tmp_path)
+    assert result["towers"]["image"]["export"] is None
+    assert result["towers"]["image"]["latency"]["backend"] == "torch"
+    assert not list(tmp_path.iterdir())
+
+
+def test_measure_target_errors(tmp_path):
+    image_only = towers_from_student(_vit(1, 32, 2, 8, 32))
+    with pytest.raises(ValueError, match="text"):
+        measure_target(image_only, _quick("local-cpu-both"), tmp_path)
+    with pytest.raises(NotImplementedError, match="remote"):
+        measure_target(image_only, _quick("pi4-int8"), tmp_path)
