@@ -106,7 +106,18 @@ def test_timm_convnet_exports(tmp_path):
     assert e.parity_max_abs_diff <= 1e-4 and e.input_shape == ("batch", 3, 64, 64)
 
 
-def test_dynamo_exporter_also_works(towers, tmp_path):
-    e = export_tower(towers["image"], tmp_path / "image.onnx", exporter="dynamo")
+def test_falls_back_to_dynamo_when_torchscript_fails(towers, tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def torchscript_broken(*args, **kwargs):
+        if not kwargs.get("dynamo", True):
+            raise RuntimeError("torchscript exporter broke")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", torchscript_broken)
+    with pytest.warns(UserWarning, match="torchscript ONNX export failed"):
+        e = export_tower(towers["image"], tmp_path / "image.onnx")
     assert e.exporter == "dynamo" and e.parity_max_abs_diff <= 1e-4
-    assert not (tmp_path / "image.onnx.data").exists()
+    assert not (tmp_path / "image.onnx.data").exists()  # single file from dynamo too
+    with pytest.raises(ValueError, match="exporter"):
+        export_tower(towers["image"], tmp_path / "x.onnx", exporter="tflite")

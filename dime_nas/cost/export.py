@@ -100,18 +100,20 @@ def export_tower(tower: Tower, path: str | Path, *, opset: int = DEFAULT_OPSET, 
     path.parent.mkdir(parents=True, exist_ok=True)
     input_name, output_name = ("image" if tower.name == "image" else "text"), "embedding"
     large = sum(p.numel() * p.element_size() for p in tower.module.parameters()) > _TWO_GB * 0.95
-    order = {"auto": ["torchscript", "dynamo"], "torchscript": ["torchscript"], "dynamo": ["dynamo"]}[exporter]
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
+    order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     if large:
         order = ["dynamo"]  # writes <name>.onnx.data; the TorchScript path cannot exceed 2 GB
     start = time.perf_counter()
-    for i, name in enumerate(order):
+    for i, used in enumerate(order):
         try:
-            _export(tower, path, name, opset, input_name, output_name, large)
+            _export(tower, path, used, opset, input_name, output_name, large)
             break
         except Exception as err:
             if i == len(order) - 1:
                 raise
-            warnings.warn(f"{tower.name} tower: {name} ONNX export failed ({err!r}); trying {order[i + 1]}",
+            warnings.warn(f"{tower.name} tower: {used} ONNX export failed ({err!r}); trying {order[i + 1]}",
                           stacklevel=2)
     seconds = time.perf_counter() - start
     onnx.checker.check_model(str(path))  # by path: works for external data too
@@ -131,7 +133,7 @@ def export_tower(tower: Tower, path: str | Path, *, opset: int = DEFAULT_OPSET, 
     exported = ExportedTower(
         tower=tower.name, path=path, input_name=input_name,
         input_dtype=str(x1.numpy().dtype), input_shape=("batch", *x1.shape[1:]),
-        output_name=output_name, opset=opset, exporter=name, parity_max_abs_diff=diff,
+        output_name=output_name, opset=opset, exporter=used, parity_max_abs_diff=diff,
         file_bytes=_file_bytes(path), export_seconds=seconds,
     )
     if int8:
