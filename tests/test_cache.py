@@ -12,32 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_corpora as _make_corpora
 from dime_nas.data.cache import CacheError, FeatureCache, build_cache
 from dime_nas.data.corpora import open_image_corpus, open_sentence_corpus
 from dime_nas.data.eval_sets import EvalSuite, load_folder_task, load_retrieval_pairs
 from dime_nas.teacher import TeacherSpec, load_teacher, teacher_forward_count
 
 
-def _make_corpora(root: Path, n_images: int = 40, n_sentences: int = 30) -> tuple[Path, Path, Path]:
-    rng = np.random.default_rng(0)
-    images = root / "images"
-    for i in range(n_images):
-        (images / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"d{i % 3}" / f"{i:03d}.png")
-    (images / "d0" / "broken.png").write_bytes(b"not a png at all")
-    sentences = root / "sentences.txt"
-    lines = [f"sentence number {i}" for i in range(n_sentences)] + ["", "sentence number 3"]
-    sentences.write_text("\n".join(lines) + "\n")
-    task = root / "task"
-    for c in ("red", "blue"):
-        (task / c).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(task / c / f"{i}.png")
-    (task / "task.json").write_text(json.dumps({"templates": ["a {} thing.", "the {} one."]}))
-    pairs = root / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"image": f"task/red/{i}.png", "caption": f"caption {i}"}) + "\n"
-                             for i in range(3)))
-    return images, sentences, root
 
 
 def _suite(root: Path) -> EvalSuite:

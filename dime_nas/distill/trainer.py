@@ -1,0 +1,294 @@
+"""DIME-FM distillation of one student from the teacher-feature cache.
+
+Two independent streams feed each step: a batch of images (pixels + cached teacher
+embeddings) and a batch of sentences (cached teacher embeddings, + token ids for a
+student text tower). Each stream is reshuffled every epoch from its own seed; the
+sentence stream cycles independently, as in DIME-FM. The teacher never runs here.
+
+``distill`` serves both uses:
+- a **short run** (a search trial): bounded by steps and/or seconds, nothing written;
+- a **full run**: resumable checkpoints written atomically every N steps, with the
+  model, optimiser, schedule, RNG and data positions, so ``resume=True`` continues
+  bit-for-bit; under ``torchrun`` it uses DistributedDataParallel, each rank embedding
+  its slice of the batch and the student embeddings gathered for the losses.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..student import StudentConfig, build_image_tower, build_text_tower
+from .inputs import fit_context, to_student_input
+from .losses import check_finite, dime_fm_losses, feature_distill_loss
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class StudentTowers(nn.Module):
+    """The trainable parts of a student: its image tower and, if it has one, its text tower."""
+
+    def __init__(self, config: StudentConfig):
+        super().__init__()
+        self.config = config
+        self.visual = build_image_tower(config)
+        self.text = build_text_tower(config) if config.text.kind == "transformer" else None
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None):
+        return self.visual(images), (self.text(tokens) if self.text is not None and tokens is not None else None)
+
+
+@dataclass
+class RunResult:
+    """What a distillation run did and measured."""
+
+    steps: int  # optimiser steps completed
+    seconds: float  # wall time of the training loop (evaluation excluded)
+    stopped_by: str  # "steps", "seconds"
+    curve: list[dict[str, float]] = field(default_factory=list)  # per logged step: step, lr, loss terms
+    evals: list[dict[str, Any]] = field(default_factory=list)  # intermediate evaluations (step + metrics)
+    metrics: dict[str, Any] = field(default_factory=dict)  # final evaluation
+    steps_per_second: float = 0.0
+
+
+class _Stream:
+    """An endless, per-epoch reshuffled index stream with a resumable position."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.offset = n, seed, 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def take(self, k: int) -> np.ndarray:
+        out = []
+        while k > 0:
+            part = self._perm[self.offset:self.offset + k]
+            out.append(part)
+            self.offset += len(part)
+            k -= len(part)
+            if self.offset >= self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._perm = self._permutation()
+        return np.concatenate(out)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = state["epoch"], state["offset"]
+        self._perm = self._permutation()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on 1-D parameters, biases and embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(".bias") or "embedding" in name or "cls_token" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "cpu",
+            checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
+            on_eval: Callable[[int, dict[str, Any]], None] | None = None, evaluate: bool = True,
+            model: StudentTowers | None = None, log_every: int = 10) -> tuple[StudentTowers, RunResult]:
+    """Distil ``config`` from ``cache`` under ``settings`` (a DistillConfig).
+
+    Args:
+        checkpoint_dir: full runs: where resumable checkpoints go (every
+            ``settings.checkpoint_every`` steps and at the end); None for short runs.
+        resume: continue from ``checkpoint_dir``'s checkpoint if there is one.
+        on_eval: called with (step, metrics) after each intermediate evaluation; it
+            may raise (e.g. ``optuna.TrialPruned``) to stop the run.
+        evaluate: run the final evaluation into ``RunResult.metrics``.
+
+    Raises:
+        NonFiniteLossError: a loss term became NaN/inf; names the step and the term.
+            Checkpoints already written are left untouched.
+    """
+    from ..evaluate import evaluate_student
+
+    dist = _Distributed.from_env()
+    torch.manual_seed(settings.seed)
+    model = model or StudentTowers(config)
+    model.to(device).train()
+    image_size = config.vision.image_size
+    ctx = config.text.context_length if model.text is not None else None
+    mean, std = cache.mean_std
+    wrapped = dist.wrap(model)
+    fused = device == "cpu" or device.startswith("cuda")
+    optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999),
+                                  fused=fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(settings.warmup_steps, settings.steps))
+    images, texts = _Stream(cache.n_images, settings.seed * 2 + 1), _Stream(cache.n_texts, settings.seed * 2 + 2)
+    augment_rng = torch.Generator().manual_seed(settings.seed + 7)
+    result = RunResult(steps=0, seconds=0.0, stopped_by="steps")
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+    if resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        images.load(state["images"])
+        texts.load(state["texts"])
+        augment_rng.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        result = state["result"]
+    use_amp = device.startswith("cuda")
+    bar = _progress_bar(progress and dist.is_main, settings.steps, result.steps)
+    start, elapsed0 = time.time(), result.seconds
+    try:
+        while result.steps < settings.steps:
+            if settings.seconds is not None and elapsed0 + time.time() - start >= settings.seconds:
+                result.stopped_by = "seconds"
+                break
+            step = result.steps
+            idx_i = images.take(settings.batch_size)
+            idx_t = texts.take(settings.text_batch_size)
+            mine = dist.my_slice(len(idx_i))
+            x = to_student_input(cache.pixels.take(idx_i[mine]), image_size, mean, std,
+                                 augment=settings.augment, generator=augment_rng).to(device)
+            t_img = torch.from_numpy(cache.image_emb.take(idx_i).astype(np.float32)).to(device)
+            t_txt = torch.from_numpy(cache.text_emb.take(idx_t).astype(np.float32)).to(device)
+            tokens = None
+            if model.text is not None:
+                tokens = fit_context(cache.text_tokens.take(idx_t[dist.my_slice(len(idx_t))]), ctx).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                s_img, s_txt = wrapped(x, tokens)
+            s_img, s_txt = dist.gather(s_img.float()), (dist.gather(s_txt.float()) if s_txt is not None else None)
+            losses = _losses(settings.losses, s_img, t_img, t_txt, s_txt)
+            check_finite(losses, step)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            result.steps = step + 1
+            if step % log_every == 0 or result.steps == settings.steps:
+                result.curve.append({"step": step, "lr": scheduler.get_last_lr()[0],
+                                     **{k: float(v.detach()) for k, v in losses.items()}})
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(losses['total'].detach()):.4f}", refresh=False)
+            if ckpt is not None and dist.is_main and result.steps % settings.checkpoint_every == 0:
+                result.seconds = elapsed0 + time.time() - start
+                _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
+            if settings.eval_every and result.steps % settings.eval_every == 0 and result.steps < settings.steps:
+                metrics = evaluate_student(model.visual, cache, image_size, model.text, ctx)
+                result.evals.append({"step": result.steps, **metrics})
+                if on_eval is not None:
+                    on_eval(result.steps, metrics)
+                model.train()
+    finally:
+        bar.close()
+    result.seconds = elapsed0 + time.time() - start
+    result.steps_per_second = result.steps / result.seconds if result.seconds > 0 else 0.0
+    if ckpt is not None and dist.is_main:
+        _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
+    if evaluate and dist.is_main:
+        result.metrics = evaluate_student(model.visual, cache, image_size, model.text, ctx)
+    return model, result
+
+
+def _losses(cfg: Any, s_img, t_img, t_txt, s_txt) -> dict[str, torch.Tensor]:
+    if cfg.kind == "feature":
+        out = feature_distill_loss(s_img, t_img, kind="cosine")
+        if s_txt is not None:
+            text = feature_distill_loss(s_txt, t_txt, kind="cosine")
+            out = {"image_cosine": out["cosine"], "text_cosine": text["cosine"],
+                   "total": out["total"] + text["total"]}
+        return out
+    if cfg.kind != "dime-fm":
+        raise ValueError(f"unknown loss kind {cfg.kind!r} (expected dime-fm or feature)")
+    return dime_fm_losses(s_img, t_img, t_txt, s_txt, w_vl=cfg.w_vl, w_pvl=cfg.w_pvl, w_udist=cfg.w_udist,
+                          t_vl=cfg.t_vl, t_pvl=cfg.t_pvl, t_udist=cfg.t_udist, w_text_vl=cfg.w_text_vl,
+                          w_text_pvl=cfg.w_text_pvl)
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, images, texts, augment_rng, result) -> None:
+    """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "images": images.state(), "texts": texts.state(),
+                "augment_rng": augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                "config": model.config.to_dict(), "result": result}, tmp)
+    os.replace(tmp, path)
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="distill", unit="step", disable=not enabled, leave=False,
+                dynamic_ncols=True)
+
+
+class _Distributed:
+    """Single process, or one rank of a torchrun job (DDP + all-gathered embeddings)."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    @classmethod
+    def from_env(cls) -> _Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        import torch.distributed as td
+
+        if not td.is_initialized():
+            td.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(td.get_rank(), world)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, find_unused_parameters=model.text is None)
+
+    def my_slice(self, n: int) -> slice:
+        """This rank's contiguous part of a global batch of n (concatenated back in rank order)."""
+        if self.world == 1:
+            return slice(0, n)
+        if n % self.world:
+            raise ValueError(f"batch size {n} is not divisible by the {self.world} processes")
+        per = n // self.world
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """All ranks' rows, in rank order, with gradients flowing back to each rank's own rows."""
+        if self.world == 1:
+            return x
+        import warnings
+
+        from torch.distributed.nn.functional import all_gather
+
+        with warnings.catch_warnings():  # deprecated, but its successor needs reduce_scatter, which gloo lacks
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather(x), dim=0)

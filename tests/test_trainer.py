@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dime_nas.config import DistillConfig
+from dime_nas.distill.losses import NonFiniteLossError
+from dime_nas.distill.trainer import CHECKPOINT_NAME, StudentTowers, distill, param_groups
+from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
+from dime_nas.teacher import teacher_forward_count
+
+STUDENT = StudentConfig(64, VisionTowerConfig(kind="vit", image_size=32, layers=1, width=64, heads=2, mlp_ratio=2.0,
+                                              patch_size=8),
+                        TextTowerConfig(kind="transformer", layers=1, width=32, heads=2, context_length=12))
+SETTINGS = DistillConfig(steps=12, batch_size=16, text_batch_size=16, warmup_steps=3, checkpoint_every=6, seed=3)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_short_run_trains_without_the_teacher(small_cache):
+    before = teacher_forward_count()
+    model, result = distill(STUDENT, small_cache, SETTINGS)
+    assert teacher_forward_count() == before
+    assert result.steps == 12 and result.stopped_by == "steps"
+    assert {"vl", "pvl", "udist", "text_vl", "text_pvl", "total"} <= set(result.curve[0])
+    assert result.curve[-1]["total"] < result.curve[0]["total"]
+    assert 0 <= result.metrics["accuracy"] <= 1 and "retrieval" in result.metrics
+
+
+def test_seconds_budget_stops_the_run(small_cache):
+    _, result = distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, steps=10_000, seconds=1.0),
+                        evaluate=False)
+    assert result.stopped_by == "seconds" and 0 < result.steps < 10_000
+
+
+def test_same_seed_same_model(small_cache):
+    a, _ = distill(STUDENT, small_cache, SETTINGS, evaluate=False)
+    b, _ = distill(STUDENT, small_cache, SETTINGS, evaluate=False)
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_resume_matches_an_uninterrupted_run_bit_for_bit(small_cache, tmp_path):
+    full, full_result = distill(STUDENT, small_cache, SETTINGS, checkpoint_dir=tmp_path / "a", evaluate=False)
+
+    class Interrupted(Exception):
+        pass
+
+    def crash_at_6(step, metrics):
+        raise Interrupted(step)
+
+    with pytest.raises(Interrupted):  # dies right after the step-6 checkpoint
+        distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, eval_every=6), checkpoint_dir=tmp_path / "b",
+                on_eval=crash_at_6, evaluate=False)
+    saved = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)
+    assert saved["result"].steps == 6
+    resumed, result = distill(STUDENT, small_cache, SETTINGS, checkpoint_dir=tmp_path / "b", resume=True,
+                              evaluate=False)
+    assert result.steps == 12
+    for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert [c["total"] for c in result.curve] == [c["total"] for c in full_result.curve]
+
+
+def test_nan_stops_the_run_naming_step_and_term_and_keeps_checkpoints(small_cache, tmp_path):
+    class Poisoned:
+        """The cache with one teacher sentence embedding replaced by NaN after step 7's batch."""
+
+        def __init__(self, cache):
+            self._cache, self.calls = cache, 0
+
+        def __getattr__(self, name):
+            return getattr(self._cache, name)
+
+        @property
+        def text_emb(self):
+            outer = self
+
+            class Take:
+                def take(self, idx):
+                    outer.calls += 1
+                    out = outer._cache.text_emb.take(idx).astype(np.float32)
+                    if outer.calls == 8:
+                        out[0, 0] = np.nan
+                    return out
+            return Take()
+
+    with pytest.raises(NonFiniteLossError) as info:
+        distill(STUDENT, Poisoned(small_cache), SETTINGS, checkpoint_dir=tmp_path, evaluate=False)
+    assert info.value.step == 7 and info.value.term in {"vl", "text_vl", "text_pvl", "total"}
+    assert "step 7" in str(info.value)
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["result"].steps == 6
+
+
+def test_no_weight_decay_on_biases_norms_and_embeddings():
+    model = StudentTowers(STUDENT)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any("token_embedding" in names[id(p)] for p in no_decay["params"])
+    assert any("positional_embedding" in names[id(p)] for p in no_decay["params"])
+    assert not any("embedding" in names[id(p)] for p in decay["params"])
+
+
+_DDP_SCRIPT = r"""
+import os, sys, torch, pickle
+sys.path.insert(0, {tests!r})
+from dime_nas.config import DistillConfig
+from dime_nas.data.cache import FeatureCache
+from dime_nas.distill.trainer import distill
+from test_trainer import STUDENT, SETTINGS
+model, result = distill(STUDENT, FeatureCache({cache!r}), SETTINGS, evaluate=False)
+if int(os.environ.get("RANK", "0")) == 0:
+    torch.save({{"state": model.state_dict(), "curve": result.curve}}, {out!r})
+"""
+
+
+def _run_ddp(cache_root: Path, out: Path, nproc: int) -> dict:
+    script = out.with_suffix(".py")
+    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), cache=str(cache_root), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
+           str(script)] if nproc > 1 else [sys.executable, str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out, weights_only=False)
+
+
+def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
+    one = _run_ddp(small_cache.root, tmp_path / "one.pt", 1)
+    two = _run_ddp(small_cache.root, tmp_path / "two.pt", 2)
+    # Attention key biases get a gradient that is zero in exact arithmetic (softmax ignores a
+    # per-row constant); Adam turns its float noise into lr-sized random steps, so they are
+    # left out. Everything else must agree to float-summation-order noise.
+    for k, v in one["state"].items():
+        w = two["state"][k]
+        if k.endswith("in_proj_bias"):
+            third = len(v) // 3
+            v, w = torch.cat([v[:third], v[2 * third:]]), torch.cat([w[:third], w[2 * third:]])
+        torch.testing.assert_close(w, v, rtol=1e-3, atol=2e-5, msg=lambda m: f"{k}: {m}")
+    np.testing.assert_allclose([c["total"] for c in two["curve"]], [c["total"] for c in one["curve"]], rtol=1e-4)
