@@ -242,7 +242,9 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match="region"):
         sw.sample_scene(np.random.default_rng(0), n_objects=2, region="left")
     with pytest.raises(ValueError, match="stream"):
-        next(sw.stream_scenes(0, 1, "audio"))
+        sw.stream_scenes(0, 1, "audio")
+    with pytest.raises(ValueError, match="n must"):
+        sw.sentence_stream(0, -3)
     with pytest.raises(ValueError, match="shift"):
         eval_suite(0, 1, 32, shift="cartoon")
     with pytest.raises(ValueError, match="task"):

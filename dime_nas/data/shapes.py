@@ -143,6 +143,8 @@ class Scene:
             raise ValueError(f"background must be an RGB triple in 0..255, got {self.background}")
         if self.clutter < 0:
             raise ValueError(f"clutter must be >= 0, got {self.clutter}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -334,6 +336,14 @@ def _draw_textured(img: Image.Image, pts: np.ndarray, colour: tuple[int, int, in
     img.paste(patch, (int(x0), int(y0)), mask)
 
 
+def _check_render_args(size: int, style: str) -> int:
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
+    if isinstance(size, bool) or int(size) != size or size < 8:
+        raise ValueError(f"image size must be an integer >= 8, got {size!r}")
+    return int(size)
+
+
 def render(scene: Scene, size: int = 64, style: str = "plain") -> Image.Image:
     """Render a scene as a ``size`` x ``size`` RGB image.
 
@@ -343,11 +353,7 @@ def render(scene: Scene, size: int = 64, style: str = "plain") -> Image.Image:
         style: "plain" (training distribution), "sketch" (outlines on paper) or
             "noisy" (heavy clutter, blur and noise); see ``STYLES``.
     """
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
-    if int(size) != size or size < 8:
-        raise ValueError(f"image size must be an integer >= 8, got {size!r}")
-    size = int(size)
+    size = _check_render_args(size, style)
     ss = _supersample(size)
     side = size * ss
     rng = np.random.default_rng([scene.seed, STYLES.index(style)])
@@ -380,6 +386,7 @@ def render(scene: Scene, size: int = 64, style: str = "plain") -> Image.Image:
 
 def render_batch(scenes: Iterable[Scene], size: int = 64, style: str = "plain") -> np.ndarray:
     """Render scenes into one uint8 array of shape (N, size, size, 3)."""
+    size = _check_render_args(size, style)
     scenes = list(scenes)
     out = np.empty((len(scenes), size, size, 3), dtype=np.uint8)
     for i, scene in enumerate(scenes):
@@ -581,51 +588,62 @@ def caption(scene: Scene, rng: np.random.Generator, *, full: bool = False) -> st
 
 def _stream_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     """Item ``index`` of a stream has its own generator: random access, no drift."""
-    if stream not in _STREAM_TAGS:
-        raise ValueError(f"unknown stream {stream!r}; expected one of {STREAMS}")
     return np.random.default_rng([int(seed), _STREAM_TAGS[stream], int(index)])
 
 
-def _check_count(n: int) -> None:
-    if int(n) != n or n < 0:
+def _check_stream(seed: int, n: int, stream: str = "images", size: int = 64, style: str = "plain") -> int:
+    """Validate stream arguments up front (generators would only fail when first read)."""
+    if stream not in _STREAM_TAGS:
+        raise ValueError(f"unknown stream {stream!r}; expected one of {STREAMS}")
+    if isinstance(n, bool) or int(n) != n or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_render_args(size, style)
+    return int(n)
 
 
 def stream_scenes(seed: int, n: int, stream: str) -> Iterator[Scene]:
-    """The scenes behind ``image_stream``/``sentence_stream``/``paired_samples``."""
-    _check_count(n)
-    for i in range(int(n)):
-        yield sample_scene(_stream_rng(seed, stream, i))
+    """The scenes behind ``image_stream`` / ``sentence_stream`` / ``paired_samples``."""
+    n = _check_stream(seed, n, stream)
+    return (sample_scene(_stream_rng(seed, stream, i)) for i in range(n))
 
 
 def image_stream(seed: int, n: int, size: int = 64, style: str = "plain") -> Iterator[Image.Image]:
     """``n`` unpaired images (the DIME-FM image corpus)."""
-    for scene in stream_scenes(seed, n, "images"):
-        yield render(scene, size, style)
+    n = _check_stream(seed, n, "images", size, style)
+    return (render(scene, size, style) for scene in stream_scenes(seed, n, "images"))
+
+
+def _sentence(seed: int, i: int) -> str:
+    rng = _stream_rng(seed, "sentences", i)
+    return caption(sample_scene(rng), rng)
 
 
 def sentence_stream(seed: int, n: int) -> Iterator[str]:
     """``n`` unpaired sentences (the DIME-FM text corpus), about scenes never rendered."""
-    _check_count(n)
-    for i in range(int(n)):
-        rng = _stream_rng(seed, "sentences", i)
-        yield caption(sample_scene(rng), rng)
+    n = _check_stream(seed, n, "sentences")
+    return (_sentence(seed, i) for i in range(n))
+
+
+def _pair(seed: int, i: int, size: int) -> tuple[Image.Image, str]:
+    rng = _stream_rng(seed, "paired", i)
+    scene = sample_scene(rng)
+    return render(scene, size), caption(scene, rng)
 
 
 def paired_samples(seed: int, n: int, size: int = 64) -> Iterator[tuple[Image.Image, str]]:
     """``n`` (image, caption) pairs, for training a demo teacher contrastively."""
-    _check_count(n)
-    for i in range(int(n)):
-        rng = _stream_rng(seed, "paired", i)
-        scene = sample_scene(rng)
-        yield render(scene, size), caption(scene, rng)
+    n = _check_stream(seed, n, "paired", size)
+    return (_pair(seed, i, size) for i in range(n))
 
 
 def paired_arrays(seed: int, n: int, size: int = 64) -> tuple[np.ndarray, list[str]]:
     """``paired_samples`` as a uint8 array (n, size, size, 3) and a list of captions."""
-    images = np.empty((int(n), size, size, 3), dtype=np.uint8)
+    pairs = paired_samples(seed, n, size)
+    images = np.empty((int(n), int(size), int(size), 3), dtype=np.uint8)
     texts = []
-    for i, (img, text) in enumerate(paired_samples(seed, n, size)):
+    for i, (img, text) in enumerate(pairs):
         images[i] = np.asarray(img)
         texts.append(text)
     return images, texts
