@@ -9,6 +9,7 @@ Usage: python experiments/bench_cost.py [runs]   (timed runs per cell and round;
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import sys
 import tempfile
@@ -74,7 +75,8 @@ def bench(tower: Tower, workdir: Path, warmup: int, runs: int, rounds: int = 3) 
 def main(runs: int = 15) -> None:
     warmup = 3
     facts = machine_facts()
-    print(f"machine: {facts['processor']} | {facts['cpu_count']} CPUs | {facts['platform']}")
+    print(f"machine: {facts['processor']} | {facts['cpu_count']} CPUs | {facts['platform']} | "
+          f"load average (1 min) at start {os.getloadavg()[0]:.2f}")
     print(f"onnxruntime {facts['onnxruntime']} | torch {facts['torch']} | python {facts['python']}")
     print(f"MACs: {CONVENTION}; input 1x3x224x224")
     print(f"latency: ms per call, batch 1; median over 3 interleaved rounds of the median of {runs} timed calls "
@@ -94,6 +96,8 @@ def main(runs: int = 15) -> None:
             workdir.mkdir()
             row = bench(tower, workdir, warmup, runs)
             print(f"{name:<22}" + "".join(f"{fmt.format(row[key]):>11}" for key, _, fmt in cols), flush=True)
+    print(f"\nload average (1 min) at end {os.getloadavg()[0]:.2f} (this benchmark alone adds 1-2 on 2 CPUs; "
+          "more means other work shared the CPUs, which hurts the 2-thread cells most)")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,12 @@ def machine_facts() -> dict[str, Any]:
     return facts
 
 
+def _machine_now() -> dict[str, Any]:
+    """Machine facts plus the 1-minute load average (other work on a shared machine)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {**machine_facts(), "load_avg_1m": load}
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -158,7 +164,7 @@ class OnnxRuntimeBackend(LatencyBackend):
             tower=exported.tower, target=target.name, backend=self.name, **latency_stats(times),
             runs=len(times), warmup=target.warmup, batch=target.batch_size,
             threads=target.intra_op_threads, providers=list(session.get_providers()),
-            precision=target.precision, machine=dict(machine_facts()),
+            precision=target.precision, machine=_machine_now(),
         )
 
 
@@ -192,7 +198,7 @@ def torch_eager_latency(tower: Tower, threads: int = 2, batch: int = 1, warmup: 
     return LatencyMeasurement(
         tower=tower.name, target=target, backend="torch", **latency_stats(times), runs=len(times),
         warmup=warmup, batch=batch, threads=threads, providers=["torch-cpu-eager"],
-        precision="fp32", machine=dict(machine_facts()),
+        precision="fp32", machine=_machine_now(),
     )
 
 
