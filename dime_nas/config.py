@@ -104,7 +104,6 @@ class DataConfig:
 class ShapesEvalConfig:
     """ShapesWorld's evaluation suite: zero-shot tasks, shifted variants, paired retrieval."""
 
-    seed: int = 12345  # seed of the evaluation images (disjoint from training seeds)
     n_per_class: int = 10  # images per class per task
     shifts: list[str] = field(default_factory=lambda: ["sketch", "noisy"])  # shifted variants to evaluate
     retrieval_size: int = 200  # image-caption pairs in the retrieval set

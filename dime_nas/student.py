@@ -134,14 +134,14 @@ class StudentConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def describe(self) -> str:
-        """Short human-readable summary, e.g. ``vit L4 W128 H4 p8 @32px | text=teacher``."""
+        """Short human-readable summary, e.g. ``vit L4 W128 H4 p8 @32px + text=teacher``."""
         v, t = self.vision, self.text
         if v.kind == "vit":
             img = f"vit L{v.layers} W{v.width} H{v.heads} mlp{v.mlp_ratio:g} p{v.patch_size} @{v.image_size}px"
         else:
             img = f"timm {v.timm_model} @{v.image_size}px"
         txt = "text=teacher" if t.kind == "teacher" else f"text L{t.layers} W{t.width} H{t.heads} ctx{t.context_length}"
-        return f"{img} | {txt}"
+        return f"{img} + {txt}"
 
     # ---- open_clip model config --------------------------------------------------------
     def open_clip_config(self, teacher_text_cfg: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -58,20 +58,30 @@ class EvalSuite:
 def load_folder_task(folder: str | Path, name: str | None = None, templates: list[str] | None = None,
                      classnames: dict[str, str] | None = None, shifted: bool | None = None,
                      max_images: int | None = None) -> EvalTask:
-    """Read an ImageFolder task; arguments override the folder's ``task.json``."""
+    """Read an ImageFolder task; arguments override the folder's ``task.json``.
+
+    ``task.json`` may give ``folders`` (class order) with ``classnames`` as a list in
+    that order, or ``classnames`` as a mapping sub-folder -> prompt name; ``shifted``
+    (or a non-null ``shift``) marks a distribution-shift variant.
+    """
     root = Path(folder)
     meta = json.loads((root / "task.json").read_text()) if (root / "task.json").is_file() else {}
-    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    subdirs = meta.get("folders") or sorted(p.name for p in root.iterdir() if p.is_dir())
     if not subdirs:
         raise FileNotFoundError(f"evaluation task folder {root} has no class sub-folders")
-    names = {**{d: d.replace("_", " ") for d in subdirs}, **(meta.get("classnames") or {}), **(classnames or {})}
-    files = [(root / key, subdirs.index(key.split("/", 1)[0]))
-             for key, _ in _walk(root, IMAGE_EXTENSIONS) if "/" in key]
+    listed = meta.get("classnames")
+    names = {d: d.replace("_", " ") for d in subdirs}
+    names.update(dict(zip(subdirs, listed)) if isinstance(listed, list) else (listed or {}))
+    names.update(classnames or {})
+    label = {d: i for i, d in enumerate(subdirs)}
+    files = [(root / key, label[key.split("/", 1)[0]])
+             for key, _ in _walk(root, IMAGE_EXTENSIONS) if "/" in key and key.split("/", 1)[0] in label]
     if max_images is not None:
         files = _balanced_head(files, max_images)
-    return EvalTask(name=name or meta.get("name") or root.name, classnames=[names[d] for d in subdirs],
+    is_shifted = bool(meta.get("shifted", meta.get("shift") is not None)) if shifted is None else shifted
+    return EvalTask(name=name or root.name, classnames=[names[d] for d in subdirs],
                     templates=templates or meta.get("templates") or ["a photo of a {}."],
-                    files=files, shifted=bool(meta.get("shifted", False) if shifted is None else shifted))
+                    files=files, shifted=is_shifted)
 
 
 def _balanced_head(files: list[tuple[Path, int]], n: int) -> list[tuple[Path, int]]:

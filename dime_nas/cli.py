@@ -1,0 +1,420 @@
+"""The ``dime-nas`` command: a thin layer over the library's public functions.
+
+Bad input (ConfigError, missing files) prints one line naming the problem and exits
+with code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EPILOG = "Every sub-command has --help. Docs: README.md."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        from .errors import ConfigError
+
+        user_error = isinstance(exc, (ConfigError, FileNotFoundError)) or type(exc).__name__ in (
+            "TeacherLoadError", "CacheError")
+        print(f"dime-nas: error: {exc}", file=sys.stderr)
+        if not user_error:
+            print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 2 if user_error else 1
+
+
+def _quiet_libraries() -> None:
+    """Silence library chatter that says nothing to a user (random-init notices, deprecations)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+    warnings.filterwarnings("ignore", message=".*No pretrained weights loaded.*")
+
+    class _NoRandomInitNotice(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+
+    logging.getLogger().addFilter(_NoRandomInitNotice())
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoRandomInitNotice())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dime-nas", description="Find small, fast CLIP-style students for a latency "
+                                "budget: Optuna search + short DIME-FM distillation + measured cost.", epilog=EPILOG)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    c = sub.add_parser("cost", help="params, MACs and FLOPs per tower of a model",
+                       description="Params, MACs and FLOPs (= 2 x MACs) per tower, per image/sentence (batch 1). "
+                       "MODEL is an open_clip model name (random init) or a StudentConfig JSON file.")
+    c.add_argument("model", metavar="MODEL")
+    c.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    c.set_defaults(func=_cmd_cost)
+
+    lat = sub.add_parser("latency", help="ONNX Runtime (or torch) latency per tower",
+                         description="Export each tower to ONNX (parity-checked) and time it with onnxruntime.")
+    lat.add_argument("model", metavar="MODEL", help="open_clip model name or StudentConfig JSON")
+    lat.add_argument("--target", default=None, help="a named target (see `dime-nas targets`); "
+                     "the options below override its fields")
+    lat.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    lat.add_argument("--batch", type=int, default=None, help="batch size")
+    lat.add_argument("--int8", action="store_true", help="time the int8 (dynamic quantisation) variant")
+    lat.add_argument("--towers", default=None, help="comma-separated: image,text (default: all the model has)")
+    lat.add_argument("--runs", type=int, default=None, help="timed runs")
+    lat.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs")
+    lat.add_argument("--torch", action="store_true", help="also time torch eager, for comparison")
+    lat.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    lat.set_defaults(func=_cmd_latency)
+
+    t = sub.add_parser("targets", help="list latency targets", description="List the shipped latency targets.")
+    t.add_argument("--file", default=None, help="extra targets YAML")
+    t.set_defaults(func=_cmd_targets)
+
+    s = sub.add_parser("space", help="validate a search space and sample from it",
+                       description="Load SPACE (a YAML file or a shipped name: tiny, edge, dime-fm-b32), "
+                       "print its size and N sampled configs with their architecture keys.")
+    s.add_argument("space", metavar="SPACE")
+    s.add_argument("--sample", type=int, default=5, metavar="N", help="configs to sample (default 5)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--grid", action="store_true", help="print every configuration (small discrete spaces)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.set_defaults(func=_cmd_space)
+
+    te = sub.add_parser("teacher", help="teacher utilities", description="Teacher utilities.")
+    tsub = te.add_subparsers(title="teacher commands", metavar="COMMAND")
+    ts = tsub.add_parser("train-shapes", help="build the ShapesWorld demo teacher (cached)",
+                         description="Train the built-in demo teacher on paired ShapesWorld data, once; later calls "
+                         "reuse it from the user cache ($DIME_NAS_CACHE or ~/.cache/dime_nas).")
+    ts.add_argument("--experiment", default=None, help="take the teacher settings from this experiment's "
+                    "teacher.shapes section (default: built-in defaults)")
+    ts.set_defaults(func=_cmd_train_shapes)
+
+    ca = sub.add_parser("cache", help="build the teacher-feature cache of an experiment",
+                        description="Embed every image and sentence (and the evaluation data) with the teacher once; "
+                        "resumes an interrupted build, rebuilds when teacher or corpora changed.")
+    ca.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    ca.set_defaults(func=_cmd_cache)
+
+    se = sub.add_parser("search", help="run (or continue) the architecture search",
+                        description="Run the Optuna search of an experiment; rerunning continues the same study. "
+                        "Ctrl-C stops after the current trial. Writes the report at the end.")
+    se.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    se.add_argument("--out", default=None, help="run directory (default: the config's out_dir)")
+    se.add_argument("--trials", type=int, default=None, help="total finished trials wanted (overrides the config)")
+    se.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the run directory)")
+    se.add_argument("--force", action="store_true", help="use a run directory that belongs to another experiment")
+    se.add_argument("--quiet", action="store_true", help="no progress bars")
+    se.set_defaults(func=_cmd_search)
+
+    r = sub.add_parser("report", help="write the Pareto report of a run",
+                       description="Write trials.csv, pareto.csv, selected.json, report.md, plots and report.html.")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--budget", action="append", default=[], help="an extra budget for the selection, e.g. "
+                   "'latency_ms <= 3' (repeatable)")
+    r.add_argument("--top", type=int, default=3, help="K students spread along the front (default 3)")
+    r.set_defaults(func=_cmd_report)
+
+    d = sub.add_parser("distill", help="full distillation of selected students",
+                       description="Full DIME-FM runs (resumable) of the students a search selected, re-measured and "
+                       "exported; results are added to the report. Works under torchrun for several GPUs.")
+    d.add_argument("run_dir", metavar="RUN_DIR")
+    d.add_argument("--select", default="knee", help="knee | best | budget | top:K | trial:N (default knee)")
+    d.add_argument("--steps", type=int, default=None, help="override full_distill.steps")
+    d.add_argument("--no-export", action="store_true", help="skip the export")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=_cmd_distill)
+
+    e = sub.add_parser("export", help="export a fully distilled student",
+                       description="Write an open_clip checkpoint + model config, ONNX towers (fp32, int8) and a "
+                       "model card for a student distilled by `dime-nas distill`.")
+    e.add_argument("checkpoint", metavar="CHECKPOINT", help="RUN_DIR/full/<arch_key> (or its checkpoint.pt)")
+    e.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/export)")
+    e.add_argument("--no-onnx", action="store_true")
+    e.add_argument("--no-int8", action="store_true")
+    e.set_defaults(func=_cmd_export)
+    return p
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+def _resolve(spec: str):
+    """A model name or StudentConfig JSON -> towers; a name or file that is wrong is a user error."""
+    from .cost.towers import resolve_model
+    from .errors import ConfigError
+
+    try:
+        return resolve_model(spec)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _cmd_cost(args) -> int:
+    from .cost.flops import model_cost
+
+    name, towers = _resolve(args.model)
+    report = model_cost(towers)
+    if args.json:
+        print(json.dumps({t: {"params": c["params"], "gmacs": c["gmacs"], "gflops": c["gflops"]}
+                          for t, c in report["towers"].items()}))
+        return 0
+    print(f"{name}: per sample (batch 1); FLOPs = 2 x MACs")
+    for t, c in report["towers"].items():
+        print(f"  {t:5s} params {c['params'] / 1e6:9.3f} M   {c['gmacs']:9.4f} GMACs   {c['gflops']:9.4f} GFLOPs   "
+              f"input {c['input_shape']}")
+    return 0
+
+
+def _cmd_latency(args) -> int:
+    import dataclasses
+    import tempfile
+
+    from .cost.latency import measure_target, torch_eager_latency
+    from .cost.targets import Target, get_target
+
+    name, towers = _resolve(args.model)
+    base = get_target(args.target) if args.target else Target(name="cli", description="command-line options")
+    overrides: dict[str, Any] = {"towers": tuple(args.towers.split(",")) if args.towers else
+                                 (base.towers if args.target else tuple(towers))}
+    for field, value in (("intra_op_threads", args.threads), ("batch_size", args.batch), ("runs", args.runs),
+                         ("warmup", args.warmup)):
+        if value is not None:
+            overrides[field] = value
+    if args.int8:
+        overrides["precision"] = "int8"
+    target = dataclasses.replace(base, **overrides)
+    with tempfile.TemporaryDirectory(prefix="dime_nas_latency_") as tmp:
+        result = measure_target(towers, target, tmp)
+    out: dict[str, Any] = {"model": name, "target": target.to_dict(), "total_median_ms": result["total_median_ms"]}
+    for t, r in result["towers"].items():
+        out[t] = r["latency"]
+        if r["export"]:
+            out[t]["onnx_parity_max_abs_diff"] = r["export"]["parity_max_abs_diff"]
+            if r["export"].get("int8_cosine_mean") is not None:
+                out[t]["int8_cosine_mean"] = r["export"]["int8_cosine_mean"]
+        if args.torch:
+            out[t]["torch_eager"] = torch_eager_latency(towers[t], target.intra_op_threads, target.batch_size,
+                                                        target.warmup, target.runs).to_dict()
+    if args.json:
+        print(json.dumps(out, default=str))
+        return 0
+    print(f"{name} on {target.name}: {target.precision}, batch {target.batch_size}, "
+          f"{target.intra_op_threads} thread(s), {target.runs} timed runs after {target.warmup} warm-up")
+    for t in target.towers:
+        m = out[t]
+        line = (f"  {t:5s} median {m['median_ms']:8.3f} ms  p90 {m['p90_ms']:8.3f}  p99 {m['p99_ms']:8.3f}  "
+                f"cv {m['cv']:.3f}  providers {','.join(m['providers'])}")
+        if "torch_eager" in m:
+            e = m["torch_eager"]["median_ms"]
+            line += f"  | torch eager {e:.3f} ms (onnx {e / m['median_ms']:.2f}x faster)"
+        print(line)
+    print(f"  total (sum of medians) {out['total_median_ms']:.3f} ms")
+    return 0
+
+
+def _cmd_targets(args) -> int:
+    from .cost.targets import load_targets
+
+    for name, t in load_targets(args.file).items():
+        print(f"{name:16s} {t.backend:11s} {t.precision:4s} threads={t.intra_op_threads} batch={t.batch_size} "
+              f"towers={','.join(t.towers)}\n{'':16s} {t.description}")
+    return 0
+
+
+def _cmd_space(args) -> int:
+    import optuna
+
+    from .space import SearchSpace, resolve_space_path
+
+    space = SearchSpace.load(resolve_space_path(args.space))
+    if args.grid:
+        configs = space.grid()
+    else:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
+        configs = []
+        for _ in range(args.sample):
+            trial = study.ask()
+            configs.append(space.suggest(trial))
+            study.tell(trial, 0.0)
+    if not args.json:
+        size = space.size()
+        print(f"{space.name}: {space.source}\n  {space.description}\n  size before constraints: "
+              f"{'continuous' if size is None else size}; constraints: {len(space.constraints)}")
+    for c in configs:
+        print(json.dumps({"arch_key": c.arch_key, "config": c.to_dict()}) if args.json
+              else f"{c.arch_key}  {c.describe()}")
+    return 0
+
+
+def _cmd_train_shapes(args) -> int:
+    from .config import ShapesTeacherConfig, load_experiment
+    from .pipeline import user_cache_root
+    from .shapes_teacher import ensure_shapes_teacher
+
+    cfg = ShapesTeacherConfig()
+    if args.experiment:
+        exp = load_experiment(args.experiment)
+        if exp.teacher.shapes is None:
+            raise SystemExit(f"{args.experiment} does not use the ShapesWorld teacher")
+        cfg = exp.teacher.shapes
+    path = ensure_shapes_teacher(cfg, user_cache_root(), progress=True)
+    print(f"demo teacher: {path}")
+    return 0
+
+
+def _cmd_cache(args) -> int:
+    from .config import load_experiment
+    from .pipeline import prepare_cache
+
+    config = load_experiment(args.experiment)
+    cache, _ = prepare_cache(config)
+    s = cache.summary()
+    print(json.dumps({k: s[k] for k in ("root", "images", "sentences", "images_skipped", "sentences_dropped",
+                                        "eval_tasks", "seconds")}, indent=1))
+    return 0
+
+
+def _save_run_config(config, out: Path, storage: str) -> None:
+    from .typed_yaml import to_plain
+
+    (out / "experiment_config.json").write_text(json.dumps({"storage": storage, "config": to_plain(config)},
+                                                           indent=1) + "\n")
+
+
+def _load_run(run_dir: str):
+    from .config import ExperimentConfig
+    from .errors import ConfigError
+    from .typed_yaml import from_mapping
+
+    path = Path(run_dir) / "experiment_config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a dime-nas run directory (no experiment_config.json)")
+    data = json.loads(path.read_text())
+    config = from_mapping(ExperimentConfig, data["config"], file=path)
+    return config, data["storage"]
+
+
+def _cmd_search(args) -> int:
+    import time
+
+    from .config import load_experiment, run_dir
+    from .cost.targets import get_target
+    from .pipeline import prepare_cache
+    from .search.objective import TrialContext
+    from .search.report import write_report
+    from .search.study import claim_run_dir, run_search, storage_url
+    from .space import SearchSpace
+
+    t0 = time.time()
+    config = load_experiment(args.experiment)
+    out = Path(args.out or run_dir(config))
+    claim_run_dir(config, out, args.force)
+    storage = args.storage or storage_url(config, out)
+    _save_run_config(config, out, storage)
+    cache, text_cfg = prepare_cache(config, progress=not args.quiet)
+    t_prep = time.time() - t0
+    ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
+                       text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=not args.quiet)
+    outcome = run_search(config, ctx, out=out, trials=args.trials, storage=storage, force=True,
+                         progress=not args.quiet)
+    summary = write_report(outcome.study, out)
+    c = summary["counts"]
+    print(f"\n{'stopped early' if outcome.interrupted else 'done'}: {outcome.new_trials} new trial(s), "
+          f"{outcome.already_done} already done before this run; {c.get('ok', 0)} feasible, "
+          f"{c['rejected_before_training']} rejected before training, {c.get('failed', 0)} failed, "
+          f"{c['reused']} reused")
+    print(f"time: {time.time() - t0:.0f} s (teacher, data and cache {t_prep:.0f} s, search {outcome.seconds:.0f} s)")
+    for p in summary["selected"]:
+        m = p["metrics"]
+        print(f"  selected trial {p['trial']} {p['arch_key']} {p['describe']}: "
+              + ", ".join(f"{k} {m[k]:.4g}" for k in ("accuracy", "latency_ms", "params_m") if k in m)
+              + f"  ({'; '.join(p['why'])})")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    import optuna
+
+    from .config import Budget
+    from .search.report import write_report
+    from .search.study import open_storage
+
+    config, storage = _load_run(args.run_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=config.name, storage=open_storage(storage))
+    summary = write_report(study, args.run_dir, extra_budgets=[Budget.parse(b) for b in args.budget], top_k=args.top)
+    print(json.dumps({k: summary[k] for k in ("counts", "front", "selected") if k in summary}, indent=1,
+                     default=str)[:4000])
+    print(f"report: {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
+def _cmd_distill(args) -> int:
+    from .handoff import distill_selected, rewrite_report
+
+    config, storage = _load_run(args.run_dir)
+    results = distill_selected(config, Path(args.run_dir), args.select, steps=args.steps, progress=not args.quiet,
+                               export=not args.no_export)
+    rewrite_report(Path(args.run_dir), storage)
+    for r in results:
+        print(f"trial {r['trial']} {r['arch_key']} {r['describe']}: {r['steps']} steps; proxy accuracy "
+              f"{r['proxy'].get('accuracy')}, full accuracy {r['full'].get('accuracy')}; "
+              f"latency {r['full'].get('latency_ms'):.3f} ms" + (f"; exported to {r['export']}" if 'export' in r else ""))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    import torch
+
+    from .distill.trainer import StudentTowers
+    from .errors import ConfigError
+    from .export_student import export_student
+    from .pipeline import prepare_cache, teacher_spec
+    from .student import StudentConfig
+    from .teacher import load_teacher
+
+    ckpt = Path(args.checkpoint)
+    ckpt = ckpt / "checkpoint.pt" if ckpt.is_dir() else ckpt
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}")
+    run = next((p for p in ckpt.parents if (p / "experiment_config.json").is_file()), None)
+    if run is None:
+        raise ConfigError(f"{ckpt} is not inside a dime-nas run directory")
+    config, _ = _load_run(str(run))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    student = StudentConfig.from_dict(state["config"])
+    towers = StudentTowers(student)
+    towers.load_state_dict(state["model"])
+    teacher = load_teacher(teacher_spec(config.teacher), device="cpu")
+    cache, _ = prepare_cache(config, teacher=teacher)
+    out = Path(args.out) if args.out else ckpt.parent / "export"
+    card = export_student(student, towers, out, preprocess_cfg=cache.manifest["preprocess"], teacher=teacher,
+                          onnx=not args.no_onnx, int8=not args.no_int8,
+                          card={"checkpoint": str(ckpt), "steps": state["result"].steps})
+    print(json.dumps({"out": str(out), "files": card["files"], "cost": card["cost"]}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Hand-off: full distillation of the students a search selected, then re-measurement.
+
+``select`` picks trials from a finished study: ``knee``, ``best``, ``budget`` (the best
+student under each budget), ``top:K`` (K spread along the front) or ``trial:N``.
+Each full run checkpoints under ``RUN_DIR/full/<arch_key>/`` and resumes from there;
+results are appended to ``RUN_DIR/distill_results.json`` (proxy vs full side by side)
+and the report is rewritten to show them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .config import ExperimentConfig
+from .errors import ConfigError
+from .student import StudentConfig
+
+
+def choose_trials(run_dir: Path, select: str) -> list[dict[str, Any]]:
+    """The selected.json entries (or a study trial) matching ``select``."""
+    path = run_dir / "selected.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no selected.json: run `dime-nas report {run_dir}` first")
+    summary = json.loads(path.read_text())
+    picks = summary["selected"]
+    if select.startswith("trial:"):
+        number = int(select.split(":", 1)[1])
+        rows = list(csv_rows(run_dir / "trials.csv"))
+        row = next((r for r in rows if int(r["number"]) == number), None)
+        if row is None or row["status"] != "ok":
+            raise ConfigError(f"trial {number} is not a feasible finished trial of this run", key="--select")
+        return [{"trial": number, "arch_key": row["arch_key"], "config": json.loads(row["config_json"]),
+                 "describe": row["describe"], "metrics": _row_metrics(row), "why": [f"trial {number} by hand"]}]
+    if select == "knee":
+        out = [p for p in picks if any("knee" in w for w in p["why"])] or picks[:1]
+    elif select == "best":
+        out = picks[:1]
+    elif select == "budget":
+        out = [p for p in picks if any(w.startswith("best") for w in p["why"])]
+    elif select.startswith("top:"):
+        k = int(select.split(":", 1)[1])
+        out = [p for p in picks if any(w.startswith("top-") for w in p["why"])][:k] or picks[:k]
+    else:
+        raise ConfigError(f"unknown selection {select!r}: use knee, best, budget, top:K or trial:N", key="--select")
+    if not out:
+        raise ConfigError(f"no feasible student to select in {run_dir}", key="--select")
+    return out
+
+
+def csv_rows(path: Path):
+    import csv
+
+    with open(path, newline="") as fh:
+        yield from csv.DictReader(fh)
+
+
+def _row_metrics(row: dict[str, str]) -> dict[str, float]:
+    out = {}
+    for k in ("accuracy", "shifted_accuracy", "retrieval", "agreement", "latency_ms", "gmacs", "params_m"):
+        if row.get(k):
+            out[k] = float(row[k])
+    return out
+
+
+def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, steps: int | None = None,
+                     progress: bool = True, export: bool = True) -> list[dict[str, Any]]:
+    """Full runs of the selected students; returns (and appends) their results."""
+    import dataclasses
+
+    from .distill.trainer import distill
+    from .pipeline import prepare_cache, teacher_spec
+    from .cost.targets import get_target
+    from .search.objective import TrialContext, measure_cost
+    from .space import SearchSpace
+    from .teacher import load_teacher
+
+    picks = choose_trials(run_dir, select)
+    teacher = load_teacher(teacher_spec(config.teacher, progress), device=config.teacher.device)
+    cache, text_cfg = prepare_cache(config, progress=progress, teacher=teacher)
+    settings = config.full_distill if steps is None else dataclasses.replace(config.full_distill, steps=steps)
+    target = get_target(config.target, config.targets_file)
+    ctx = TrialContext(config, SearchSpace.load(config.space), cache, target, text_cfg)
+    results_path = run_dir / "distill_results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else []
+    for pick in picks:
+        student = StudentConfig.from_dict(pick["config"])
+        work = run_dir / "full" / student.arch_key
+        towers, run = distill(student, cache, settings, checkpoint_dir=work, resume=True, progress=progress)
+        cost = measure_cost(student, ctx)
+        full = {**run.metrics, "latency_ms": cost["latency_ms"], "gmacs": cost["gmacs"], "params_m": cost["params_m"]}
+        entry = {"trial": pick["trial"], "arch_key": student.arch_key, "describe": student.describe(),
+                 "steps": run.steps, "seconds": run.seconds, "proxy": pick["metrics"], "full": full,
+                 "checkpoint": str(work / "checkpoint.pt")}
+        if export:
+            from .export_student import export_student
+
+            card = export_student(student, towers, work / "export", preprocess_cfg=cache.manifest["preprocess"],
+                                  teacher=teacher, card={"metrics": full, "data": cache.summary(),
+                                                         "distill": dataclasses.asdict(settings)})
+            entry["export"] = str(work / "export")
+            entry["model_card"] = card["name"]
+        results = [r for r in results if r["arch_key"] != student.arch_key] + [entry]
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def rewrite_report(run_dir: Path, storage: str) -> None:
+    from .search.report import write_report
+    from .search.study import open_storage
+
+    summaries = optuna.study.get_all_study_summaries(open_storage(storage))
+    if len(summaries) != 1:
+        raise ConfigError(f"expected one study in {storage}, found {len(summaries)}")
+    study = optuna.load_study(study_name=summaries[0].study_name, storage=open_storage(storage))
+    write_report(study, run_dir)

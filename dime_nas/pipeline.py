@@ -1,0 +1,126 @@
+"""From an experiment config to what a search needs: teacher, corpora, feature cache.
+
+This is the teacher's side of the line: the teacher is loaded here, embeds everything
+once into the cache, and is released before any trial runs.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import DataConfig, EvalConfig, ExperimentConfig, TeacherConfig
+from .typed_yaml import to_plain
+
+_log = logging.getLogger(__name__)
+SHAPES_FILES_VERSION = 1  # bump when write_shapes_world's output changes
+
+
+def user_cache_root() -> Path:
+    """``$DIME_NAS_CACHE``, else ``$XDG_CACHE_HOME/dime_nas``, else ``~/.cache/dime_nas``."""
+    if os.environ.get("DIME_NAS_CACHE"):
+        return Path(os.environ["DIME_NAS_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dime_nas"
+
+
+def teacher_spec(cfg: TeacherConfig, progress: bool = True):
+    """A TeacherSpec; the built-in ShapesWorld teacher is built (once) first if needed."""
+    from .teacher import TeacherSpec
+
+    if cfg.shapes is not None:
+        from .shapes_teacher import ensure_shapes_teacher
+
+        return TeacherSpec(checkpoint=str(ensure_shapes_teacher(cfg.shapes, user_cache_root(), progress=progress)))
+    return TeacherSpec(model=cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, cache_dir=cfg.cache_dir)
+
+
+def shapes_world(data: DataConfig, eval_cfg: EvalConfig, progress: bool = True) -> Path | None:
+    """Write ShapesWorld's files (corpora and/or eval suite) once into the user cache."""
+    if data.shapes is None and eval_cfg.shapes is None:
+        return None
+    from .data.shapes_files import write_shapes_world
+
+    d, e = data.shapes, eval_cfg.shapes
+    args = {"n_images": d.n_images if d else 0, "n_sentences": d.n_sentences if d else 0,
+            "image_size": d.image_size if d else data.pixel_size, "seed": d.seed if d else 1,
+            "image_format": d.format if d else "folder", "n_per_class": e.n_per_class if e else 1,
+            "n_retrieval": e.retrieval_size if e else 0, "shifts": list(e.shifts) if e else []}
+    key = hashlib.sha256(json.dumps({**args, "v": SHAPES_FILES_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    root = user_cache_root() / "shapes" / f"world-{key}"
+    done = root / "COMPLETE"
+    if not done.exists():
+        write_shapes_world(root, progress=progress, **args)
+        done.write_text(json.dumps(args) + "\n")
+    return root
+
+
+def eval_suite(config: ExperimentConfig, world: Path | None):
+    from .data.eval_sets import EvalSuite, load_folder_task, load_retrieval_pairs
+
+    e = config.eval
+    tasks, retrieval = [], None
+    if e.shapes is not None:
+        wanted = {None, *e.shapes.shifts}
+        for task_dir in sorted(p for p in (world / "eval").iterdir() if p.is_dir()):
+            meta = json.loads((task_dir / "task.json").read_text())
+            if meta.get("shift") in wanted:
+                tasks.append(load_folder_task(task_dir, max_images=e.max_images_per_task))
+        if e.shapes.retrieval_size:
+            retrieval = load_retrieval_pairs(world / "retrieval" / "captions.jsonl")
+    for t in e.tasks:
+        tasks.append(load_folder_task(t.folder, name=t.name, templates=t.templates, classnames=t.classnames,
+                                      shifted=t.shifted, max_images=e.max_images_per_task))
+    if e.retrieval is not None:
+        retrieval = load_retrieval_pairs(e.retrieval.pairs)
+    return EvalSuite(tasks, retrieval)
+
+
+def corpora(config: ExperimentConfig, world: Path | None):
+    from .data.corpora import open_image_corpus, open_sentence_corpus
+
+    d = config.data
+    if d.shapes is not None:
+        images = world / "images"
+        if d.shapes.format == "tar":
+            images = sorted(str(p) for p in images.glob("shard-*.tar"))
+        return open_image_corpus(images), open_sentence_corpus(world / "sentences.txt")
+    return open_image_corpus(d.images), open_sentence_corpus(d.sentences, column=d.sentence_column)
+
+
+def default_cache_dir(config: ExperimentConfig) -> Path:
+    if config.cache_dir:
+        return Path(config.cache_dir)
+    return user_cache_root() / "features" / config.name
+
+
+def prepare_cache(config: ExperimentConfig, *, progress: bool = True, teacher: Any = None):
+    """Build (or reuse) the experiment's teacher-feature cache and open it.
+
+    Returns:
+        (FeatureCache, teacher_text_cfg). The teacher is dropped before returning.
+    """
+    from .data.cache import build_cache
+    from .teacher import load_teacher
+
+    world = shapes_world(config.data, config.eval, progress)
+    images, sentences = corpora(config, world)
+    suite = eval_suite(config, world)
+    if teacher is None:
+        teacher = load_teacher(teacher_spec(config.teacher, progress), device=config.teacher.device)
+    cache = build_cache(teacher, images, sentences, suite, default_cache_dir(config),
+                        pixel_size=config.data.pixel_size, batch_size=config.teacher.batch_size,
+                        max_images=config.data.max_images, max_sentences=config.data.max_sentences,
+                        progress=progress)
+    text_cfg = teacher.text_cfg
+    del teacher
+    gc.collect()
+    return cache, text_cfg
+
+
+def experiment_summary(config: ExperimentConfig) -> dict[str, Any]:
+    return to_plain(config)

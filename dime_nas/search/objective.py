@@ -1,0 +1,194 @@
+"""One search trial: sample -> cost (before any training) -> budgets -> short DIME-FM run
+-> evaluation, with everything stored on the Optuna trial.
+
+User attributes written on every trial (the reporter reads only these):
+``arch_key``, ``config`` (StudentConfig dict), ``describe``, ``status``
+(``ok`` / ``infeasible`` / ``reused`` / ``failed``), ``reason``, ``cost``
+(params, GMACs, GFLOPs per counted tower, latency median/p90 per counted tower),
+``metrics`` (all objectives' metrics + per-task scores), ``timings`` (seconds for cost,
+train, eval), ``train_steps``, ``teacher_forwards`` (always 0: the teacher never runs in
+a trial), and ``reused_from`` for duplicates.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from ..config import METRICS, Budget, ExperimentConfig, Objective
+from ..cost.targets import Target
+from ..space import SearchSpace
+from ..student import StudentConfig
+from ..teacher import teacher_forward_count
+
+COST_METRICS = ("latency_ms", "gmacs", "params_m")
+
+
+class TrialInfeasible(Exception):
+    """A budget is violated: the trial ends before training (recorded, not an error)."""
+
+
+@dataclass
+class TrialContext:
+    """What every trial of a study shares (opened once per search)."""
+
+    experiment: ExperimentConfig
+    space: SearchSpace
+    cache: Any  # FeatureCache
+    target: Target
+    teacher_text_cfg: dict[str, Any] | None  # for students that reuse the teacher's text tower
+    objectives: list[Objective] = field(default_factory=list)
+    budgets: list[Budget] = field(default_factory=list)
+    progress: bool = True
+    train_steps_run: int = 0  # over all trials of this process (tests check infeasible trials add none)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
+    """Params, MACs and target latency of the towers the target counts."""
+    from ..cost.flops import tower_cost
+    from ..cost.latency import measure_target
+    from ..cost.towers import towers_from_student
+
+    towers = towers_from_student(config, ctx.teacher_text_cfg)
+    counted = [t for t in ctx.target.towers if t in towers]
+    if len(counted) != len(ctx.target.towers):
+        missing = sorted(set(ctx.target.towers) - set(towers))
+        raise ValueError(f"target {ctx.target.name} counts tower(s) {missing} this student does not have")
+    per_tower = {name: tower_cost(towers[name]) for name in counted}
+    out: dict[str, Any] = {
+        "towers": counted,
+        "params_m": sum(c["params"] for c in per_tower.values()) / 1e6,
+        "gmacs": sum(c["gmacs"] for c in per_tower.values()),
+        "gflops": sum(c["gflops"] for c in per_tower.values()),
+        "per_tower": {n: {"params": c["params"], "gmacs": c["gmacs"], "gflops": c["gflops"]}
+                      for n, c in per_tower.items()},
+    }
+    with tempfile.TemporaryDirectory(prefix="dime_nas_trial_") as tmp:
+        lat = measure_target({n: towers[n] for n in counted}, ctx.target, tmp)
+    out["latency_ms"] = lat["total_median_ms"]
+    for name, r in lat["towers"].items():
+        out["per_tower"][name].update({"latency_median_ms": r["latency"]["median_ms"],
+                                       "latency_p90_ms": r["latency"]["p90_ms"], "latency_cv": r["latency"]["cv"]})
+    out["target"] = ctx.target.name
+    return out
+
+
+def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ...]:
+    """The Optuna objective. Raises TrialPruned, or any error (the study records it)."""
+    from ..distill.trainer import distill
+
+    timings: dict[str, float] = {}
+    config = ctx.space.suggest(trial, embed_dim=ctx.cache.embed_dim)
+    trial.set_user_attr("arch_key", config.arch_key)
+    trial.set_user_attr("config", config.to_dict())
+    trial.set_user_attr("describe", config.describe())
+    previous = _find_previous(trial, config.arch_key)
+    if previous is not None:
+        return _reuse(trial, previous)
+    forwards0 = teacher_forward_count()
+
+    t0 = time.time()
+    cost = measure_cost(config, ctx)
+    timings["cost_s"] = time.time() - t0
+    trial.set_user_attr("cost", cost)
+    trial.set_user_attr("timings", timings)
+    metrics: dict[str, Any] = {m: cost[m] for m in COST_METRICS}
+    cost_budgets = [b for b in ctx.budgets if b.metric in COST_METRICS]
+    violated = [b for b in cost_budgets if b.violation(cost[b.metric]) > 0]
+    for b in cost_budgets:
+        trial.set_constraint(str(b), b.violation(cost[b.metric]))
+    if violated:
+        reason = "; ".join(f"{b.metric} = {cost[b.metric]:.4g} violates {b}" for b in violated)
+        trial.set_user_attr("status", "infeasible")
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("train_steps", 0)
+        return _values(ctx, metrics)
+
+    def on_eval(step: int, m: dict[str, Any]) -> None:
+        if ctx.multi_objective or not ctx.experiment.search.prune:
+            return
+        value = m.get(ctx.objectives[0].metric)
+        if value is not None:
+            trial.report(value, step)
+            if trial.should_prune():
+                trial.set_user_attr("status", "pruned")
+                trial.set_user_attr("reason", f"pruned at step {step}: {ctx.objectives[0].metric} = {value:.4g}")
+                raise optuna.TrialPruned()
+
+    t0 = time.time()
+    model, result = distill(config, ctx.cache, ctx.experiment.distill, progress=ctx.progress, on_eval=on_eval,
+                            evaluate=False)
+    ctx.train_steps_run += result.steps
+    timings["train_s"] = time.time() - t0
+    t0 = time.time()
+    from ..evaluate import evaluate_student
+
+    scores = evaluate_student(model.visual, ctx.cache, config.vision.image_size, model.text,
+                              config.text.context_length if model.text is not None else None)
+    timings["eval_s"] = time.time() - t0
+    metrics.update(scores)
+    trial.set_user_attr("timings", timings)
+    trial.set_user_attr("train_steps", result.steps)
+    trial.set_user_attr("train_stopped_by", result.stopped_by)
+    trial.set_user_attr("loss_curve", [{"step": c["step"], "total": c["total"]} for c in result.curve])
+    trial.set_user_attr("teacher_forwards", teacher_forward_count() - forwards0)
+    trial.set_user_attr("metrics", _jsonable(metrics))
+    quality = [b for b in ctx.budgets if b.metric not in COST_METRICS]
+    for b in quality:
+        trial.set_constraint(str(b), b.violation(metrics.get(b.metric, math.nan)))
+    bad = [b for b in quality if b.violation(metrics.get(b.metric, math.nan)) > 0]
+    trial.set_user_attr("status", "infeasible" if bad else "ok")
+    trial.set_user_attr("reason", "; ".join(f"{b.metric} = {metrics[b.metric]:.4g} violates {b}" for b in bad))
+    return _values(ctx, metrics)
+
+
+def _values(ctx: TrialContext, metrics: dict[str, Any]) -> float | tuple[float, ...]:
+    """Objective values; a quality metric not measured (infeasible before training) is its worst value."""
+    values = []
+    for o in ctx.objectives:
+        v = metrics.get(o.metric)
+        if v is None:
+            v = 0.0 if METRICS[o.metric][0] == "maximize" else math.inf
+        values.append(float(v))
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _find_previous(trial: optuna.Trial, key: str) -> optuna.trial.FrozenTrial | None:
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("arch_key") == key and t.number != trial.number:
+            return t
+    return None
+
+
+def _reuse(trial: optuna.Trial, previous: optuna.trial.FrozenTrial) -> float | tuple[float, ...]:
+    """A configuration already evaluated in this study: copy its result, train nothing."""
+    for k, v in previous.user_attrs.items():
+        if k not in ("status", "reused_from"):
+            trial.set_user_attr(k, v)
+    trial.set_user_attr("status", previous.user_attrs.get("status", "ok"))
+    trial.set_user_attr("reused_from", previous.user_attrs.get("reused_from", previous.number))
+    trial.set_user_attr("train_steps", 0)
+    for k, v in previous.constraints.items():
+        trial.set_constraint(k, v)
+    return previous.values[0] if len(previous.values) == 1 else tuple(previous.values)
+
+
+def record_failure(trial: optuna.Trial, exc: BaseException) -> None:
+    """Store why a trial failed (the study then marks it FAIL and goes on)."""
+    trial.set_user_attr("status", "failed")
+    trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
+    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in d.items()}

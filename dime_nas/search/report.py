@@ -1,0 +1,297 @@
+"""The Pareto reporter: a study's trials -> front, hypervolume, knee, selection, files.
+
+Files written into the run directory: ``trials.csv``, ``pareto.csv``, ``selected.json``,
+``report.md``, ``pareto_latency.png``, ``pareto_macs.png`` and ``report.html``.
+Only feasible trials (status ``ok``; each architecture once) enter the front.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from ..config import METRICS, Budget
+from .pareto import default_reference, hypervolume, knee_point, non_dominated, top_k_along_front
+
+UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "params_m": "M params", "accuracy": "top-1",
+         "shifted_accuracy": "top-1", "retrieval": "R@1", "agreement": "fraction"}
+
+
+@dataclass
+class Row:
+    """One trial, flattened."""
+
+    number: int
+    state: str
+    status: str
+    reason: str
+    attrs: dict[str, Any]
+    values: list[float] | None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.attrs.get("metrics", {})
+
+    def get(self, metric: str) -> float | None:
+        v = self.metrics.get(metric)
+        return None if v is None else float(v)
+
+
+def collect(study: optuna.Study) -> list[Row]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        status = t.user_attrs.get("status") or {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed",
+                                                 "RUNNING": "running", "WAITING": "waiting"}[t.state.name]
+        rows.append(Row(t.number, t.state.name, status, t.user_attrs.get("reason", ""), dict(t.user_attrs),
+                        list(t.values) if t.values else None))
+    return rows
+
+
+def front(rows: list[Row], objectives: list[str], directions: list[str]) -> tuple[list[Row], np.ndarray, list[Row]]:
+    """Feasible unique rows, their objective matrix, and the non-dominated subset."""
+    seen, feasible = set(), []
+    for r in rows:
+        key = r.attrs.get("arch_key")
+        if r.state == "COMPLETE" and r.status == "ok" and key not in seen and all(
+                r.get(m) is not None for m in objectives):
+            seen.add(key)
+            feasible.append(r)
+    points = np.array([[r.get(m) for m in objectives] for r in feasible], dtype=float).reshape(-1, len(objectives))
+    nd = non_dominated(points, directions) if len(feasible) else np.array([], dtype=int)
+    return feasible, points, [feasible[i] for i in nd]
+
+
+def select(feasible: list[Row], points: np.ndarray, objectives: list[str], directions: list[str],
+           budgets: list[Budget], extra_budgets: list[Budget], quality: str, top_k: int) -> list[dict[str, Any]]:
+    """The students worth a full distillation, each with the reason it was picked."""
+    picks: list[dict[str, Any]] = []
+
+    def add(row: Row, why: str) -> None:
+        for p in picks:
+            if p["trial"] == row.number:
+                p["why"].append(why)
+                return
+        picks.append({"trial": row.number, "arch_key": row.attrs.get("arch_key"), "why": [why],
+                      "describe": row.attrs.get("describe"), "config": row.attrs.get("config"),
+                      "metrics": {m: row.get(m) for m in METRICS if row.get(m) is not None}})
+
+    if not feasible:
+        return picks
+    sign = 1 if METRICS[quality][0] == "maximize" else -1
+
+    def score(r: Row) -> float:
+        v = r.get(quality)
+        return -np.inf if v is None else sign * v
+
+    add(max(feasible, key=score), f"best {quality} within all budgets")
+    for b in [*budgets, *extra_budgets]:
+        ok = [r for r in feasible if r.get(b.metric) is not None and b.violation(r.get(b.metric)) <= 0]
+        if ok:
+            add(max(ok, key=score), f"best {quality} with {b}")
+    if len(objectives) > 1:
+        nd = non_dominated(points, directions)
+        add(feasible[nd[knee_point(points[nd], directions)]], "knee of the front")
+        for rank, i in enumerate(top_k_along_front(points, directions, top_k)):
+            add(feasible[i], f"top-{top_k} along the front (#{rank + 1})")
+    return picks
+
+
+def write_report(study: optuna.Study, out: str | Path, *, extra_budgets: list[Budget] | None = None,
+                 top_k: int = 3, title: str | None = None) -> dict[str, Any]:
+    """Write every report file into ``out``; returns the summary (also in selected.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    objectives = study.user_attrs.get("objectives") or ["value"]
+    directions = [d.name.lower() for d in study.directions]
+    budgets = [Budget.parse(b) for b in study.user_attrs.get("budgets", [])]
+    rows = collect(study)
+    feasible, points, nd_rows = front(rows, objectives, directions)
+    quality = next((m for m in objectives if METRICS.get(m, ("",))[0] == "maximize"), "accuracy")
+    summary: dict[str, Any] = {"study": study.study_name, "objectives": objectives, "directions": directions,
+                               "budgets": [str(b) for b in budgets], "target": study.user_attrs.get("target"),
+                               "counts": _counts(rows), "front": [r.number for r in nd_rows]}
+    if len(feasible):
+        ref = default_reference(points, directions)
+        nd_points = np.array([[r.get(m) for m in objectives] for r in nd_rows])
+        summary["hypervolume"] = {"value": hypervolume(nd_points, directions, ref), "reference": ref.tolist(),
+                                  "reference_rule": "nadir of the feasible trials pushed out by 10% of each range"}
+        if len(objectives) > 1:
+            nd = non_dominated(points, directions)
+            summary["knee"] = feasible[nd[knee_point(points[nd], directions)]].number
+    summary["selected"] = select(feasible, points, objectives, directions, budgets, extra_budgets or [], quality,
+                                 top_k)
+    _write_trials_csv(out / "trials.csv", rows)
+    _write_trials_csv(out / "pareto.csv", nd_rows)
+    (out / "selected.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plots = {}
+    for x in ("latency_ms", "gmacs"):
+        path = out / f"pareto_{'latency' if x == 'latency_ms' else 'macs'}.png"
+        plots[x] = _plot(path, rows, nd_rows, x, quality, budgets)
+    _write_html(out / "report.html", rows, nd_rows, quality)
+    _write_markdown(out / "report.md", study, summary, rows, nd_rows, quality, title, out)
+    return summary
+
+
+def _counts(rows: list[Row]) -> dict[str, int]:
+    counts: dict[str, int] = {"trials": len(rows)}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    counts["reused"] = sum(1 for r in rows if "reused_from" in r.attrs)
+    counts["rejected_before_training"] = sum(1 for r in rows if r.status == "infeasible"
+                                             and r.attrs.get("train_steps", 0) == 0 and "reused_from" not in r.attrs)
+    return counts
+
+
+def _flat(r: Row) -> dict[str, Any]:
+    cost, timings = r.attrs.get("cost", {}), r.attrs.get("timings", {})
+    d: dict[str, Any] = {"number": r.number, "state": r.state, "status": r.status, "reason": r.reason,
+                         "arch_key": r.attrs.get("arch_key"), "describe": r.attrs.get("describe"),
+                         "config_json": json.dumps(r.attrs.get("config"), sort_keys=True),
+                         "reused_from": r.attrs.get("reused_from", ""),
+                         "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gflops": cost.get("gflops"),
+                         "latency_ms": cost.get("latency_ms")}
+    for tower, c in sorted(cost.get("per_tower", {}).items()):
+        d[f"{tower}_latency_median_ms"] = c.get("latency_median_ms")
+        d[f"{tower}_latency_p90_ms"] = c.get("latency_p90_ms")
+    for m in ("accuracy", "shifted_accuracy", "retrieval", "agreement", "teacher_kl"):
+        d[m] = r.metrics.get(m)
+    for k, v in sorted(r.metrics.items()):
+        if k.startswith(("task/", "retrieval/")) and not k.endswith("agreement"):
+            d[k] = v
+    d.update({"cost_s": timings.get("cost_s"), "train_s": timings.get("train_s"), "eval_s": timings.get("eval_s"),
+              "train_steps": r.attrs.get("train_steps")})
+    return d
+
+
+def _write_trials_csv(path: Path, rows: list[Row]) -> None:
+    flats = [_flat(r) for r in rows]
+    columns: list[str] = []
+    for f in flats:
+        columns += [k for k in f if k not in columns]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns or ["number"])
+        writer.writeheader()
+        for f in flats:
+            writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in f.items()})
+
+
+def _plot(path: Path, rows: list[Row], nd_rows: list[Row], x: str, y: str, budgets: list[Budget]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+
+    def xy(rs: list[Row]) -> tuple[list[float], list[float]]:
+        pts = [(r.get(x), r.get(y)) for r in rs if r.get(x) is not None and r.get(y) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    ok = [r for r in rows if r.status == "ok" and "reused_from" not in r.attrs]
+    infeasible = [r for r in rows if r.status == "infeasible" and "reused_from" not in r.attrs]
+    ax.scatter(*xy(ok), s=28, c="#8aa1c1", label="feasible trials", zorder=2)
+    bad = [r for r in infeasible if r.get(x) is not None]
+    if bad:  # rejected before training have no accuracy: drawn on the x axis
+        ax.scatter([r.get(x) for r in bad], [r.get(y) if r.get(y) is not None else 0.0 for r in bad], marker="x",
+                   s=30, c="#d62728", label="over budget", zorder=2)
+    fx, fy = xy(sorted(nd_rows, key=lambda r: r.get(x) or 0.0))
+    if fx:
+        ax.plot(fx, fy, "-o", c="#ff7f0e", ms=7, lw=1.5, label="Pareto front", zorder=3)
+        for r in nd_rows:
+            ax.annotate(f"#{r.number}", (r.get(x), r.get(y)), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for b in budgets:
+        if b.metric == x:
+            ax.axvline(b.value, ls="--", c="#d62728", lw=1, label=f"budget {b}")
+    ax.set_xlabel(f"{x} ({UNITS.get(x, '')})" if x != "gmacs" else "GMACs per image (counted towers, batch 1)")
+    ax.set_ylabel(f"{y} ({UNITS.get(y, '')})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"{y} vs {x}: {len(ok)} feasible, {len(infeasible)} over budget", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _write_html(path: Path, rows: list[Row], nd_rows: list[Row], y: str) -> None:
+    import plotly.graph_objects as go
+
+    front_ids = {r.number for r in nd_rows}
+    fig = go.Figure()
+    for label, pick, symbol in (("feasible", lambda r: r.status == "ok" and r.number not in front_ids, "circle"),
+                                ("Pareto front", lambda r: r.number in front_ids, "star"),
+                                ("over budget", lambda r: r.status == "infeasible", "x")):
+        rs = [r for r in rows if pick(r) and r.get("latency_ms") is not None]
+        fig.add_trace(go.Scatter(
+            x=[r.get("latency_ms") for r in rs], y=[r.get(y) if r.get(y) is not None else 0.0 for r in rs],
+            mode="markers", name=label, marker={"symbol": symbol, "size": 10},
+            text=[f"trial {r.number} ({r.attrs.get('arch_key')})<br>{r.attrs.get('describe')}<br>"
+                  f"params {r.get('params_m') or 0:.2f} M, {r.get('gmacs') or 0:.3f} GMACs<br>"
+                  f"{json.dumps(r.attrs.get('config'))}" for r in rs], hoverinfo="text+x+y"))
+    fig.update_layout(title=f"{y} vs latency (hover for each trial's config)",
+                      xaxis_title="latency_ms (median, counted towers)", yaxis_title=y, template="plotly_white")
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], rows: list[Row], nd_rows: list[Row],
+                    quality: str, title: str | None, out: Path) -> None:
+    c = summary["counts"]
+    target = summary.get("target") or {}
+    lines = [f"# {title or 'dime_nas search report'}: {study.study_name}", "",
+             "## Setup", "",
+             f"- objectives: {', '.join(f'{o} ({d})' for o, d in zip(summary['objectives'], summary['directions']))}",
+             f"- budgets: {', '.join(summary['budgets']) or 'none'}",
+             f"- latency target: `{target.get('name')}` - {target.get('description', '')}",
+             f"- search space: `{study.user_attrs.get('space')}`",
+             f"- trials: {c['trials']} ({c.get('ok', 0)} feasible, {c.get('infeasible', 0)} over budget "
+             f"of which {c['rejected_before_training']} rejected before training, {c.get('pruned', 0)} pruned, "
+             f"{c.get('failed', 0)} failed, {c['reused']} duplicates reused)", ""]
+    hv = summary.get("hypervolume")
+    if hv:
+        lines += [f"Hypervolume of the front: **{hv['value']:.4g}** against reference point "
+                  f"{[round(v, 4) for v in hv['reference']]} ({hv['reference_rule']}).", ""]
+    lines += ["## Pareto front", "", "| trial | architecture | params (M) | GMACs | latency (ms) | "
+              f"{quality} | key |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(nd_rows, key=lambda r: r.get("latency_ms") or 0.0):
+        lines.append(f"| {r.number} | {r.attrs.get('describe')} | {_fmt(r.get('params_m'), 2)} | "
+                     f"{_fmt(r.get('gmacs'), 4)} | {_fmt(r.get('latency_ms'), 2)} | {_fmt(r.get(quality))} | "
+                     f"`{r.attrs.get('arch_key')}` |")
+    lines += ["", "![accuracy vs latency](pareto_latency.png)", "", "![accuracy vs MACs](pareto_macs.png)", "",
+              "Interactive version (hover shows each trial's config): [report.html](report.html).", "",
+              "## Selected students", ""]
+    for p in summary["selected"]:
+        m = p["metrics"]
+        lines.append(f"- **trial {p['trial']}** `{p['arch_key']}` {p['describe']}: {quality} "
+                     f"{_fmt(m.get(quality))}, latency {_fmt(m.get('latency_ms'), 2)} ms, "
+                     f"{_fmt(m.get('params_m'), 2)} M params - {'; '.join(p['why'])}")
+    if not summary["selected"]:
+        lines.append("No feasible trial yet.")
+    full = out / "distill_results.json"
+    if full.exists():
+        results = json.loads(full.read_text())
+        lines += ["", "## Full distillation (short-run proxy vs full run)", "",
+                  f"| trial | key | steps | proxy {quality} | full {quality} | proxy latency (ms) | "
+                  "full latency (ms) | params (M) |", "|---|---|---|---|---|---|---|---|"]
+        for r in results:
+            lines.append(f"| {r['trial']} | `{r['arch_key']}` | {r['steps']} | {_fmt(r['proxy'].get(quality))} | "
+                         f"{_fmt(r['full'].get(quality))} | {_fmt(r['proxy'].get('latency_ms'), 2)} | "
+                         f"{_fmt(r['full'].get('latency_ms'), 2)} | {_fmt(r['full'].get('params_m'), 2)} |")
+    lines += ["", "## How to read this report", "",
+              "Each point is one trial. Up and to the left is better (more accurate, faster); red crosses are "
+              "students over budget, rejected before training (drawn at accuracy 0). The Pareto front joins "
+              "the students no other student beats on every objective at once; the knee is where extra accuracy "
+              "starts to cost disproportionately more latency. Accuracy here is the *short-run proxy*: "
+              "a few hundred distillation steps, good for ranking, not a final number - run "
+              "`dime-nas distill RUN_DIR --select knee` for the full result. `trials.csv` has every trial "
+              "(config, cost, per-task scores, timings); `pareto.csv` only the front; `selected.json` the "
+              "picks with reasons.", ""]
+    path.write_text("\n".join(lines))

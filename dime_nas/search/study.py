@@ -1,0 +1,241 @@
+"""The search loop: an Optuna study over students, robust to failures and interruptions.
+
+- Storage: a SQLite file in the run directory by default (one process); any Optuna
+  URL (PostgreSQL/MySQL for parallel workers, ``journal:PATH`` for a journal file).
+- Rerunning the same command continues the study; trials left RUNNING by a killed
+  process are marked FAIL ("interrupted") first, so a ``kill -9`` loses only the trial
+  in flight.
+- Ctrl-C stops after the current trial (a second Ctrl-C stops at once, failing it).
+- A trial that raises is recorded FAIL with its reason; the study goes on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ..config import ExperimentConfig, run_dir
+from ..errors import ConfigError
+from .objective import TrialContext, record_failure, run_trial
+
+_log = logging.getLogger(__name__)
+RUN_MARKER = "experiment.json"
+
+
+@dataclass
+class SearchOutcome:
+    run_dir: Path
+    study: optuna.Study
+    already_done: int  # finished trials found when the search started
+    new_trials: int  # trials finished by this call
+    interrupted: bool
+    seconds: float
+
+
+def storage_url(config: ExperimentConfig, out: Path) -> str:
+    return config.search.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage; an unreachable database is a ConfigError naming the URL."""
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # sqlalchemy raises many kinds (OperationalError, ArgumentError, ...)
+        raise ConfigError(f"cannot open storage {url!r}: {type(exc).__name__}: {exc}", key="search.storage") from None
+
+
+def make_sampler(config: ExperimentConfig, n_objectives: int) -> optuna.samplers.BaseSampler:
+    s = config.search
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, n_startup_trials=5)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=min(20, max(4, (s.trials or 20) // 3)))
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed)
+    # random, and grid (grid points are enqueued; the sampler only fills gaps)
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def claim_run_dir(config: ExperimentConfig, out: Path, force: bool) -> None:
+    """Refuse a run directory that belongs to a different experiment (unless forced)."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / RUN_MARKER
+    mine = {"name": config.name, "source": config.source}
+    if marker.exists() and not force:
+        theirs = json.loads(marker.read_text())
+        if theirs.get("name") != config.name:
+            raise ConfigError(f"run directory {out} belongs to experiment {theirs.get('name')!r}, not "
+                              f"{config.name!r}: choose another --out, or pass --force", key="out_dir")
+    marker.write_text(json.dumps(mine, indent=1) + "\n")
+
+
+def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None = None, trials: int | None = None,
+               storage: str | None = None, force: bool = False, progress: bool = True) -> SearchOutcome:
+    """Run (or continue) the study until it holds ``trials`` finished trials or time runs out."""
+    out = Path(out or run_dir(config))
+    claim_run_dir(config, out, force)
+    url = storage or storage_url(config, out)
+    directions = [o.direction for o in ctx.objectives]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=config.name, storage=open_storage(url), directions=directions,
+                                sampler=make_sampler(config, len(directions)), load_if_exists=True,
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ConfigError(f"the study {config.name!r} in {url} has directions "
+                          f"{[d.name.lower() for d in study.directions]}, this experiment asks for {directions}: "
+                          "use another --out or --storage", key="objectives")
+    _fail_interrupted(study, url)
+    study.set_user_attr("objectives", [o.metric for o in ctx.objectives])
+    study.set_user_attr("budgets", [str(b) for b in ctx.budgets])
+    study.set_user_attr("target", ctx.target.to_dict())
+    study.set_user_attr("space", ctx.space.source)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    already = len(study.get_trials(deepcopy=False, states=finished))
+    want = trials if trials is not None else config.search.trials
+    if config.search.sampler == "grid":
+        _enqueue_grid(study, ctx)
+    start, stop = time.time(), _StopFlag()
+    new = 0
+    bar = _TrialBar(progress, want, already, study)
+    try:
+        with stop:
+            while not stop.requested:
+                done = len(study.get_trials(deepcopy=False, states=finished))
+                if want is not None and done >= want:
+                    break
+                if config.search.timeout_s is not None and time.time() - start >= config.search.timeout_s:
+                    break
+                _one_trial(study, ctx)
+                new += 1
+                bar.update(study)
+    finally:
+        bar.close()
+    return SearchOutcome(out, study, already, new, stop.requested, time.time() - start)
+
+
+def _one_trial(study: optuna.Study, ctx: TrialContext) -> None:
+    trial = study.ask()
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    try:
+        values = run_trial(trial, ctx)
+    except optuna.TrialPruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    except KeyboardInterrupt:
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    except Exception as exc:  # one bad config must not end the search
+        record_failure(trial, exc)
+        _log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    else:
+        study.tell(trial, values)
+
+
+def _fail_interrupted(study: optuna.Study, url: str) -> None:
+    """Trials a killed process left RUNNING become FAIL ("interrupted").
+
+    Each trial records the host and pid running it; a RUNNING trial of this host whose
+    process is gone was interrupted (on a shared database, other hosts' trials are left
+    alone). A single-process SQLite or journal file has no live trial when we start.
+    """
+    single = url.startswith("sqlite") or url.startswith("journal:")
+    host = socket.gethostname()
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", {})
+        if single or (worker.get("host") == host and not _alive(worker.get("pid", -1))):
+            stale.append(t)
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
+        study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted (the process running it stopped)")
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    if stale:
+        _log.warning("marked %d interrupted trial(s) as failed", len(stale))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _enqueue_grid(study: optuna.Study, ctx: TrialContext) -> None:
+    """Grid sampler: every configuration of the space once (skipping ones already queued or run)."""
+    seen = {t.user_attrs.get("arch_key") for t in study.get_trials(deepcopy=False)}
+    queued = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
+    for config, params in ctx.space.grid_params(ctx.cache.embed_dim):
+        if config.arch_key not in seen and json.dumps(params, sort_keys=True) not in queued:
+            study.enqueue_trial(params, skip_if_exists=True)
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current trial, then stop. Second: stop now."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\nstopping after the current trial (Ctrl-C again to stop now)", flush=True)
+
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: keep the default behaviour
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+class _TrialBar:
+    """One bar over trials: best-so-far and feasible count in the postfix."""
+
+    def __init__(self, enabled: bool, total: int | None, initial: int, study: optuna.Study):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc="search", unit="trial", disable=not enabled,
+                        dynamic_ncols=True, position=0)
+        self.update(study, advance=False)
+
+    def update(self, study: optuna.Study, advance: bool = True) -> None:
+        if advance:
+            self.bar.update(1)
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        feasible = [t for t in complete if t.user_attrs.get("status") in ("ok",)]
+        post = {"feasible": len(feasible), "failed": len(study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))}
+        if feasible:
+            metric = study.user_attrs.get("objectives", ["value"])[0]
+            sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+            best = max(feasible, key=lambda t: sign * t.values[0])
+            post[f"best {metric}"] = f"{best.values[0]:.3f}"
+        self.bar.set_postfix(post, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
