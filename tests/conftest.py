@@ -81,3 +81,79 @@ def small_cache(tmp_path_factory, tiny_teacher_dir):
     suite = EvalSuite([load_folder_task(root / "task", name="colour")], load_retrieval_pairs(root / "pairs.jsonl"))
     return build_cache(teacher, open_image_corpus(root / "images"), open_sentence_corpus(root / "sentences.txt"),
                        suite, root / "cache", pixel_size=32, chunk_size=64, batch_size=32, progress=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory):
+    """Tests never read or write the user's real cache."""
+    import os
+
+    old = os.environ.get("DIME_NAS_CACHE")
+    os.environ["DIME_NAS_CACHE"] = str(tmp_path_factory.mktemp("user_cache"))
+    yield
+    if old is None:
+        os.environ.pop("DIME_NAS_CACHE", None)
+    else:
+        os.environ["DIME_NAS_CACHE"] = old
+
+
+TEST_SPACE = """
+name: test
+embed_dim: 64
+image:
+  kind: vit
+  vit:
+    layers: [1, 2]
+    width: [32, 64]
+    heads: [2]
+    mlp_ratio: [2.0]
+    patch_size: [8, 16]
+    image_size: [32]
+text:
+  kind: teacher
+"""
+
+TEST_TARGETS = """
+fast-cpu:
+  description: this machine's CPU, 1 thread, few runs (tests only)
+  backend: onnxruntime
+  providers: [CPUExecutionProvider]
+  intra_op_threads: 1
+  batch_size: 1
+  towers: [image]
+  precision: fp32
+  warmup: 1
+  runs: 5
+"""
+
+
+def write_experiment(root: Path, teacher_dir: Path, *, name: str = "t", trials: int = 4, budgets=(),
+                     extra: str = "") -> Path:
+    """A small, fast experiment: tiny teacher, small ShapesWorld corpora, an 8-config space."""
+    (root / "space.yaml").write_text(TEST_SPACE)
+    (root / "targets.yaml").write_text(TEST_TARGETS)
+    budget_lines = "".join(f"  - {b}\n" for b in budgets)
+    text = f"""
+name: {name}
+teacher:
+  checkpoint: {teacher_dir}
+  batch_size: 32
+data:
+  shapes: {{n_images: 64, n_sentences: 64, image_size: 32}}
+  pixel_size: 32
+eval:
+  shapes: {{n_per_class: 2, shifts: [sketch], retrieval_size: 10}}
+space: space.yaml
+targets_file: targets.yaml
+target: fast-cpu
+budgets:
+{budget_lines or '  []'}
+distill: {{steps: 4, batch_size: 16, text_batch_size: 16, warmup_steps: 1}}
+full_distill: {{steps: 6, batch_size: 16, text_batch_size: 16, warmup_steps: 1, checkpoint_every: 3}}
+search: {{trials: {trials}, seed: 0, sampler: random}}
+out_dir: run
+{extra}
+"""
+    path = root / "experiment.yaml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import write_experiment
+from dime_nas.config import load_experiment
+from dime_nas.cost.targets import get_target
+from dime_nas.pipeline import prepare_cache
+from dime_nas.search.objective import TrialContext
+from dime_nas.search.report import write_report
+from dime_nas.search.study import run_search
+from dime_nas.space import SearchSpace
+
+REPORT_FILES = ("trials.csv", "pareto.csv", "selected.json", "report.md", "pareto_latency.png",
+                "pareto_macs.png", "report.html")
+
+
+def _context(config):
+    cache, text_cfg = prepare_cache(config, progress=False)
+    return TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
+                        text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=False)
+
+
+def _search(tmp_path, teacher_dir, **kw):
+    config = load_experiment(write_experiment(tmp_path, teacher_dir, **kw))
+    ctx = _context(config)
+    outcome = run_search(config, ctx, out=tmp_path / "run", progress=False)
+    return config, ctx, outcome
+
+
+def test_search_runs_trials_and_writes_the_report(tmp_path, tiny_teacher_dir):
+    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=4)
+    trials = outcome.study.get_trials()
+    assert len(trials) == 4 and outcome.new_trials == 4
+    done = [t for t in trials if t.user_attrs.get("status") == "ok"]
+    assert done, [t.user_attrs.get("reason") for t in trials]
+    for t in done:
+        if "reused_from" not in t.user_attrs:
+            assert t.user_attrs["teacher_forwards"] == 0 and t.user_attrs["train_steps"] == 4
+        assert t.user_attrs["cost"]["latency_ms"] > 0 and 0 <= t.user_attrs["metrics"]["accuracy"] <= 1
+        assert set(t.user_attrs["timings"]) == {"cost_s", "train_s", "eval_s"}
+    summary = write_report(outcome.study, tmp_path / "run")
+    for name in REPORT_FILES:
+        assert (tmp_path / "run" / name).stat().st_size > 0, name
+    assert summary["selected"] and set(summary["front"]) <= {t.number for t in done}
+    header = (tmp_path / "run" / "trials.csv").read_text().splitlines()[0].split(",")
+    for column in ("number", "state", "reason", "arch_key", "config_json", "params_m", "gmacs", "gflops",
+                   "image_latency_median_ms", "image_latency_p90_ms", "accuracy", "cost_s", "train_s", "eval_s"):
+        assert column in header
+
+
+def test_over_budget_trials_end_before_training(tmp_path, tiny_teacher_dir):
+    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=3, budgets=["params_m <= 0.001"])
+    assert ctx.train_steps_run == 0
+    for t in outcome.study.get_trials():
+        assert t.user_attrs["status"] == "infeasible" and t.user_attrs.get("train_steps", 0) == 0
+        assert "params_m" in t.user_attrs["reason"] and t.constraints["params_m <= 0.001"] > 0
+        assert t.user_attrs["cost"]["params_m"] > 0.001  # its measured cost is recorded
+    summary = write_report(outcome.study, tmp_path / "run")
+    assert summary["counts"]["rejected_before_training"] == 3 and summary["selected"] == []
+
+
+def test_duplicate_architectures_are_reused_not_retrained(tmp_path, tiny_teacher_dir):
+    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=12)
+    trials = outcome.study.get_trials()
+    keys = [t.user_attrs["arch_key"] for t in trials]
+    assert len(set(keys)) <= 8 < len(keys)  # the space has 8 configs
+    reused = [t for t in trials if "reused_from" in t.user_attrs]
+    assert reused
+    for t in reused:
+        first = outcome.study.trials[t.user_attrs["reused_from"]]
+        assert first.user_attrs["arch_key"] == t.user_attrs["arch_key"] and t.values == first.values
+    assert ctx.train_steps_run == 4 * (len(trials) - len(reused))
+
+
+def test_a_trial_that_raises_is_recorded_and_the_study_goes_on(tmp_path, tiny_teacher_dir, monkeypatch):
+    import dime_nas.distill.trainer as trainer
+
+    real, calls = trainer.distill, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "distill", flaky)
+    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=3)
+    states = [t.state for t in outcome.study.get_trials()]
+    assert states[0] == optuna.trial.TrialState.FAIL and len(states) == 3
+    first = outcome.study.trials[0]
+    assert first.user_attrs["status"] == "failed" and "simulated out of memory" in first.user_attrs["reason"]
+    assert optuna.trial.TrialState.COMPLETE in states[1:]
+
+
+def test_killed_search_resumes_keeping_finished_trials(tmp_path, tiny_teacher_dir):
+    exp = write_experiment(tmp_path, tiny_teacher_dir, trials=50)
+    cmd = [sys.executable, "-m", "dime_nas.cli", "search", str(exp), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = tmp_path / "run" / "study.db"
+    deadline, finished = time.time() + 240, []
+    while time.time() < deadline and len(finished) < 2:
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    finished = con.execute("select number, state from trials where state = 'COMPLETE'").fetchall()
+            except sqlite3.OperationalError:
+                pass
+    assert len(finished) >= 2, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "too slow"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    storage = f"sqlite:///{db}"
+    before = {t.number: t.values for t in optuna.load_study(study_name="t", storage=storage).get_trials()
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    out = subprocess.run([*cmd, "--trials", str(len(before) + 2)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{len(before)} already done" in out.stdout or "already done" in out.stdout
+    study = optuna.load_study(study_name="t", storage=storage)
+    after = {t.number: t for t in study.get_trials()}
+    for number, values in before.items():
+        assert after[number].values == values
+    interrupted = [t for t in after.values() if "interrupted" in t.user_attrs.get("reason", "")]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
+    assert not [t for t in after.values() if t.state == optuna.trial.TrialState.RUNNING]
+    assert (tmp_path / "run" / "report.md").exists()
+
+
+def test_run_directory_of_another_experiment_is_refused(tmp_path, tiny_teacher_dir):
+    from dime_nas.cli import main
+
+    exp = write_experiment(tmp_path, tiny_teacher_dir, trials=1)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "experiment.json").write_text(json.dumps({"name": "someone-else"}))
+    assert main(["search", str(exp), "--quiet", "--out", str(tmp_path / "run")]) == 2
