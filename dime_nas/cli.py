@@ -322,7 +322,7 @@ def _cmd_search(args) -> int:
     from .pipeline import prepare_cache
     from .search.objective import TrialContext
     from .search.report import write_report
-    from .search.study import claim_run_dir, run_search, storage_url
+    from .search.study import claim_run_dir, open_storage, run_search, storage_url
     from .space import SearchSpace
 
     t0 = time.time()
@@ -330,6 +330,7 @@ def _cmd_search(args) -> int:
     out = Path(args.out or run_dir(config))
     claim_run_dir(config, out, args.force)
     storage = args.storage or storage_url(config, out)
+    open_storage(storage)  # an unreachable database fails now, before the cache is built
     _save_run_config(config, out, storage)
     cache, text_cfg = prepare_cache(config, progress=not args.quiet)
     t_prep = time.time() - t0

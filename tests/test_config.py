@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import write_experiment
+from dime_nas.cli import main
+from dime_nas.config import Budget, load_experiment
+from dime_nas.errors import ConfigError
+
+
+def _mutated(tmp_path, teacher_dir, mutate):
+    path = write_experiment(tmp_path, teacher_dir)
+    data = yaml.safe_load(path.read_text())
+    mutate(data)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate, key, problem", [
+    (lambda d: d.update(serch={}), "serch", "did you mean 'search'"),
+    (lambda d: d["distill"].update(stpes=3), "distill.stpes", "did you mean 'steps'"),
+    (lambda d: d["distill"].update(steps="many"), "distill.steps", "expected an integer"),
+    (lambda d: d["distill"].update(lr="fast"), "distill.lr", "expected a number"),
+    (lambda d: d["search"].update(sampler="tpee"), "search.sampler", "unknown sampler"),
+    (lambda d: d.update(target="pi5"), "target", "unknown target"),
+    (lambda d: d.update(budgets=["latency_ms < 3"]), "budgets[0]", "cannot read budget"),
+    (lambda d: d.update(budgets=["speed <= 3"]), "budgets[0]", "unknown metric"),
+    (lambda d: d.update(eval={"shapes": {"n_per_class": 2, "shifts": [], "retrieval_size": 0}},
+                        budgets=["retrieval >= 0.5"]), "budgets[0]", "does not measure"),
+    (lambda d: d.update(objectives=[{"metric": "shifted_accuracy"}], eval={}), "objectives[0]", "not measured"),
+    (lambda d: d.update(data={"images": "/no/such/folder", "sentences": "/no/such.txt"}), "data.images",
+     "path not found"),
+    (lambda d: d["teacher"].update(checkpoint="/no/such/teacher"), "teacher.checkpoint", "path not found"),
+    (lambda d: d.update(teacher={"model": "ViT-B-32"}), "teacher", "exactly one of"),
+    (lambda d: d.update(space="nope.yaml"), "space", "search space not found"),
+    (lambda d: d.pop("data"), "data", "missing required key"),
+])
+def test_bad_experiment_fails_before_anything_runs_naming_the_key(tmp_path, tiny_teacher_dir, mutate, key, problem):
+    path = _mutated(tmp_path, tiny_teacher_dir, mutate)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    message = str(info.value)
+    assert str(path) in message and key in message and problem in message, message
+
+
+def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path, tiny_teacher_dir, capsys):
+    path = _mutated(tmp_path, tiny_teacher_dir, lambda d: d.update(target="pi5"))
+    assert main(["search", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown target 'pi5'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unreachable_storage_is_reported(tmp_path, tiny_teacher_dir, capsys):
+    path = write_experiment(tmp_path, tiny_teacher_dir)
+    code = main(["search", str(path), "--quiet", "--storage", "postgresql://nobody@127.0.0.1:1/none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot open storage" in err and "postgresql://nobody@127.0.0.1:1/none" in err
+
+
+def test_shipped_experiments_load():
+    demo = load_experiment("experiments/demo.yaml")
+    assert demo.teacher.shapes is not None and demo.space.endswith("tiny.yaml")
+    assert [str(b) for b in demo.budget_list] == ["latency_ms <= 2"]
+
+
+def test_budget_violation_sign():
+    assert Budget.parse("latency_ms <= 8").violation(9.5) == pytest.approx(1.5)
+    assert Budget.parse("latency_ms <= 8").violation(7) < 0
+    assert Budget.parse("accuracy >= 0.5").violation(0.4) == pytest.approx(0.1)
+
+
+def test_storage_is_checked_before_the_cache_is_built(tmp_path, tiny_teacher_dir, monkeypatch):
+    import dime_nas.pipeline as pipeline
+
+    def fail(*a, **k):
+        raise AssertionError("the cache was built before the storage was checked")
+
+    monkeypatch.setattr(pipeline, "prepare_cache", fail)
+    path = write_experiment(tmp_path, tiny_teacher_dir)
+    assert main(["search", str(path), "--quiet", "--storage", "mysql://nobody@127.0.0.1:1/none"]) == 2
