@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dime_nas.cost.flops import count_macs, count_params, model_cost, tower_cost
-from dime_nas.cost.towers import Tower, resolve_model, towers_from_student, tracing_mode
+from dime_nas.cost.towers import Tower, resolve_model, towers_from_open_clip, towers_from_student, tracing_mode
 from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
 
 
@@ -179,20 +179,33 @@ def test_vit_b_32_matches_open_clip_profile(vit_b_32):
     assert image["uncounted_ops"] == {} and text["uncounted_ops"] == {}
 
 
-def test_open_clip_text_tower_holds_only_text_weights(vit_b_32):
-    import open_clip
-
+def test_open_clip_text_tower_params(vit_b_32):
     image, text = vit_b_32["image"], vit_b_32["text"]
     visual_ids = {id(p) for p in image.module.parameters()}
     assert not any(id(p) in visual_ids for p in text.module.parameters())
-    # ViT-B-32 text tower: 63.43 M params in open_clip's profile table
-    assert count_params(text) / 1e6 == pytest.approx(63.43, abs=0.01)
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    model.load_state_dict({**{f"visual.{k}": v for k, v in image.module.state_dict().items()},
-                           **text.module.state_dict(), "logit_scale": torch.tensor(1.0)}, strict=True)
+    assert count_params(text) / 1e6 == pytest.approx(63.43, abs=0.01)  # open_clip's profile table
+
+
+@pytest.mark.parametrize("custom_text", [False, True])
+def test_towers_from_open_clip_clip_and_custom_text_clip(custom_text):
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+
+    torch.manual_seed(0)
+    cls = CustomTextCLIP if custom_text else CLIP
+    model = cls(embed_dim=64, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+                text_cfg=CLIPTextCfg(context_length=16, vocab_size=1000, width=32, heads=2, layers=1)).eval()
+    towers = towers_from_open_clip(model)
+    image, text = towers["image"], towers["text"]
+    # the two towers partition the model's weights (plus the logit scale)
+    assert count_params(image) + count_params(text) + 1 == sum(p.numel() for p in model.parameters())
     tokens = text.example_input(2)
-    with tracing_mode(model), tracing_mode(text.module):
+    assert tokens.shape == (2, 16) and int(tokens.max()) == 999  # the EOT id closes each row
+    with tracing_mode(model):
         assert torch.allclose(text.module(tokens), model.encode_text(tokens))
+        assert torch.allclose(image.module(image.example_input(2)), model.encode_image(image.example_input(2)))
+    # 16 tokens x (qkv + out + 2 MLP) + attention + pooled projection, by hand
+    expected_text = 16 * 32 * (96 + 32 + 2 * 128) + 2 * 16 * 16 * 32 + 32 * 64
+    assert tower_cost(text)["macs"] == expected_text
 
 
 @pytest.mark.slow
