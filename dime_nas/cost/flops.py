@@ -8,10 +8,8 @@ Norms, pooling, activations, softmax and other elementwise ops are not counted.
 """
 from __future__ import annotations
 
-import logging
 import math
 import warnings
-from collections import Counter
 from typing import Any
 
 from dime_nas.cost.towers import Tower, tracing_mode
@@ -102,15 +100,9 @@ def count_macs(tower: Tower) -> tuple[int, dict[str, int], dict[str, int]]:
         analysis.set_op_handle(**{name: None for name in _NOT_COUNTED})
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         analysis.tracer_warnings("none")
-        logger = logging.getLogger("fvcore.nn.jit_analysis")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            total = int(analysis.total())
-            by_op = {k: int(v) for k, v in analysis.by_operator().items() if v}
-            uncounted = dict(Counter(analysis.unsupported_ops()))
-        finally:
-            logger.setLevel(level)
+        total = int(analysis.total())
+        by_op = {k: int(v) for k, v in analysis.by_operator().items() if v}
+        uncounted = dict(analysis.unsupported_ops())
     heavy = [op for op in uncounted if any(h in op for h in _HEAVY_HINTS)]
     if heavy:
         warnings.warn(f"{tower.name} tower: MACs of {', '.join(heavy)} are not counted", stacklevel=2)
