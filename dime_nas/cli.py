@@ -328,9 +328,10 @@ def _cmd_search(args) -> int:
     t0 = time.time()
     config = load_experiment(args.experiment)
     out = Path(args.out or run_dir(config))
+    if args.storage or config.search.storage:  # an unreachable database fails now, before anything is made
+        open_storage(args.storage or config.search.storage)
     claim_run_dir(config, out, args.force)
     storage = args.storage or storage_url(config, out)
-    open_storage(storage)  # an unreachable database fails now, before the cache is built
     _save_run_config(config, out, storage)
     cache, text_cfg = prepare_cache(config, progress=not args.quiet)
     t_prep = time.time() - t0
