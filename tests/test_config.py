@@ -79,3 +79,14 @@ def test_storage_is_checked_before_the_cache_is_built(tmp_path, tiny_teacher_dir
     monkeypatch.setattr(pipeline, "prepare_cache", fail)
     path = write_experiment(tmp_path, tiny_teacher_dir)
     assert main(["search", str(path), "--quiet", "--storage", "mysql://nobody@127.0.0.1:1/none"]) == 2
+
+
+def test_paper_template_is_complete_but_for_its_data_paths():
+    with pytest.raises(ConfigError, match="path not found: /data/"):
+        load_experiment("experiments/dime-fm-vitl14-b32.yaml")
+    from dime_nas.config import ExperimentConfig
+    from dime_nas.typed_yaml import from_mapping, load_yaml_mapping
+
+    config = from_mapping(ExperimentConfig, load_yaml_mapping("experiments/dime-fm-vitl14-b32.yaml"))
+    assert config.teacher.model == "ViT-L-14" and config.teacher.pretrained == "openai"
+    assert config.target == "gpu-cuda" and config.space == "dime-fm-b32"
