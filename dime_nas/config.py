@@ -309,11 +309,17 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
     if config.target not in targets:
         raise ConfigError(f"unknown target {config.target!r}" + did_you_mean(config.target, targets)
                           + f"; known: {', '.join(targets)}", file=file, key="target")
+    from .data.corpora import expand_paths
+
     for key, p in [("data.images", config.data.images), ("data.sentences", config.data.sentences),
                    ("teacher.checkpoint", config.teacher.checkpoint)]:
-        for one in ([p] if isinstance(p, str) else p or []):
-            if "{" not in one and not any(ch in one for ch in "*?") and not Path(one).exists():
-                raise ConfigError(f"path not found: {one}", file=file, key=key)
+        if p is None:
+            continue
+        try:  # brace ranges and globs must match at least one file
+            expand_paths(p)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"path not found: {exc}".replace("path not found: file not found: ", "path not found: "),
+                              file=file, key=key) from None
     for i, task in enumerate(config.eval.tasks):
         if not Path(task.folder).is_dir():
             raise ConfigError(f"folder not found: {task.folder}", file=file, key=f"eval.tasks[{i}].folder")
