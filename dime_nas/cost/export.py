@@ -8,6 +8,8 @@ run by onnxruntime at batch 1 and 3 and compared with torch.
 """
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -185,9 +187,12 @@ def _add_int8(exported: ExportedTower, tower: Tower, batch: int = 8) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs advice on the root logger
     try:
-        quantize_dynamic(str(exported.path), str(int8_path), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=list(INT8_OP_TYPES),
-                         use_external_data_format=exported.file_bytes > _TWO_GB * 0.95)
+        # onnxruntime's shape inference dumps a debug model into the working directory when it
+        # gives up: run it from a scratch folder so users' folders stay clean.
+        with tempfile.TemporaryDirectory(prefix="dime_nas_quant_") as scratch, contextlib.chdir(scratch):
+            quantize_dynamic(str(exported.path.resolve()), str(int8_path.resolve()), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=list(INT8_OP_TYPES),
+                             use_external_data_format=exported.file_bytes > _TWO_GB * 0.95)
     finally:
         root.setLevel(level)
     x = tower.example_input(batch).numpy()
