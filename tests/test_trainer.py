@@ -148,3 +148,27 @@ def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
             v, w = torch.cat([v[:third], v[2 * third:]]), torch.cat([w[:third], w[2 * third:]])
         torch.testing.assert_close(w, v, rtol=1e-3, atol=2e-5, msg=lambda m: f"{k}: {m}")
     np.testing.assert_allclose([c["total"] for c in two["curve"]], [c["total"] for c in one["curve"]], rtol=1e-4)
+
+
+def test_compact_vocabulary_trains_exactly_like_the_full_embedding():
+    import copy
+
+    from dime_nas.distill.compact_vocab import compact, expand
+    from dime_nas.student import build_text_tower
+
+    torch.manual_seed(0)
+    full = build_text_tower(STUDENT)
+    small = copy.deepcopy(full)
+    ids = torch.tensor([0, 5, 17, 300, 1000, 49407])
+    compact(small, ids)
+    tokens = ids[torch.randint(len(ids), (8, STUDENT.text.context_length))]
+    for model in (full, small):
+        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-2, fused=True)
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(tokens).pow(2).sum().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+    expand(small)
+    for (k, v), w in zip(full.state_dict().items(), small.state_dict().values()):
+        torch.testing.assert_close(w, v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")

@@ -189,8 +189,9 @@ def _add_int8(exported: ExportedTower, tower: Tower, batch: int = 8) -> None:
     try:
         # onnxruntime's shape inference dumps a debug model into the working directory when it
         # gives up: run it from a scratch folder so users' folders stay clean.
+        source, target = str(exported.path.resolve()), str(int8_path.resolve())  # before leaving the cwd
         with tempfile.TemporaryDirectory(prefix="dime_nas_quant_") as scratch, contextlib.chdir(scratch):
-            quantize_dynamic(str(exported.path.resolve()), str(int8_path.resolve()), weight_type=QuantType.QInt8,
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8,
                              op_types_to_quantize=list(INT8_OP_TYPES),
                              use_external_data_format=exported.file_bytes > _TWO_GB * 0.95)
     finally:

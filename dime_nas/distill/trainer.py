@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..student import StudentConfig, build_image_tower, build_text_tower
+from . import compact_vocab
 from .inputs import fit_context, to_student_input
 from .losses import check_finite, dime_fm_losses, feature_distill_loss
 
@@ -132,7 +133,14 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
     dist = _Distributed.from_env()
     torch.manual_seed(settings.seed)
     model = model or StudentTowers(config)
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+    state = None
+    if resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
     model.to(device).train()
+    if model.text is not None:
+        compact_vocab.compact(model.text, compact_vocab.used_token_ids(cache, config.text.vocab_size))
     image_size = config.vision.image_size
     ctx = config.text.context_length if model.text is not None else None
     mean, std = cache.mean_std
@@ -144,10 +152,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
     images, texts = _Stream(cache.n_images, settings.seed * 2 + 1), _Stream(cache.n_texts, settings.seed * 2 + 2)
     augment_rng = torch.Generator().manual_seed(settings.seed + 7)
     result = RunResult(steps=0, seconds=0.0, stopped_by="steps")
-    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
-    if resume and ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         images.load(state["images"])
@@ -206,6 +211,8 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
     result.steps_per_second = result.steps / result.seconds if result.seconds > 0 else 0.0
     if ckpt is not None and dist.is_main:
         _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
+    if model.text is not None:
+        compact_vocab.expand(model.text)
     if evaluate and dist.is_main:
         result.metrics = evaluate_student(model.visual, cache, image_size, model.text, ctx)
     return model, result
@@ -230,7 +237,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, images, texts, aug
     """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"model": compact_vocab.full_state_dict(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "images": images.state(), "texts": texts.state(),
                 "augment_rng": augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
                 "config": model.config.to_dict(), "result": result}, tmp)
