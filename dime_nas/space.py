@@ -41,10 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError, did_you_mean
 from .student import StudentConfig, TextTowerConfig, VisionTowerConfig
+from .typed_yaml import load_yaml_mapping
 
 DEFAULT_MAX_GRID = 20000
 
@@ -197,16 +196,9 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
-        if not path.is_file():
+        if not Path(path).is_file():
             raise ConfigError("search space file not found", file=path)
-        try:
-            spec = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML: {exc}", file=path) from None
-        if not isinstance(spec, dict):
-            raise ConfigError("a search space must be a YAML mapping", file=path)
-        return cls(spec, source=path)
+        return cls(load_yaml_mapping(path), source=path)
 
     # ---- parsing ---------------------------------------------------------------------
     def _error(self, key: str, problem: str) -> ConfigError:
