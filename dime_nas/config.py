@@ -166,6 +166,7 @@ class DistillConfig:
     seed: int = 0  # seeds initialisation and data order
     eval_every: int | None = None  # evaluate every N steps (for pruning and curves; None: only at the end)
     checkpoint_every: int = 500  # full runs: steps between resumable checkpoints
+    compile: bool = True  # torch.compile the student when training on a GPU (ignored on CPU)
     losses: LossConfig = field(default_factory=LossConfig)
 
 

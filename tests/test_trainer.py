@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_resume_matches_an_uninterrupted_run_bit_for_bit(small_cache, tmp_path):
     for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v, w), k
     assert [c["total"] for c in result.curve] == [c["total"] for c in full_result.curve]
+    logged = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged] == [c["step"] for c in full_result.curve]  # no duplicates after resume
+    assert {"vl", "pvl", "udist", "text_vl", "text_pvl", "total", "lr"} <= set(logged[0])
 
 
 def test_nan_stops_the_run_naming_step_and_term_and_keeps_checkpoints(small_cache, tmp_path):

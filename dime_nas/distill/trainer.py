@@ -14,6 +14,7 @@ sentence stream cycles independently, as in DIME-FM. The teacher never runs here
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -161,6 +162,9 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
         torch.set_rng_state(state["torch_rng"])
         result = state["result"]
     use_amp = device.startswith("cuda")
+    if use_amp and settings.compile:
+        wrapped = torch.compile(wrapped)
+    log = _open_log(Path(checkpoint_dir), result.steps) if checkpoint_dir and dist.is_main else None
     bar = _progress_bar(progress and dist.is_main, settings.steps, result.steps)
     start, elapsed0 = time.time(), result.seconds
     try:
@@ -194,6 +198,9 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
             if step % log_every == 0 or result.steps == settings.steps:
                 result.curve.append({"step": step, "lr": scheduler.get_last_lr()[0],
                                      **{k: float(v.detach()) for k, v in losses.items()}})
+                if log is not None:
+                    log.write(json.dumps(result.curve[-1]) + "\n")
+                    log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{float(losses['total'].detach()):.4f}", refresh=False)
             if ckpt is not None and dist.is_main and result.steps % settings.checkpoint_every == 0:
@@ -207,6 +214,8 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
                 model.train()
     finally:
         bar.close()
+        if log is not None:
+            log.close()
     result.seconds = elapsed0 + time.time() - start
     result.steps_per_second = result.steps / result.seconds if result.seconds > 0 else 0.0
     if ckpt is not None and dist.is_main:
@@ -231,6 +240,16 @@ def _losses(cfg: Any, s_img, t_img, t_txt, s_txt) -> dict[str, torch.Tensor]:
     return dime_fm_losses(s_img, t_img, t_txt, s_txt, w_vl=cfg.w_vl, w_pvl=cfg.w_pvl, w_udist=cfg.w_udist,
                           t_vl=cfg.t_vl, t_pvl=cfg.t_pvl, t_udist=cfg.t_udist, w_text_vl=cfg.w_text_vl,
                           w_text_pvl=cfg.w_text_pvl)
+
+
+def _open_log(folder: Path, resumed_at: int):
+    """``log.jsonl``: every logged step's loss terms; a resumed run drops lines past its checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "log.jsonl"
+    kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
+            if line and json.loads(line)["step"] < resumed_at]
+    path.write_text("".join(line + "\n" for line in kept))
+    return open(path, "a")
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, images, texts, augment_rng, result) -> None:
