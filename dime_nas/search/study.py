@@ -104,6 +104,8 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     already = len(study.get_trials(deepcopy=False, states=finished))
     want = trials if trials is not None else config.search.trials
+    if already and progress:
+        print(f"continuing study {config.name!r}: {already} trial(s) already done in {url}", flush=True)
     if config.search.sampler == "grid":
         _enqueue_grid(study, ctx)
     start, stop = time.time(), _StopFlag()
