@@ -1,0 +1,321 @@
+"""The built-in demo teacher: a small open_clip CLIP trained contrastively on ShapesWorld.
+
+No pretrained weights can be downloaded where the demo runs, so the project makes its
+own teacher: ``train_shapes_teacher`` renders a pool of paired (image, caption) samples
+from the config's seed, trains an ``open_clip.model.CLIP`` with the standard CLIP loss,
+evaluates it zero-shot on the ShapesWorld suite, and saves it as an ordinary open_clip
+checkpoint folder. The teacher loader then reads it like any user's checkpoint.
+``ensure_shapes_teacher`` builds it once into a user cache dir and reuses it.
+
+API:
+    model_config(cfg) -> dict                      open_clip model config of the teacher
+    preprocess_config(cfg) -> dict                 open_clip preprocess config (size, CLIP mean/std)
+    train_shapes_teacher(cfg, out_dir, *, progress=True) -> TeacherReport
+    zero_shot_accuracy(model, tokenizer, tasks, cfg) -> dict[str, float]
+    ensure_shapes_teacher(cfg, cache_root=None, *, progress=True) -> Path
+    teacher_dir(cfg, cache_root=None) -> Path      where ensure_shapes_teacher keeps it
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ShapesTeacherConfig
+from .data.shapes import SHIFTS, caption, render_batch, stream_scenes
+from .data.shapes_tasks import EvalTask, eval_suite
+from .distill.trainer import param_groups, warmup_cosine
+from .teacher import save_checkpoint_dir
+
+# Bump whenever the recipe below changes what a given config builds: it keys the cache.
+CODE_VERSION = 1
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+VOCAB_SIZE = 49408  # open_clip's default CLIP BPE tokenizer
+CAPTIONS_PER_IMAGE = 4  # true captions drawn per pooled image; each epoch uses a different one
+WEIGHT_DECAY = 0.1  # on matrices only (not 1-D params, biases, embeddings)
+WARMUP_FRACTION = 0.05  # of the steps, then cosine decay to 0
+EVAL_SEED = 12345  # ShapesEvalConfig's default: the teacher is scored on the students' suite
+EVAL_PER_CLASS = 50
+EXTRA_KEY = "dime_nas_teacher"  # where the checkpoint config keeps the training config and scores
+
+
+@dataclass
+class TeacherReport:
+    """What a teacher build measured."""
+
+    accuracy: dict[str, float]  # task key ("shape", "shape-sketch", ...) -> zero-shot top-1
+    mean_accuracy: float  # mean over the in-distribution tasks
+    shifted_accuracy: dict[str, float]  # shift -> mean over that shift's tasks
+    seconds: float  # wall time of the whole build (render + train + evaluate + save)
+    train_seconds: float  # the training loop alone
+    steps_per_second: float
+    final_loss: float  # mean contrastive loss over the last 50 steps
+    threads: int = field(default_factory=torch.get_num_threads)
+    checkpoint: str | None = None
+
+    def format(self) -> str:
+        """A short human-readable table."""
+        names = [k for k in self.accuracy if "-" not in k]
+        cols = ["plain", *self.shifted_accuracy]
+        lines = [f"{'task':10s}" + "".join(f"{c:>9s}" for c in cols)]
+        for n in names:
+            row = [self.accuracy[n]] + [self.accuracy.get(f"{n}-{s}", float("nan")) for s in self.shifted_accuracy]
+            lines.append(f"{n:10s}" + "".join(f"{100 * a:8.1f}%" for a in row))
+        means = [self.mean_accuracy, *self.shifted_accuracy.values()]
+        lines.append(f"{'mean':10s}" + "".join(f"{100 * a:8.1f}%" for a in means))
+        lines.append(f"built in {self.seconds:.0f} s (training {self.train_seconds:.0f} s, "
+                     f"{self.steps_per_second:.2f} steps/s, {self.threads} torch threads), "
+                     f"final loss {self.final_loss:.3f}")
+        return "\n".join(lines)
+
+
+# ---- model ------------------------------------------------------------------------------
+
+def model_config(cfg: ShapesTeacherConfig) -> dict[str, Any]:
+    """The open_clip model config (``model_cfg``) of the teacher."""
+    return {
+        "embed_dim": cfg.embed_dim,
+        "quick_gelu": False,
+        "vision_cfg": {"image_size": cfg.image_size, "layers": cfg.layers, "width": cfg.width,
+                       "head_width": 64, "patch_size": cfg.patch_size},
+        "text_cfg": {"context_length": cfg.context_length, "vocab_size": VOCAB_SIZE, "width": cfg.text_width,
+                     "heads": max(1, cfg.text_width // 64), "layers": cfg.text_layers},
+    }
+
+
+def preprocess_config(cfg: ShapesTeacherConfig) -> dict[str, Any]:
+    """open_clip's preprocess config: the loader's transform then reproduces training inputs."""
+    return {"size": [cfg.image_size, cfg.image_size], "mode": "RGB", "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD), "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
+
+
+def build_model(cfg: ShapesTeacherConfig) -> torch.nn.Module:
+    """A freshly initialised ``open_clip.model.CLIP`` (seeded by the caller)."""
+    from open_clip.model import CLIP
+
+    from .student import _clip_kwargs
+
+    return CLIP(**_clip_kwargs(model_config(cfg)))
+
+
+def _tokenizer(cfg: ShapesTeacherConfig):
+    # What open_clip.get_tokenizer returns for a config without an HF tokenizer.
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=cfg.context_length)
+
+
+def _to_input(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), as the loader's transform does."""
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# ---- data -------------------------------------------------------------------------------
+
+def training_pool(cfg: ShapesTeacherConfig) -> tuple[np.ndarray, list[list[str]]]:
+    """``pool_size`` paired scenes: uint8 images and ``CAPTIONS_PER_IMAGE`` true captions each.
+
+    The scenes are ShapesWorld's "paired" stream (those of ``paired_arrays``); the
+    first caption of each is the stream's own, the others are drawn from a second,
+    seeded generator, so the pool is a function of ``cfg.seed``.
+    """
+    scenes = list(stream_scenes(cfg.seed, cfg.pool_size, "paired"))
+    images = render_batch(scenes, cfg.image_size)
+    texts = []
+    for i, scene in enumerate(scenes):
+        rng = np.random.default_rng([cfg.seed, 404, i])
+        texts.append([caption(scene, rng) for _ in range(CAPTIONS_PER_IMAGE)])
+    return images, texts
+
+
+class _CompactVocab:
+    """Train only the token-embedding rows the captions use.
+
+    The 49,408-row table would dominate the optimiser's time, yet rows no caption
+    uses get zero gradients and, with AdamW and no decay on embeddings, never move.
+    Training a table of just the used rows is therefore exact, and much cheaper;
+    ``restore`` writes them back into the full table.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokens: torch.Tensor):
+        self.model, self.full = model, model.token_embedding
+        self.used = torch.unique(tokens)
+        self.remap = torch.zeros(self.full.num_embeddings, dtype=torch.long)
+        self.remap[self.used] = torch.arange(len(self.used))
+        model.token_embedding = torch.nn.Embedding.from_pretrained(self.full.weight[self.used].clone(), freeze=False)
+
+    def map(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.remap[tokens]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            self.full.weight[self.used] = self.model.token_embedding.weight
+        self.model.token_embedding = self.full
+
+
+# ---- training ---------------------------------------------------------------------------
+
+def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progress: bool = True) -> TeacherReport:
+    """Train the demo teacher, evaluate it zero-shot and save it as an open_clip checkpoint folder.
+
+    Deterministic from ``cfg.seed`` (for a fixed torch thread count): the pool, the
+    initialisation and the data order all derive from it.
+
+    Args:
+        cfg: architecture and training budget.
+        out_dir: the checkpoint folder to write (``open_clip_config.json`` +
+            ``open_clip_model.safetensors``; the config also holds the training config
+            and the accuracies under ``"dime_nas_teacher"``).
+        progress: show a tqdm bar and print the report at the end.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    tokenizer = _tokenizer(cfg)
+    images, texts = training_pool(cfg)
+    tokens = tokenizer([t for ts in texts for t in ts]).view(len(texts), CAPTIONS_PER_IMAGE, -1)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    model.train()
+    vocab = _CompactVocab(model, tokens)
+    tokens = vocab.map(tokens)
+    optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+                                  fused=True)
+    warmup = max(1, round(WARMUP_FRACTION * cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.steps))
+    order = np.random.default_rng([cfg.seed, 505])
+    n, batch = len(images), min(cfg.batch_size, len(images))
+    labels = torch.arange(batch)
+    losses: list[float] = []
+    perm, pos, epoch = order.permutation(n), 0, 0
+
+    t_train = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="shapes teacher", unit="step", disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+        if pos + batch > n:  # a new epoch: reshuffle, and take the next caption of each image
+            perm, pos, epoch = order.permutation(n), 0, epoch + 1
+        idx = perm[pos:pos + batch]
+        pos += batch
+        x = _to_input(images[idx])
+        t = tokens[torch.from_numpy(idx), epoch % CAPTIONS_PER_IMAGE]
+        img, txt, scale = model(x, t)  # normalised features and exp(logit_scale)
+        logits = scale * img @ txt.T
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
+    train_seconds = time.perf_counter() - t_train
+    vocab.restore()
+    model.eval()
+
+    accuracy = {}
+    for shift in (None, *SHIFTS):
+        tasks = eval_suite(EVAL_SEED, EVAL_PER_CLASS, cfg.image_size, shift)
+        accuracy.update(zero_shot_accuracy(model, tokenizer, tasks))
+    plain = [a for k, a in accuracy.items() if "-" not in k]
+    shifted = {s: float(np.mean([a for k, a in accuracy.items() if k.endswith(f"-{s}")])) for s in SHIFTS}
+    report = TeacherReport(accuracy=accuracy, mean_accuracy=float(np.mean(plain)), shifted_accuracy=shifted,
+                           seconds=0.0, train_seconds=train_seconds,
+                           steps_per_second=cfg.steps / max(train_seconds, 1e-9),
+                           final_loss=float(np.mean(losses[-50:])) if losses else float("nan"),
+                           checkpoint=str(out_dir))
+    extra = {EXTRA_KEY: {"config": asdict(cfg), "code_version": CODE_VERSION, "eval_seed": EVAL_SEED,
+                         "eval_per_class": EVAL_PER_CLASS, "accuracy": accuracy,
+                         "mean_accuracy": report.mean_accuracy, "shifted_accuracy": shifted,
+                         "train_seconds": train_seconds, "steps_per_second": report.steps_per_second}}
+    save_checkpoint_dir(model, model_config(cfg), out_dir, preprocess_config(cfg), extra)
+    report.seconds = time.perf_counter() - t_start
+    if progress:
+        print(report.format())
+    return report
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: torch.nn.Module, tokenizer: Any, tasks: list[EvalTask],
+                       batch_size: int = 256) -> dict[str, float]:
+    """Top-1 per task (keyed by ``task.key``), classes embedded as CLIP prompt ensembles."""
+    out = {}
+    for task in tasks:
+        prompts = task.prompts()
+        emb = F.normalize(model.encode_text(tokenizer([p for ps in prompts for p in ps])).float(), dim=-1)
+        classes = F.normalize(emb.view(len(prompts), len(prompts[0]), -1).mean(dim=1), dim=-1)
+        pixels = np.stack([np.asarray(im.convert("RGB")) for im in task.images])
+        feats = torch.cat([model.encode_image(_to_input(pixels[i:i + batch_size]))
+                           for i in range(0, len(pixels), batch_size)])
+        pred = (F.normalize(feats.float(), dim=-1) @ classes.T).argmax(dim=1).numpy()
+        out[task.key] = float((pred == task.labels).mean())
+    return out
+
+
+# ---- cached build ---------------------------------------------------------------------------
+
+def default_cache_root() -> Path:
+    """``$DIME_NAS_CACHE``, else ``~/.cache/dime_nas``."""
+    return Path(os.environ.get("DIME_NAS_CACHE") or Path.home() / ".cache" / "dime_nas").expanduser()
+
+
+def config_key(cfg: ShapesTeacherConfig) -> str:
+    """Short hash of the config and ``CODE_VERSION``: names the cached teacher."""
+    blob = json.dumps({"config": asdict(cfg), "code_version": CODE_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def teacher_dir(cfg: ShapesTeacherConfig, cache_root: str | Path | None = None) -> Path:
+    """Where ``ensure_shapes_teacher`` keeps the teacher built from ``cfg``."""
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    return root / "teachers" / f"shapes-{config_key(cfg)}"
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint folder holding both the config and the weights."""
+    return (path / "open_clip_config.json").is_file() and (path / "open_clip_model.safetensors").is_file()
+
+
+def ensure_shapes_teacher(cfg: ShapesTeacherConfig, cache_root: str | Path | None = None, *,
+                          progress: bool = True) -> Path:
+    """The checkpoint folder of the teacher built from ``cfg``, training it only if needed.
+
+    A build goes to a temporary sibling folder that is renamed into place when complete,
+    so a killed build never leaves a half checkpoint under the final name.
+    """
+    final = teacher_dir(cfg, cache_root)
+    if is_complete(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        if progress:
+            print(f"building the ShapesWorld demo teacher into {final} (once; later runs reuse it)")
+        train_shapes_teacher(cfg, tmp, progress=progress)
+        if final.exists():  # a stray incomplete folder (not ours: ours only appear complete)
+            shutil.rmtree(final)
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first: keep theirs
+            if not is_complete(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
