@@ -145,3 +145,23 @@ def test_run_directory_of_another_experiment_is_refused(tmp_path, tiny_teacher_d
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "experiment.json").write_text(json.dumps({"name": "someone-else"}))
     assert main(["search", str(exp), "--quiet", "--out", str(tmp_path / "run")]) == 2
+
+
+def test_single_objective_study_prunes_on_the_intermediate_accuracy(tmp_path, tiny_teacher_dir, monkeypatch):
+    extra = "objectives: [{metric: accuracy}]"
+    path = write_experiment(tmp_path, tiny_teacher_dir, trials=2, extra=extra)
+    config = load_experiment(path)
+    config.distill.eval_every = 2
+    ctx = _context(config)
+    reported = []
+
+    def should_prune(self):
+        reported.append(self.number)
+        return self.number == 1  # prune the second trial at its first report
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", should_prune)
+    outcome = run_search(config, ctx, out=tmp_path / "run", progress=False)
+    first, second = outcome.study.get_trials()
+    assert first.state == optuna.trial.TrialState.COMPLETE and first.intermediate_values
+    assert second.state == optuna.trial.TrialState.PRUNED and second.user_attrs["status"] == "pruned"
+    assert list(second.intermediate_values) == [2]
