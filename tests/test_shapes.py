@@ -80,7 +80,10 @@ def check_caption(text: str, scene: sw.Scene) -> None:
     """Fail unless the caption parses and every claim in it is true of the scene."""
     assert text.endswith(".") and text == text.strip(), text
     body = text[:-1].removesuffix(" in the picture")
-    body = next((body[len(p):] for p in _PREFIXES if body.startswith(p)), body)
+    prefix = next((p for p in _PREFIXES if body.startswith(p)), "")
+    body = body[len(prefix):]
+    if prefix.startswith("there"):  # agrees with the first noun phrase
+        assert (prefix == "there is ") == (body.split()[0] in ("a", "an", "one")), text
     prop = re.fullmatch(r"the (.+?) is (.+)", body)
     if prop:
         members, plural = _nominal(prop.group(1).split(), scene)
@@ -167,7 +170,7 @@ def test_oracle_rejects_false_captions() -> None:
     scene = sw.Scene((sw.ShapeObject("star", "red", "small", 0.2, 0.5),
                       sw.ShapeObject("circle", "blue", "large", 0.7, 0.3)))
     check_caption("a picture of a small red star on the left and a large blue circle.", scene)
-    for false in ("a picture of two red stars.", "there is a green circle.", "a red star on the right.",
+    for false in ("a picture of two red stars.", "there are a red star.", "there is a green circle.", "a red star on the right.",
                   "the blue circle is small.", "a red star above a blue circle.", "one shape."):
         with pytest.raises(AssertionError):
             check_caption(false, scene)

@@ -468,14 +468,14 @@ def _join(phrases: Sequence[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def _frame(body: str, plural: bool, rng: np.random.Generator) -> str:
-    if rng.random() < 0.25:
-        return f"there {'are' if plural else 'is'} {body}."
+def _frame(body: str, rng: np.random.Generator) -> str:
+    if rng.random() < 0.25:  # "there is/are" agrees with the first noun phrase
+        return f"there {'is' if body.split()[0] in ('a', 'an', 'one') else 'are'} {body}."
     return str(rng.choice(_FRAMES)).format(body)
 
 
 def describe(scene: Scene, rng: np.random.Generator, *, most_specific: bool = False,
-             position_prob: float = 0.6) -> tuple[str, tuple]:
+             position_prob: float = 0.7) -> tuple[str, tuple]:
     """Full description of every object, plus a canonical key of what it says.
 
     Returns:
@@ -513,13 +513,32 @@ def _group_caption(scene: Scene, rng: np.random.Generator) -> str:
     obj = scene.objects[int(rng.integers(len(scene.objects)))]
     attrs = {a: getattr(obj, a) for a in _eligible(obj) if rng.random() < 0.5}
     members = _matching(scene, attrs)
-    pos = _position_phrase(members, rng) if rng.random() < 0.4 else None
-    return _frame(_group_phrase(len(members), attrs, pos, rng), len(members) > 1, rng)
+    pos = _position_phrase(members, rng) if rng.random() < 0.5 else None
+    return _frame(_group_phrase(len(members), attrs, pos, rng), rng)
+
+
+def _focus_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """One fact, in the words of the task prompts: "a triangle", "three red objects"."""
+    focus = str(rng.choice(("shape", "colour", "size", "count", "position")))
+    if focus == "count":
+        return _count_caption(scene, rng)
+    obj = scene.objects[int(rng.integers(len(scene.objects)))]
+    if focus != "position":
+        members = _matching(scene, {focus: getattr(obj, focus)})
+        return _frame(_group_phrase(len(members), {focus: getattr(obj, focus)}, None, rng), rng)
+    # Position: the smallest group around obj (everything, or one shared attribute) in one region.
+    candidates = [{}] + [{a: getattr(obj, a)} for a in rng.permutation(_eligible(obj)).tolist()]
+    for attrs in candidates:
+        members = _matching(scene, attrs)
+        pos = _position_phrase(members, rng)
+        if pos:
+            return _frame(_group_phrase(len(members), attrs, pos, rng), rng)
+    return _group_caption(scene, rng)
 
 
 def _count_caption(scene: Scene, rng: np.random.Generator) -> str:
     n = len(scene.objects)
-    return _frame(_group_phrase(n, {}, None, rng), n > 1, rng)
+    return _frame(_group_phrase(n, {}, None, rng), rng)
 
 
 def _property_caption(scene: Scene, rng: np.random.Generator) -> str | None:
@@ -565,18 +584,21 @@ def caption(scene: Scene, rng: np.random.Generator, *, full: bool = False) -> st
         rng: source of randomness for the choice of facts and phrasing.
         full: describe every object with all its attributes and its most specific
             position (for retrieval); otherwise mix full descriptions, partial ones,
-            counts, properties ("the red shape is small") and relations.
+            one-fact ones ("three shapes", "a shape on the left"), properties ("the
+            red shape is small") and relations.
     """
     if full:
         body, _ = describe(scene, rng, most_specific=True)
-        return _frame(body, len(scene.objects) > 1, rng)
-    kind = rng.choice(5, p=(0.35, 0.3, 0.1, 0.12, 0.13))
+        return _frame(body, rng)
+    # Full descriptions teach everything at once; one-fact captions make each attribute
+    # matter on its own (else contrastive training leans on colour alone).
+    kind = rng.choice(5, p=(0.35, 0.15, 0.3, 0.1, 0.1))
     text = None
     if kind == 0:
         body, _ = describe(scene, rng)
-        text = _frame(body, len(scene.objects) > 1, rng)
+        text = _frame(body, rng)
     elif kind == 2:
-        text = _count_caption(scene, rng)
+        text = _focus_caption(scene, rng)
     elif kind == 3:
         text = _property_caption(scene, rng)
     elif kind == 4:
