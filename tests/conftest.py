@@ -45,6 +45,27 @@ def tiny_teacher_dir(tmp_path_factory):
     return save_checkpoint_dir(model, cfg, out, preprocess)
 
 
+def tiny_shapes_teacher_config():
+    """A ShapesWorld teacher that builds in seconds and learns colour (chance 1/8) well."""
+    from dime_nas.config import ShapesTeacherConfig
+
+    return ShapesTeacherConfig(seed=3, image_size=32, embed_dim=64, layers=1, width=64, patch_size=8,
+                               text_layers=1, text_width=64, context_length=24, steps=150, batch_size=64,
+                               lr=2e-3, pool_size=1200)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_teacher(tmp_path_factory):
+    """(TeacherReport, checkpoint folder) of the tiny ShapesWorld teacher, built once per session."""
+    from dime_nas import shapes_teacher
+
+    out = tmp_path_factory.mktemp("shapes_teacher") / "ckpt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shapes_teacher, "EVAL_PER_CLASS", 12)  # tests check behaviour, not the teacher's quality
+        report = shapes_teacher.train_shapes_teacher(tiny_shapes_teacher_config(), out, progress=False)
+    return report, out
+
+
 def make_corpora(root: Path, n_images: int = 40, n_sentences: int = 30) -> tuple[Path, Path, Path]:
     rng = np.random.default_rng(0)
     images = root / "images"

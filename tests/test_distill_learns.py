@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dime_nas import shapes_teacher
-from dime_nas.config import DistillConfig, ShapesTeacherConfig
+from dime_nas.config import DistillConfig
 from dime_nas.data.cache import build_cache
 from dime_nas.data.corpora import open_image_corpus, open_sentence_corpus
 from dime_nas.data.eval_sets import EvalSuite, load_folder_task
@@ -14,18 +13,14 @@ from dime_nas.distill.trainer import distill
 from dime_nas.student import StudentConfig, VisionTowerConfig
 from dime_nas.teacher import TeacherSpec, load_teacher, teacher_forward_count
 
-TEACHER = ShapesTeacherConfig(seed=3, image_size=32, embed_dim=64, layers=1, width=64, patch_size=8, text_layers=1,
-                              text_width=64, context_length=24, steps=150, batch_size=64, lr=2e-3, pool_size=1200)
 STUDENT = StudentConfig(64, VisionTowerConfig(kind="vit", image_size=32, layers=2, width=64, heads=2, mlp_ratio=2.0,
                                               patch_size=8))
 
 
 @pytest.fixture(scope="module")
-def shapes_cache(tmp_path_factory):
+def shapes_cache(tmp_path_factory, tiny_shapes_teacher):
     root = tmp_path_factory.mktemp("shapes_e2e")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(shapes_teacher, "EVAL_PER_CLASS", 8)
-        teacher_dir = shapes_teacher.ensure_shapes_teacher(TEACHER, root / "cache", progress=False)
+    _, teacher_dir = tiny_shapes_teacher
     world = write_shapes_world(root / "world", n_images=768, n_sentences=768, image_size=32, seed=5, n_per_class=12,
                                n_retrieval=0, shifts=[], progress=False)
     teacher = load_teacher(TeacherSpec(checkpoint=str(teacher_dir)))

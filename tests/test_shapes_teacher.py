@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from dime_nas import shapes_teacher
-from dime_nas.config import ShapesTeacherConfig
 from dime_nas.shapes_teacher import (EXTRA_KEY, TeacherReport, ensure_shapes_teacher, teacher_dir,
                                      train_shapes_teacher)
 
-# Builds in a few seconds; learns colour (chance 1/8) well within that.
-TINY = ShapesTeacherConfig(seed=3, image_size=32, embed_dim=64, layers=1, width=64, patch_size=8, text_layers=1,
-                           text_width=64, context_length=24, steps=150, batch_size=64, lr=2e-3, pool_size=1200)
+from conftest import tiny_shapes_teacher_config
+
+TINY = tiny_shapes_teacher_config()
 
 
 @pytest.fixture(autouse=True)
@@ -24,13 +23,9 @@ def small_eval(monkeypatch):
     monkeypatch.setattr(shapes_teacher, "EVAL_PER_CLASS", 12)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[TeacherReport, object]:
-    out = tmp_path_factory.mktemp("teacher") / "ckpt"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(shapes_teacher, "EVAL_PER_CLASS", 12)
-        report = train_shapes_teacher(TINY, out, progress=False)
-    return report, out
+@pytest.fixture
+def built(tiny_shapes_teacher):
+    return tiny_shapes_teacher
 
 
 def _state(path) -> dict[str, torch.Tensor]:
@@ -52,10 +47,11 @@ def test_learns_colour_and_reports(built):
     assert meta["config"]["seed"] == TINY.seed and meta["accuracy"] == report.accuracy
 
 
-def test_same_seed_same_weights(built, tmp_path):
-    _, out = built
-    train_shapes_teacher(TINY, tmp_path / "again", progress=False)
-    a, b = _state(out), _state(tmp_path / "again")
+def test_same_seed_same_weights(tmp_path):
+    short = replace(TINY, steps=20)  # enough steps to move every trained weight
+    train_shapes_teacher(short, tmp_path / "one", progress=False)
+    train_shapes_teacher(short, tmp_path / "again", progress=False)
+    a, b = _state(tmp_path / "one"), _state(tmp_path / "again")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     other = replace(TINY, seed=4, steps=5)

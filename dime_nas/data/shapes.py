@@ -14,6 +14,7 @@ API:
     render(scene, size=64, style="plain") -> PIL.Image (RGB, size x size)
     render_batch(scenes, size=64, style="plain") -> np.ndarray uint8 (N, size, size, 3)
     caption(scene, rng, *, full=False) -> str   (a true sentence about the scene)
+    describe(scene, rng, *, most_specific=False) -> (str, key)   every object, no frame
     stream_scenes(seed, n, stream) -> Iterator[Scene]     stream in STREAMS
     image_stream(seed, n, size=64, style="plain") -> Iterator[PIL.Image]
     sentence_stream(seed, n) -> Iterator[str]
