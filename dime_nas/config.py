@@ -34,16 +34,24 @@ class ShapesTeacherConfig:
     seed: int = 0  # seed of the teacher's data and initialisation
     image_size: int = 64  # teacher input resolution
     embed_dim: int = 256  # teacher embedding width (students match it)
-    layers: int = 4  # ViT layers of the teacher's image tower
-    width: int = 256  # ViT width of the image tower
-    patch_size: int = 8  # ViT patch size
-    text_layers: int = 4  # layers of the teacher's text tower
-    text_width: int = 256  # width of the text tower
-    context_length: int = 32  # tokens per sentence
-    steps: int = 3000  # training steps (batch `batch_size` image-caption pairs)
+    tower: str = "resnet"  # image tower: "resnet" (open_clip's ModifiedResNet, as in RN50) or "vit"
+    layers: int = 1  # residual blocks per ResNet stage, or ViT layers
+    width: int = 32  # ResNet stem width (stages are 1x, 2x, 4x, 8x it, times 4), or ViT width
+    patch_size: int = 8  # ViT patch size (ViT only)
+    text_layers: int = 2  # layers of the teacher's text tower
+    text_width: int = 128  # width of the text tower
+    context_length: int = 24  # tokens per sentence
+    steps: int = 1000  # training steps (batch `batch_size` image-caption pairs)
     batch_size: int = 128  # pairs per step
     lr: float = 1e-3  # peak AdamW learning rate
+    hard_fraction: float = 0.5  # share of the pool in hard-negative groups (see shapes_teacher.py)
     pool_size: int = 20000  # distinct paired samples rendered for training
+
+    def __post_init__(self) -> None:
+        if self.tower not in ("resnet", "vit"):
+            raise ConfigError(f"unknown tower {self.tower!r}; expected 'resnet' or 'vit'", key="teacher.shapes.tower")
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ConfigError("must be within [0, 1]", key="teacher.shapes.hard_fraction")
 
 
 @dataclass

@@ -9,6 +9,7 @@ checkpoint folder. The teacher loader then reads it like any user's checkpoint.
 
 API:
     model_config(cfg) -> dict                      open_clip model config of the teacher
+    pool_scenes(cfg) -> list[Scene]                the training scenes (with hard-negative groups)
     preprocess_config(cfg) -> dict                 open_clip preprocess config (size, CLIP mean/std)
     train_shapes_teacher(cfg, out_dir, *, progress=True) -> TeacherReport
     zero_shot_accuracy(model, tokenizer, tasks, cfg) -> dict[str, float]
@@ -33,17 +34,19 @@ import torch
 import torch.nn.functional as F
 
 from .config import ShapesTeacherConfig
-from .data.shapes import SHIFTS, caption, render_batch, stream_scenes
+from .data.shapes import COLOURS, SHIFTS, SIZES, caption, render_batch, sample_scene
 from .data.shapes_tasks import EvalTask, eval_suite
 from .distill.trainer import param_groups, warmup_cosine
 from .teacher import save_checkpoint_dir
 
 # Bump whenever the recipe below changes what a given config builds: it keys the cache.
-CODE_VERSION = 1
+CODE_VERSION = 2
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VOCAB_SIZE = 49408  # open_clip's default CLIP BPE tokenizer
 CAPTIONS_PER_IMAGE = 4  # true captions drawn per pooled image; each epoch uses a different one
+GROUP_SIZE = 8  # the pool is made of groups of scenes, and batches of whole groups
+TOKEN_INIT_STD = 1.0  # token embeddings start far apart (open_clip: 0.02), or word identity starts faint
 WEIGHT_DECAY = 0.1  # on matrices only (not 1-D params, biases, embeddings)
 WARMUP_FRACTION = 0.05  # of the steps, then cosine decay to 0
 EVAL_SEED = 12345  # ShapesEvalConfig's default: the teacher is scored on the students' suite
@@ -85,11 +88,15 @@ class TeacherReport:
 
 def model_config(cfg: ShapesTeacherConfig) -> dict[str, Any]:
     """The open_clip model config (``model_cfg``) of the teacher."""
+    if cfg.tower == "resnet":  # a list of blocks per stage makes open_clip build a ModifiedResNet
+        vision = {"image_size": cfg.image_size, "layers": [cfg.layers] * 4, "width": cfg.width, "head_width": 64}
+    else:
+        vision = {"image_size": cfg.image_size, "layers": cfg.layers, "width": cfg.width, "head_width": 64,
+                  "patch_size": cfg.patch_size}
     return {
         "embed_dim": cfg.embed_dim,
         "quick_gelu": False,
-        "vision_cfg": {"image_size": cfg.image_size, "layers": cfg.layers, "width": cfg.width,
-                       "head_width": 64, "patch_size": cfg.patch_size},
+        "vision_cfg": vision,
         "text_cfg": {"context_length": cfg.context_length, "vocab_size": VOCAB_SIZE, "width": cfg.text_width,
                      "heads": max(1, cfg.text_width // 64), "layers": cfg.text_layers},
     }
@@ -102,12 +109,14 @@ def preprocess_config(cfg: ShapesTeacherConfig) -> dict[str, Any]:
 
 
 def build_model(cfg: ShapesTeacherConfig) -> torch.nn.Module:
-    """A freshly initialised ``open_clip.model.CLIP`` (seeded by the caller)."""
+    """A freshly initialised ``open_clip.model.CLIP``, as training starts (seeded by the caller)."""
     from open_clip.model import CLIP
 
     from .student import _clip_kwargs
 
-    return CLIP(**_clip_kwargs(model_config(cfg)))
+    model = CLIP(**_clip_kwargs(model_config(cfg)))
+    torch.nn.init.normal_(model.token_embedding.weight, std=TOKEN_INIT_STD)
+    return model
 
 
 def _tokenizer(cfg: ShapesTeacherConfig):
@@ -127,14 +136,29 @@ def _to_input(pixels: np.ndarray) -> torch.Tensor:
 
 # ---- data -------------------------------------------------------------------------------
 
-def training_pool(cfg: ShapesTeacherConfig) -> tuple[np.ndarray, list[list[str]]]:
-    """``pool_size`` paired scenes: uint8 images and ``CAPTIONS_PER_IMAGE`` true captions each.
+def pool_scenes(cfg: ShapesTeacherConfig) -> list:
+    """The pool's scenes, in groups of ``GROUP_SIZE``; a function of ``cfg.seed``.
 
-    The scenes are ShapesWorld's "paired" stream (those of ``paired_arrays``); the
-    first caption of each is the stream's own, the others are drawn from a second,
-    seeded generator, so the pool is a function of ``cfg.seed``.
+    A share ``hard_fraction`` of the groups are hard negatives: single objects of one
+    colour and size, so only shape, position and texture tell them apart. Without them
+    colour, size and count identify almost every scene of a random batch, and the
+    contrastive loss never has to learn shape or position.
     """
-    scenes = list(stream_scenes(cfg.seed, cfg.pool_size, "paired"))
+    scenes = []
+    for g in range(max(1, cfg.pool_size // GROUP_SIZE)):
+        rng = np.random.default_rng([cfg.seed, 606, g])
+        hard = rng.random() < cfg.hard_fraction
+        colour, size = str(rng.choice(list(COLOURS))), str(rng.choice(SIZES))
+        for j in range(GROUP_SIZE):
+            member = np.random.default_rng([cfg.seed, 607, g, j])
+            scenes.append(sample_scene(member, n_objects=1, colour=colour, size=size) if hard
+                          else sample_scene(member))
+    return scenes
+
+
+def training_pool(cfg: ShapesTeacherConfig) -> tuple[np.ndarray, list[list[str]]]:
+    """``pool_scenes`` rendered (uint8) with ``CAPTIONS_PER_IMAGE`` true captions each."""
+    scenes = pool_scenes(cfg)
     images = render_batch(scenes, cfg.image_size)
     texts = []
     for i, scene in enumerate(scenes):
@@ -200,16 +224,22 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
     warmup = max(1, round(WARMUP_FRACTION * cfg.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.steps))
     order = np.random.default_rng([cfg.seed, 505])
-    n, batch = len(images), min(cfg.batch_size, len(images))
-    labels = torch.arange(batch)
+    n_groups = len(images) // GROUP_SIZE
+    per_step = max(1, min(cfg.batch_size // GROUP_SIZE, n_groups))  # whole groups per batch
+    labels = torch.arange(per_step * GROUP_SIZE)
     losses: list[float] = []
-    perm, pos, epoch = order.permutation(n), 0, 0
+    members = np.arange(GROUP_SIZE)
+
+    def shuffled() -> np.ndarray:  # item indices, group by group, in a new group order
+        return (order.permutation(n_groups)[:, None] * GROUP_SIZE + members).ravel()
+
+    perm, pos, epoch, batch = shuffled(), 0, 0, len(labels)
 
     t_train = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="shapes teacher", unit="step", disable=not progress, dynamic_ncols=True)
     for _ in bar:
-        if pos + batch > n:  # a new epoch: reshuffle, and take the next caption of each image
-            perm, pos, epoch = order.permutation(n), 0, epoch + 1
+        if pos + batch > len(perm):  # a new epoch: reshuffle, and take the next caption of each image
+            perm, pos, epoch = shuffled(), 0, epoch + 1
         idx = perm[pos:pos + batch]
         pos += batch
         x = _to_input(images[idx])

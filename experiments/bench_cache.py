@@ -35,7 +35,7 @@ from dime_nas.shapes_teacher import ensure_shapes_teacher
 from dime_nas.teacher import load_teacher, save_checkpoint_dir, teacher_forward_count, TeacherSpec
 
 # Builds in well under a minute: for a quick look at the cache, not at the teacher's quality.
-SMALL = ShapesTeacherConfig(image_size=32, embed_dim=64, layers=1, width=64, patch_size=8, text_layers=1,
+SMALL = ShapesTeacherConfig(image_size=32, embed_dim=64, tower="vit", layers=1, width=64, patch_size=8, text_layers=1,
                             text_width=64, context_length=24, steps=100, batch_size=64, pool_size=1000)
 PIXEL_SIZE = 64
 BATCH_SIZE = 64

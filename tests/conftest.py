@@ -49,7 +49,7 @@ def tiny_shapes_teacher_config():
     """A ShapesWorld teacher that builds in seconds and learns colour (chance 1/8) well."""
     from dime_nas.config import ShapesTeacherConfig
 
-    return ShapesTeacherConfig(seed=3, image_size=32, embed_dim=64, layers=1, width=64, patch_size=8,
+    return ShapesTeacherConfig(seed=3, image_size=32, embed_dim=64, tower="vit", layers=1, width=64, patch_size=8,
                                text_layers=1, text_width=64, context_length=24, steps=150, batch_size=64,
                                lr=2e-3, pool_size=1200)
 

@@ -61,7 +61,7 @@ def test_unreachable_storage_is_reported(tmp_path, tiny_teacher_dir, capsys):
 def test_shipped_experiments_load():
     demo = load_experiment("experiments/demo.yaml")
     assert demo.teacher.shapes is not None and demo.space.endswith("tiny.yaml")
-    assert [str(b) for b in demo.budget_list] == ["latency_ms <= 2"]
+    assert [str(b) for b in demo.budget_list] == ["latency_ms <= 0.3"]
 
 
 def test_budget_violation_sign():

@@ -124,3 +124,29 @@ def test_killed_build_leaves_no_checkpoint(tmp_path, monkeypatch):
         ensure_shapes_teacher(TINY, tmp_path, progress=False)
     assert not teacher_dir(TINY, tmp_path).exists()
     assert list((tmp_path / "teachers").iterdir()) == []
+
+
+def test_pool_hard_negative_groups():
+    """Hard groups leave only shape, position and texture to tell their members apart."""
+    from dime_nas.shapes_teacher import GROUP_SIZE, training_pool
+
+    cfg = replace(TINY, pool_size=4 * GROUP_SIZE, hard_fraction=1.0)
+    scenes = shapes_teacher.pool_scenes(cfg)
+    assert len(scenes) == 4 * GROUP_SIZE
+    for g in range(4):
+        group = scenes[g * GROUP_SIZE:(g + 1) * GROUP_SIZE]
+        assert all(len(s.objects) == 1 for s in group)
+        assert len({(s.objects[0].colour, s.objects[0].size) for s in group}) == 1
+        assert len({s.objects[0].shape for s in group}) > 1
+    free = shapes_teacher.pool_scenes(replace(cfg, hard_fraction=0.0))
+    assert any(len(s.objects) > 1 for s in free)
+    images, texts = training_pool(cfg)
+    assert images.shape == (len(scenes), TINY.image_size, TINY.image_size, 3)
+    assert all(len(t) == shapes_teacher.CAPTIONS_PER_IMAGE for t in texts)
+
+
+def test_config_rejects_unknown_tower():
+    from dime_nas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tower"):
+        replace(TINY, tower="transformer")

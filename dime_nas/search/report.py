@@ -20,6 +20,9 @@ from .pareto import default_reference, hypervolume, knee_point, non_dominated, t
 
 UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "params_m": "M params", "accuracy": "top-1",
          "shifted_accuracy": "top-1", "retrieval": "R@1", "agreement": "fraction"}
+AXIS_LABELS = {"latency_ms": "latency on the target (ms, median, counted towers)",
+               "gmacs": "GMACs per image (counted towers, batch 1)", "params_m": "parameters (M)",
+               "accuracy": "zero-shot accuracy, short-run proxy (top-1)"}
 
 
 @dataclass
@@ -207,11 +210,12 @@ def _plot(path: Path, rows: list[Row], nd_rows: list[Row], x: str, y: str, budge
     for b in budgets:
         if b.metric == x:
             ax.axvline(b.value, ls="--", c="#d62728", lw=1, label=f"budget {b}")
-    ax.set_xlabel(f"{x} ({UNITS.get(x, '')})" if x != "gmacs" else "GMACs per image (counted towers, batch 1)")
-    ax.set_ylabel(f"{y} ({UNITS.get(y, '')})")
+    ax.set_xlabel(AXIS_LABELS.get(x, f"{x} ({UNITS.get(x, '')})"))
+    ax.set_ylabel(AXIS_LABELS.get(y, f"{y} ({UNITS.get(y, '')})"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{y} vs {x}: {len(ok)} feasible, {len(infeasible)} over budget", fontsize=10)
+    ax.set_title(f"{y} vs {x}: {len(ok)} feasible students, {len(infeasible)} over budget (distinct)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
