@@ -27,6 +27,9 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 _BUDGET_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
+TEACHER_GROUP_SIZE = 8  # the demo teacher's pool comes in groups of scenes; a batch holds whole groups
+
+
 @dataclass
 class ShapesTeacherConfig:
     """The built-in demo teacher, trained contrastively on paired ShapesWorld data."""
@@ -36,22 +39,35 @@ class ShapesTeacherConfig:
     embed_dim: int = 256  # teacher embedding width (students match it)
     tower: str = "resnet"  # image tower: "resnet" (open_clip's ModifiedResNet, as in RN50) or "vit"
     layers: int = 1  # residual blocks per ResNet stage, or ViT layers
-    width: int = 32  # ResNet stem width (stages are 1x, 2x, 4x, 8x it, times 4), or ViT width
+    width: int = 32  # ResNet stem width (stages are 1x, 2x, 4x, 8x it, times 4), or ViT width (64 per head)
     patch_size: int = 8  # ViT patch size (ViT only)
     text_layers: int = 2  # layers of the teacher's text tower
     text_width: int = 128  # width of the text tower
     context_length: int = 24  # tokens per sentence
-    steps: int = 1000  # training steps (batch `batch_size` image-caption pairs)
-    batch_size: int = 128  # pairs per step
+    steps: int = 1000  # training steps
+    batch_size: int = 128  # image-caption pairs per step: whole groups of 8 scenes
     lr: float = 1e-3  # peak AdamW learning rate
-    hard_fraction: float = 0.5  # share of the pool in hard-negative groups (see shapes_teacher.py)
-    pool_size: int = 20000  # distinct paired samples rendered for training
+    hard_fraction: float = 0.5  # share of the groups that are hard negatives (see shapes_teacher.py)
+    pool_size: int = 20000  # distinct paired scenes rendered for training (groups of 8)
 
     def __post_init__(self) -> None:
         if self.tower not in ("resnet", "vit"):
             raise ConfigError(f"unknown tower {self.tower!r}; expected 'resnet' or 'vit'", key="teacher.shapes.tower")
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ConfigError("must be within [0, 1]", key="teacher.shapes.hard_fraction")
+        g = TEACHER_GROUP_SIZE
+        if self.batch_size < g or self.batch_size % g:
+            raise ConfigError(f"must be a positive multiple of {g} (batches hold whole groups of {g} scenes), "
+                              f"got {self.batch_size}", key="teacher.shapes.batch_size")
+        if self.pool_size < self.batch_size or self.pool_size % g:
+            raise ConfigError(f"must be a multiple of {g} and at least batch_size ({self.batch_size}), "
+                              f"got {self.pool_size}", key="teacher.shapes.pool_size")
+        if self.tower == "resnet" and self.image_size % 32:
+            raise ConfigError(f"the ResNet tower needs a multiple of 32, got {self.image_size}",
+                              key="teacher.shapes.image_size")
+        if self.tower == "vit" and (self.width % 64 or self.image_size % self.patch_size):
+            raise ConfigError("the ViT tower needs width a multiple of 64 (heads of 64) and image_size a multiple "
+                              "of patch_size", key="teacher.shapes.width")
 
 
 @dataclass

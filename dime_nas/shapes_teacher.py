@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import ShapesTeacherConfig
-from .data.shapes import COLOURS, SHIFTS, SIZES, caption, render_batch, sample_scene
+from .config import TEACHER_GROUP_SIZE as GROUP_SIZE
+from .data.shapes import COLOURS, SHAPES, SHIFTS, SIZES, Scene, caption, render_batch, sample_scene
 from .data.shapes_tasks import EvalTask, eval_suite
 from .distill.trainer import param_groups, warmup_cosine
 from .teacher import save_checkpoint_dir
@@ -45,8 +46,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VOCAB_SIZE = 49408  # open_clip's default CLIP BPE tokenizer
 CAPTIONS_PER_IMAGE = 4  # true captions drawn per pooled image; each epoch uses a different one
-GROUP_SIZE = 8  # the pool is made of groups of scenes, and batches of whole groups
-TOKEN_INIT_STD = 1.0  # token embeddings start far apart (open_clip: 0.02), or word identity starts faint
+# Rows of the token embedding the captions use start far apart (open_clip: 0.02), or
+# word identity starts too faint for the contrastive loss to pick up; other rows keep 0.02.
+TOKEN_INIT_STD = 1.0
 WEIGHT_DECAY = 0.1  # on matrices only (not 1-D params, biases, embeddings)
 WARMUP_FRACTION = 0.05  # of the steps, then cosine decay to 0
 EVAL_SEED = 12345  # ShapesEvalConfig's default: the teacher is scored on the students' suite
@@ -109,14 +111,12 @@ def preprocess_config(cfg: ShapesTeacherConfig) -> dict[str, Any]:
 
 
 def build_model(cfg: ShapesTeacherConfig) -> torch.nn.Module:
-    """A freshly initialised ``open_clip.model.CLIP``, as training starts (seeded by the caller)."""
+    """A freshly initialised ``open_clip.model.CLIP`` (seeded by the caller)."""
     from open_clip.model import CLIP
 
     from .student import _clip_kwargs
 
-    model = CLIP(**_clip_kwargs(model_config(cfg)))
-    torch.nn.init.normal_(model.token_embedding.weight, std=TOKEN_INIT_STD)
-    return model
+    return CLIP(**_clip_kwargs(model_config(cfg)))
 
 
 def _tokenizer(cfg: ShapesTeacherConfig):
@@ -136,35 +136,61 @@ def _to_input(pixels: np.ndarray) -> torch.Tensor:
 
 # ---- data -------------------------------------------------------------------------------
 
-def pool_scenes(cfg: ShapesTeacherConfig) -> list:
-    """The pool's scenes, in groups of ``GROUP_SIZE``; a function of ``cfg.seed``.
+def pool_scenes(cfg: ShapesTeacherConfig) -> list[tuple[Scene, bool]]:
+    """The pool's scenes in groups of ``GROUP_SIZE``, each with whether its group is hard.
 
     A share ``hard_fraction`` of the groups are hard negatives: single objects of one
-    colour and size, so only shape, position and texture tell them apart. Without them
-    colour, size and count identify almost every scene of a random batch, and the
-    contrastive loss never has to learn shape or position.
+    colour and size and of distinct shapes, so that within the group only shape,
+    position and texture tell them apart. Without them colour, size and count identify
+    almost every scene of a random batch, and the contrastive loss never has to learn
+    shape or position. A function of ``cfg.seed``.
     """
+    n_groups = cfg.pool_size // GROUP_SIZE
+    order = np.random.default_rng([cfg.seed, 606])
+    hard_groups = set(order.permutation(n_groups)[:round(cfg.hard_fraction * n_groups)].tolist())
     scenes = []
-    for g in range(max(1, cfg.pool_size // GROUP_SIZE)):
+    for g in range(n_groups):
         rng = np.random.default_rng([cfg.seed, 606, g])
-        hard = rng.random() < cfg.hard_fraction
         colour, size = str(rng.choice(list(COLOURS))), str(rng.choice(SIZES))
+        shapes = rng.permutation(SHAPES)
         for j in range(GROUP_SIZE):
             member = np.random.default_rng([cfg.seed, 607, g, j])
-            scenes.append(sample_scene(member, n_objects=1, colour=colour, size=size) if hard
-                          else sample_scene(member))
+            if g in hard_groups:
+                shape = str(shapes[j % len(shapes)])
+                scenes.append((sample_scene(member, n_objects=1, shape=shape, colour=colour, size=size), True))
+            else:
+                scenes.append((sample_scene(member), False))
     return scenes
 
 
 def training_pool(cfg: ShapesTeacherConfig) -> tuple[np.ndarray, list[list[str]]]:
-    """``pool_scenes`` rendered (uint8) with ``CAPTIONS_PER_IMAGE`` true captions each."""
-    scenes = pool_scenes(cfg)
-    images = render_batch(scenes, cfg.image_size)
+    """``pool_scenes`` rendered (uint8) with ``CAPTIONS_PER_IMAGE`` true captions each.
+
+    Members of a hard group get full descriptions (shape, colour, size, position):
+    a caption true of all of them ("one red object") would be a false negative
+    within its own batch.
+    """
+    pool = pool_scenes(cfg)
+    images = render_batch([scene for scene, _ in pool], cfg.image_size)
     texts = []
-    for i, scene in enumerate(scenes):
+    for i, (scene, hard) in enumerate(pool):
         rng = np.random.default_rng([cfg.seed, 404, i])
-        texts.append([caption(scene, rng) for _ in range(CAPTIONS_PER_IMAGE)])
+        texts.append([caption(scene, rng, full=hard) for _ in range(CAPTIONS_PER_IMAGE)])
     return images, texts
+
+
+def group_batches(n_groups: int, groups_per_step: int, rng: np.random.Generator):
+    """Endless (epoch, item indices) batches of whole groups; each epoch a new group order.
+
+    Groups left over at the end of an epoch are skipped, so no batch spans two epochs.
+    """
+    members = np.arange(GROUP_SIZE)
+    epoch = 0
+    while True:
+        perm = rng.permutation(n_groups)
+        for start in range(0, n_groups - groups_per_step + 1, groups_per_step):
+            yield epoch, (perm[start:start + groups_per_step, None] * GROUP_SIZE + members).ravel()
+        epoch += 1
 
 
 class _CompactVocab:
@@ -219,29 +245,20 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
     model.train()
     vocab = _CompactVocab(model, tokens)
     tokens = vocab.map(tokens)
+    torch.nn.init.normal_(model.token_embedding.weight, std=TOKEN_INIT_STD)  # the used rows only
     optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
                                   fused=True)
     warmup = max(1, round(WARMUP_FRACTION * cfg.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.steps))
     order = np.random.default_rng([cfg.seed, 505])
-    n_groups = len(images) // GROUP_SIZE
-    per_step = max(1, min(cfg.batch_size // GROUP_SIZE, n_groups))  # whole groups per batch
-    labels = torch.arange(per_step * GROUP_SIZE)
+    batches = group_batches(len(images) // GROUP_SIZE, cfg.batch_size // GROUP_SIZE, order)
+    labels = torch.arange(cfg.batch_size)
     losses: list[float] = []
-    members = np.arange(GROUP_SIZE)
-
-    def shuffled() -> np.ndarray:  # item indices, group by group, in a new group order
-        return (order.permutation(n_groups)[:, None] * GROUP_SIZE + members).ravel()
-
-    perm, pos, epoch, batch = shuffled(), 0, 0, len(labels)
 
     t_train = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="shapes teacher", unit="step", disable=not progress, dynamic_ncols=True)
     for _ in bar:
-        if pos + batch > len(perm):  # a new epoch: reshuffle, and take the next caption of each image
-            perm, pos, epoch = shuffled(), 0, epoch + 1
-        idx = perm[pos:pos + batch]
-        pos += batch
+        epoch, idx = next(batches)  # each epoch takes the next caption of each image
         x = _to_input(images[idx])
         t = tokens[torch.from_numpy(idx), epoch % CAPTIONS_PER_IMAGE]
         img, txt, scale = model(x, t)  # normalised features and exp(logit_scale)

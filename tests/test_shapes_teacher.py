@@ -48,7 +48,7 @@ def test_learns_colour_and_reports(built):
 
 
 def test_same_seed_same_weights(tmp_path):
-    short = replace(TINY, steps=20)  # enough steps to move every trained weight
+    short = replace(TINY, steps=20)  # past the first epoch (18 steps): the caption switch is covered
     train_shapes_teacher(short, tmp_path / "one", progress=False)
     train_shapes_teacher(short, tmp_path / "again", progress=False)
     a, b = _state(tmp_path / "one"), _state(tmp_path / "again")
@@ -128,25 +128,75 @@ def test_killed_build_leaves_no_checkpoint(tmp_path, monkeypatch):
 
 def test_pool_hard_negative_groups():
     """Hard groups leave only shape, position and texture to tell their members apart."""
+    from dime_nas.data.shapes import SHAPES
     from dime_nas.shapes_teacher import GROUP_SIZE, training_pool
 
-    cfg = replace(TINY, pool_size=4 * GROUP_SIZE, hard_fraction=1.0)
-    scenes = shapes_teacher.pool_scenes(cfg)
-    assert len(scenes) == 4 * GROUP_SIZE
+    cfg = replace(TINY, pool_size=4 * GROUP_SIZE, batch_size=GROUP_SIZE, hard_fraction=0.5)
+    pool = shapes_teacher.pool_scenes(cfg)
+    assert len(pool) == 4 * GROUP_SIZE
+    assert sum(hard for _, hard in pool) == 2 * GROUP_SIZE  # exactly the share asked for
     for g in range(4):
-        group = scenes[g * GROUP_SIZE:(g + 1) * GROUP_SIZE]
-        assert all(len(s.objects) == 1 for s in group)
-        assert len({(s.objects[0].colour, s.objects[0].size) for s in group}) == 1
-        assert len({s.objects[0].shape for s in group}) > 1
-    free = shapes_teacher.pool_scenes(replace(cfg, hard_fraction=0.0))
-    assert any(len(s.objects) > 1 for s in free)
+        group = pool[g * GROUP_SIZE:(g + 1) * GROUP_SIZE]
+        assert len({hard for _, hard in group}) == 1
+        if group[0][1]:
+            objects = [scene.objects for scene, _ in group]
+            assert all(len(o) == 1 for o in objects)
+            assert len({(o[0].colour, o[0].size) for o in objects}) == 1
+            assert sorted(o[0].shape for o in objects) == sorted(SHAPES)
     images, texts = training_pool(cfg)
-    assert images.shape == (len(scenes), TINY.image_size, TINY.image_size, 3)
-    assert all(len(t) == shapes_teacher.CAPTIONS_PER_IMAGE for t in texts)
+    assert images.shape == (len(pool), TINY.image_size, TINY.image_size, 3)
+    for (scene, hard), captions in zip(pool, texts):
+        assert len(captions) == shapes_teacher.CAPTIONS_PER_IMAGE
+        if hard:  # a hard member's caption names its shape, the one thing unique in its group
+            assert all(scene.objects[0].shape in c for c in captions), captions
 
 
-def test_config_rejects_unknown_tower():
+def test_group_batches_hold_whole_groups_and_cover_each_epoch_once():
+    from dime_nas.shapes_teacher import GROUP_SIZE, group_batches
+
+    batches = group_batches(n_groups=5, groups_per_step=2, rng=np.random.default_rng(0))
+    seen: dict[int, list[int]] = {}
+    for _ in range(6):
+        epoch, idx = next(batches)
+        assert len(idx) == 2 * GROUP_SIZE
+        starts = idx[::GROUP_SIZE]
+        assert all((starts % GROUP_SIZE) == 0)
+        assert np.array_equal(idx, (starts[:, None] + np.arange(GROUP_SIZE)).ravel())
+        seen.setdefault(epoch, []).extend(idx.tolist())
+    assert sorted(seen) == [0, 1, 2]  # 2 batches per epoch: the fifth group waits for the next one
+    for items in seen.values():
+        assert len(items) == len(set(items)) == 4 * GROUP_SIZE
+
+
+def test_resnet_teacher_builds_deterministically_and_loads(tmp_path):
+    """The default tower (open_clip's ModifiedResNet, with BatchNorm) round-trips like the ViT."""
+    import open_clip
+
+    from dime_nas.teacher import TeacherSpec, load_teacher
+
+    cfg = replace(TINY, tower="resnet", width=8, steps=3, pool_size=256)
+    for name in ("a", "b"):
+        train_shapes_teacher(cfg, tmp_path / name, progress=False)
+    a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert any("attnpool" in k for k in a) and any("running_mean" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    teacher = load_teacher(TeacherSpec(checkpoint=str(tmp_path / "a")))
+    plain = open_clip.create_model(f"local-dir:{tmp_path / 'a'}").eval()
+    pixels = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        assert torch.allclose(teacher.encode_images(pixels), plain.encode_image(pixels), atol=1e-5)
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"tower": "transformer"}, "tower"),
+    ({"batch_size": 60}, "batch_size"),
+    ({"pool_size": 32}, "pool_size"),
+    ({"tower": "resnet", "image_size": 48}, "image_size"),
+    ({"tower": "vit", "width": 32}, "width"),
+    ({"hard_fraction": 1.5}, "hard_fraction"),
+])
+def test_config_rejects_what_cannot_train(change, key):
     from dime_nas.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="tower"):
-        replace(TINY, tower="transformer")
+    with pytest.raises(ConfigError, match=key):
+        replace(TINY, **change)

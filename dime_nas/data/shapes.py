@@ -656,7 +656,7 @@ def _pair(seed: int, i: int, size: int) -> tuple[Image.Image, str]:
 
 
 def paired_samples(seed: int, n: int, size: int = 64) -> Iterator[tuple[Image.Image, str]]:
-    """``n`` (image, caption) pairs, for training a demo teacher contrastively."""
+    """``n`` (image, caption) pairs, for contrastive training."""
     n = _check_stream(seed, n, "paired", size)
     return (_pair(seed, i, size) for i in range(n))
 
