@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 def make_sampler(config: ExperimentConfig, n_objectives: int) -> optuna.samplers.BaseSampler:
     s = config.search
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, n_startup_trials=5)
+        # multivariate + group: the space is conditional (ViT dims only for ViT towers);
+        # Optuna flags both as experimental, which users need not see on every run.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, n_startup_trials=5)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=min(20, max(4, (s.trials or 20) // 3)))
     if s.sampler == "gp":
