@@ -41,7 +41,7 @@ from .distill.trainer import param_groups, warmup_cosine
 from .teacher import save_checkpoint_dir
 
 # Bump whenever the recipe below changes what a given config builds: it keys the cache.
-CODE_VERSION = 2
+CODE_VERSION = 3
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VOCAB_SIZE = 49408  # open_clip's default CLIP BPE tokenizer
