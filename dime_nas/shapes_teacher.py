@@ -9,7 +9,8 @@ checkpoint folder. The teacher loader then reads it like any user's checkpoint.
 
 API:
     model_config(cfg) -> dict                      open_clip model config of the teacher
-    pool_scenes(cfg) -> list[Scene]                the training scenes (with hard-negative groups)
+    pool_scenes(cfg) -> list[(Scene, hard)]        the training scenes, in groups (some hard negatives)
+    group_batches(n_groups, per_step, rng)         endless batches of whole groups
     preprocess_config(cfg) -> dict                 open_clip preprocess config (size, CLIP mean/std)
     train_shapes_teacher(cfg, out_dir, *, progress=True) -> TeacherReport
     zero_shot_accuracy(model, tokenizer, tasks, cfg) -> dict[str, float]
