@@ -38,6 +38,8 @@ from .config import ShapesTeacherConfig
 from .config import TEACHER_GROUP_SIZE as GROUP_SIZE
 from .data.shapes import COLOURS, SHAPES, SHIFTS, SIZES, Scene, caption, render_batch, sample_scene
 from .data.shapes_tasks import EvalTask, eval_suite
+from .distill import compact_vocab
+from .distill.inputs import to_student_input
 from .distill.trainer import param_groups, warmup_cosine
 from .teacher import save_checkpoint_dir
 
@@ -129,10 +131,7 @@ def _tokenizer(cfg: ShapesTeacherConfig):
 
 def _to_input(pixels: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), as the loader's transform does."""
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return to_student_input(pixels, pixels.shape[1], CLIP_MEAN, CLIP_STD)
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -194,31 +193,6 @@ def group_batches(n_groups: int, groups_per_step: int, rng: np.random.Generator)
         epoch += 1
 
 
-class _CompactVocab:
-    """Train only the token-embedding rows the captions use.
-
-    The 49,408-row table would dominate the optimiser's time, yet rows no caption
-    uses get zero gradients and, with AdamW and no decay on embeddings, never move.
-    Training a table of just the used rows is therefore exact, and much cheaper;
-    ``restore`` writes them back into the full table.
-    """
-
-    def __init__(self, model: torch.nn.Module, tokens: torch.Tensor):
-        self.model, self.full = model, model.token_embedding
-        self.used = torch.unique(tokens)
-        self.remap = torch.zeros(self.full.num_embeddings, dtype=torch.long)
-        self.remap[self.used] = torch.arange(len(self.used))
-        model.token_embedding = torch.nn.Embedding.from_pretrained(self.full.weight[self.used].clone(), freeze=False)
-
-    def map(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.remap[tokens]
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            self.full.weight[self.used] = self.model.token_embedding.weight
-        self.model.token_embedding = self.full
-
-
 # ---- training ---------------------------------------------------------------------------
 
 def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progress: bool = True) -> TeacherReport:
@@ -244,8 +218,8 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     model.train()
-    vocab = _CompactVocab(model, tokens)
-    tokens = vocab.map(tokens)
+    # Train only the token rows the captions use (exact, and far cheaper than 49,408 rows).
+    compact_vocab.compact(model, torch.unique(tokens))
     torch.nn.init.normal_(model.token_embedding.weight, std=TOKEN_INIT_STD)  # the used rows only
     optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
                                   fused=True)
@@ -275,7 +249,7 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     bar.close()
     train_seconds = time.perf_counter() - t_train
-    vocab.restore()
+    compact_vocab.expand(model)
     model.eval()
 
     accuracy = {}
