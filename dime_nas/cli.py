@@ -269,7 +269,7 @@ def _cmd_space(args) -> int:
 def _cmd_train_shapes(args) -> int:
     from .config import ShapesTeacherConfig, load_experiment
     from .pipeline import user_cache_root
-    from .shapes_teacher import ensure_shapes_teacher
+    from .shapes.teacher import ensure_shapes_teacher
 
     cfg = ShapesTeacherConfig()
     if args.experiment:
@@ -391,7 +391,7 @@ def _cmd_export(args) -> int:
 
     from .distill.trainer import StudentTowers
     from .errors import ConfigError
-    from .export_student import export_student
+    from .deliverable import export_student
     from .pipeline import prepare_cache, teacher_spec
     from .student import StudentConfig
     from .teacher import load_teacher

@@ -47,7 +47,7 @@ class ShapesTeacherConfig:
     steps: int = 1000  # training steps
     batch_size: int = 128  # image-caption pairs per step: whole groups of 8 scenes
     lr: float = 1e-3  # peak AdamW learning rate
-    hard_fraction: float = 0.5  # share of the groups that are hard negatives (see shapes_teacher.py)
+    hard_fraction: float = 0.5  # share of the groups that are hard negatives (see shapes/teacher.py)
     pool_size: int = 20000  # distinct paired scenes rendered for training (groups of 8)
 
     def __post_init__(self) -> None:

@@ -95,7 +95,7 @@ def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, st
                  "steps": run.steps, "seconds": run.seconds, "proxy": pick["metrics"], "full": full,
                  "checkpoint": str(work / "checkpoint.pt")}
         if export:
-            from .export_student import export_student
+            from .deliverable import export_student
 
             card = export_student(student, towers, work / "export", preprocess_cfg=cache.manifest["preprocess"],
                                   teacher=teacher, card={"metrics": full, "data": cache.summary(),

@@ -33,7 +33,7 @@ def teacher_spec(cfg: TeacherConfig, progress: bool = True):
     from .teacher import TeacherSpec
 
     if cfg.shapes is not None:
-        from .shapes_teacher import ensure_shapes_teacher
+        from .shapes.teacher import ensure_shapes_teacher
 
         return TeacherSpec(checkpoint=str(ensure_shapes_teacher(cfg.shapes, user_cache_root(), progress=progress)))
     return TeacherSpec(model=cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, cache_dir=cfg.cache_dir)
@@ -43,7 +43,7 @@ def shapes_world(data: DataConfig, eval_cfg: EvalConfig, progress: bool = True) 
     """Write ShapesWorld's files (corpora and/or eval suite) once into the user cache."""
     if data.shapes is None and eval_cfg.shapes is None:
         return None
-    from .data.shapes_files import write_shapes_world
+    from .shapes.files import write_shapes_world
 
     d, e = data.shapes, eval_cfg.shapes
     args = {"n_images": d.n_images if d else 0, "n_sentences": d.n_sentences if d else 0,

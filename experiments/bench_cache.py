@@ -30,8 +30,8 @@ from dime_nas.config import ShapesTeacherConfig
 from dime_nas.data.cache import FeatureCache, build_cache
 from dime_nas.data.corpora import open_image_corpus, open_sentence_corpus
 from dime_nas.data.eval_sets import EvalSuite, load_folder_task, load_retrieval_pairs
-from dime_nas.data.shapes_files import write_shapes_world
-from dime_nas.shapes_teacher import ensure_shapes_teacher
+from dime_nas.shapes.files import write_shapes_world
+from dime_nas.shapes.teacher import ensure_shapes_teacher
 from dime_nas.teacher import load_teacher, save_checkpoint_dir, teacher_forward_count, TeacherSpec
 
 # Builds in well under a minute: for a quick look at the cache, not at the teacher's quality.

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dime_nas.cost.export import export_tower
+from dime_nas.cost.onnx_export import export_tower
 from dime_nas.cost.flops import CONVENTION, tower_cost
 from dime_nas.cost.latency import OnnxRuntimeBackend, machine_facts, torch_eager_latency
 from dime_nas.cost.targets import get_target

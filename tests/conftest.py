@@ -57,7 +57,7 @@ def tiny_shapes_teacher_config():
 @pytest.fixture(scope="session")
 def tiny_shapes_teacher(tmp_path_factory):
     """(TeacherReport, checkpoint folder) of the tiny ShapesWorld teacher, built once per session."""
-    from dime_nas import shapes_teacher
+    from dime_nas.shapes import teacher as shapes_teacher
 
     out = tmp_path_factory.mktemp("shapes_teacher") / "ckpt"
     with pytest.MonkeyPatch.context() as mp:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dime_nas.cost.export import export_tower
+from dime_nas.cost.onnx_export import export_tower
 from dime_nas.cost.latency import (LATENCY_BACKENDS, LatencyMeasurement, OnnxRuntimeBackend, latency_stats,
                                    measure_target, torch_eager_latency)
 from dime_nas.cost.targets import SHIPPED_TARGETS, Target, get_target, load_targets

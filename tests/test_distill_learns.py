@@ -8,7 +8,7 @@ from dime_nas.config import DistillConfig
 from dime_nas.data.cache import build_cache
 from dime_nas.data.corpora import open_image_corpus, open_sentence_corpus
 from dime_nas.data.eval_sets import EvalSuite, load_folder_task
-from dime_nas.data.shapes_files import write_shapes_world
+from dime_nas.shapes.files import write_shapes_world
 from dime_nas.distill.trainer import distill
 from dime_nas.student import StudentConfig, VisionTowerConfig
 from dime_nas.teacher import TeacherSpec, load_teacher, teacher_forward_count

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dime_nas.data import shapes as sw
-from dime_nas.data.shapes_files import write_shapes_world
-from dime_nas.data.shapes_tasks import TASKS, eval_suite, retrieval_set, task_spec
+from dime_nas import shapes as sw
+from dime_nas.shapes.files import write_shapes_world
+from dime_nas.shapes.tasks import TASKS, eval_suite, retrieval_set, task_spec
 
 # ------------------------------------------------------------------ caption oracle
 # An independent reading of the caption grammar, with looser geometry than the
@@ -114,7 +114,7 @@ def _scenes(n: int, seed: int = 0) -> list[sw.Scene]:
 
 _DIGEST_CODE = """
 import hashlib
-from dime_nas.data import shapes as sw
+from dime_nas import shapes as sw
 
 def digest():
     h = hashlib.sha256()

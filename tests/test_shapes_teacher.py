@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dime_nas import shapes_teacher
-from dime_nas.shapes_teacher import (EXTRA_KEY, TeacherReport, ensure_shapes_teacher, teacher_dir,
+from dime_nas.shapes import teacher as shapes_teacher
+from dime_nas.shapes.teacher import (EXTRA_KEY, TeacherReport, ensure_shapes_teacher, teacher_dir,
                                      train_shapes_teacher)
 
 from conftest import tiny_shapes_teacher_config
@@ -72,7 +72,7 @@ def test_unused_token_rows_keep_their_init(built):
 def test_checkpoint_loads_with_teacher_loader_and_open_clip(built):
     import open_clip
 
-    from dime_nas.data.shapes_tasks import eval_suite
+    from dime_nas.shapes.tasks import eval_suite
     from dime_nas.teacher import TeacherSpec, load_teacher
 
     _, out = built
@@ -128,8 +128,8 @@ def test_killed_build_leaves_no_checkpoint(tmp_path, monkeypatch):
 
 def test_pool_hard_negative_groups():
     """Hard groups leave only shape, position and texture to tell their members apart."""
-    from dime_nas.data.shapes import SHAPES
-    from dime_nas.shapes_teacher import GROUP_SIZE, training_pool
+    from dime_nas.shapes import SHAPES
+    from dime_nas.shapes.teacher import GROUP_SIZE, training_pool
 
     cfg = replace(TINY, pool_size=4 * GROUP_SIZE, batch_size=GROUP_SIZE, hard_fraction=0.5)
     pool = shapes_teacher.pool_scenes(cfg)
@@ -152,7 +152,7 @@ def test_pool_hard_negative_groups():
 
 
 def test_group_batches_hold_whole_groups_and_cover_each_epoch_once():
-    from dime_nas.shapes_teacher import GROUP_SIZE, group_batches
+    from dime_nas.shapes.teacher import GROUP_SIZE, group_batches
 
     batches = group_batches(n_groups=5, groups_per_step=2, rng=np.random.default_rng(0))
     seen: dict[int, list[int]] = {}

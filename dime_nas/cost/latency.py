@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dime_nas.cost.export import ExportedTower, export_tower
+from dime_nas.cost.onnx_export import ExportedTower, export_tower
 from dime_nas.cost.targets import Target
 from dime_nas.cost.towers import Tower
 

@@ -1,4 +1,4 @@
-"""Export one tower to ONNX, check it, and prove it computes what torch computes.
+"""Export one tower to ONNX for cost measurement, check it, and prove it computes what torch computes.
 
 The TorchScript exporter is used first: it exports a tiny student in well under a
 second where the dynamo exporter takes several, and every latency-measuring trial

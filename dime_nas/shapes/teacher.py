@@ -34,14 +34,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ShapesTeacherConfig
-from .config import TEACHER_GROUP_SIZE as GROUP_SIZE
-from .data.shapes import COLOURS, SHAPES, SHIFTS, SIZES, Scene, caption, render_batch, sample_scene
-from .data.shapes_tasks import EvalTask, eval_suite
-from .distill import compact_vocab
-from .distill.inputs import to_student_input
-from .distill.trainer import param_groups, warmup_cosine
-from .teacher import save_checkpoint_dir
+from ..config import ShapesTeacherConfig
+from ..config import TEACHER_GROUP_SIZE as GROUP_SIZE
+from ..distill import compact_vocab
+from ..distill.inputs import to_student_input
+from ..distill.trainer import param_groups, warmup_cosine
+from ..teacher import save_checkpoint_dir
+from .captions import caption
+from .render import SHIFTS, render_batch
+from .scene import COLOURS, SHAPES, SIZES, Scene, sample_scene
+from .tasks import EvalTask, eval_suite
 
 # Bump whenever the recipe below changes what a given config builds: it keys the cache.
 CODE_VERSION = 3
@@ -117,7 +119,7 @@ def build_model(cfg: ShapesTeacherConfig) -> torch.nn.Module:
     """A freshly initialised ``open_clip.model.CLIP`` (seeded by the caller)."""
     from open_clip.model import CLIP
 
-    from .student import _clip_kwargs
+    from ..student import _clip_kwargs
 
     return CLIP(**_clip_kwargs(model_config(cfg)))
 

@@ -11,7 +11,7 @@ from conftest import write_experiment
 from dime_nas.cli import main
 from dime_nas.config import DistillConfig
 from dime_nas.distill.trainer import distill
-from dime_nas.export_student import export_student
+from dime_nas.deliverable import export_student
 from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
 from dime_nas.teacher import TeacherSpec, load_teacher
 

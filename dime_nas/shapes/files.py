@@ -32,8 +32,9 @@ from typing import Iterable, Sequence
 from PIL import Image
 from tqdm import tqdm
 
-from dime_nas.data.shapes import SHIFTS, image_stream, sentence_stream
-from dime_nas.data.shapes_tasks import EvalTask, eval_suite, retrieval_set
+from .render import SHIFTS
+from .streams import image_stream, sentence_stream
+from .tasks import EvalTask, eval_suite, retrieval_set
 
 IMAGE_FORMATS = ("folder", "tar")
 _PROGRESS_MIN = 2000  # show a progress bar by default from this many files on

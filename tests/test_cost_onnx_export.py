@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dime_nas.cost.export import ExportParityError, export_tower
+from dime_nas.cost.onnx_export import ExportParityError, export_tower
 from dime_nas.cost.towers import Tower, towers_from_student, tracing_mode
 from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
 

@@ -1,4 +1,4 @@
-"""Export a trained student: open_clip checkpoint + model config, ONNX towers, model card.
+"""The deliverable of a full run: open_clip checkpoint + model config, ONNX towers, model card.
 
 Output folder::
 
@@ -54,7 +54,7 @@ def export_student(config: StudentConfig, towers: Any, out_dir: str | Path, *, p
                    teacher: Any = None, card: dict[str, Any] | None = None, onnx: bool = True,
                    int8: bool = True) -> dict[str, Any]:
     """Write the checkpoint, ONNX towers and model card; returns the card."""
-    from .cost.export import export_tower
+    from .cost.onnx_export import export_tower
     from .cost.flops import tower_cost
     from .cost.towers import towers_from_open_clip
 

@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from dime_nas.data.shapes import (COLOURS, NUMBER_WORDS, POSITION_PHRASES, SHAPES, SHIFTS, SIZES, Scene,
-                                  caption, describe, render, sample_scene)
+from .captions import caption, describe
+from .render import SHIFTS, render
+from .scene import COLOURS, NUMBER_WORDS, POSITION_PHRASES, SHAPES, SIZES, Scene, sample_scene
 
 _POSITIONS = ("left", "right", "top", "bottom")
 
