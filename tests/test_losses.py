@@ -189,3 +189,9 @@ def test_check_finite() -> None:
     assert (info.value.step, info.value.term) == (12, "pvl")
     with pytest.raises(NonFiniteLossError, match="inf"):
         check_finite({"total": torch.tensor(float("inf"))}, step=0)
+
+
+def test_dime_fm_losses_is_importable_from_the_distill_package_as_documented():
+    import dime_nas.distill
+
+    assert dime_nas.distill.dime_fm_losses is dime_fm_losses
