@@ -241,8 +241,14 @@ class SearchConfig:
     timeout_s: float | None = None  # wall-clock limit of the search in seconds
     storage: str | None = None  # Optuna storage URL (default: sqlite file in the run directory)
     prune: bool = True  # single-objective studies: median-prune trials on intermediate accuracy
+    near_budget_margin: float = 0.15  # a first latency within this fraction of a budget is re-measured
+    near_budget_rounds: int = 4  # re-measurement rounds of a near-budget student (pooled median decides)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.near_budget_margin <= 1.0:
+            raise ConfigError(f"must be within [0, 1], got {self.near_budget_margin}", key="search.near_budget_margin")
+        if self.near_budget_rounds < 0:
+            raise ConfigError(f"must be >= 0, got {self.near_budget_rounds}", key="search.near_budget_rounds")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}" + did_you_mean(self.sampler, SAMPLERS),
                               key="search.sampler")

@@ -72,14 +72,37 @@ def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
         "per_tower": {n: {"params": c["params"], "gmacs": c["gmacs"], "gflops": c["gflops"]}
                       for n, c in per_tower.items()},
     }
+    timed = {n: towers[n] for n in counted}
+    exports: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dime_nas_trial_") as tmp:
-        lat = measure_target({n: towers[n] for n in counted}, ctx.target, tmp)
-    out["latency_ms"] = lat["total_median_ms"]
+        lat = measure_target(timed, ctx.target, tmp, exports)
+        out["latency_ms"] = lat["total_median_ms"]
+        out["latency_p10_ms"], out["latency_p90_ms"] = lat["total_p10_ms"], lat["total_p90_ms"]
+        decision = _decide_latency(ctx, lat["total_median_ms"],
+                                   lambda: measure_target(timed, ctx.target, tmp, exports)["total_median_ms"], tmp)
+    if decision is not None:
+        out["latency_decision"] = decision.to_dict()
+        if decision.near:  # decided on the pooled median; its spread is over rounds
+            out["latency_ms"] = decision.pooled_ms
+            out["latency_p10_ms"], out["latency_p90_ms"] = decision.spread_ms
     for name, r in lat["towers"].items():
         out["per_tower"][name].update({"latency_median_ms": r["latency"]["median_ms"],
                                        "latency_p90_ms": r["latency"]["p90_ms"], "latency_cv": r["latency"]["cv"]})
     out["target"] = ctx.target.name
     return out
+
+
+def _decide_latency(ctx: TrialContext, first_ms: float, remeasure: Any, workdir: str) -> Any:
+    """The LatencyDecision for the latency budget closest to ``first_ms`` (None without one)."""
+    from ..cost.budget_check import decide_latency_budget, reference_timer
+
+    budgets = [b for b in ctx.budgets if b.metric == "latency_ms"]
+    if not budgets:
+        return None
+    budget = min(budgets, key=lambda b: abs(first_ms - b.value) / max(abs(b.value), 1e-12))
+    s = ctx.experiment.search
+    return decide_latency_budget(budget, first_ms, remeasure, reference_timer(ctx.target, f"{workdir}/reference"),
+                                 margin=s.near_budget_margin, rounds=s.near_budget_rounds)
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ...]:

@@ -1,0 +1,106 @@
+"""Near-budget latency decisions: re-measured with a reference, decided on the pooled median."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from dime_nas.config import Budget, SearchConfig
+from dime_nas.cost import latency
+from dime_nas.cost.budget_check import decide_latency_budget
+from dime_nas.cost.latency import LatencyBackend, LatencyMeasurement
+from dime_nas.cost.targets import Target
+from dime_nas.errors import ConfigError
+from dime_nas.search.objective import TrialContext, measure_cost
+from dime_nas.student import StudentConfig
+
+BUDGET = Budget.parse("latency_ms <= 0.3")
+
+
+def _scripted(values, log, label):
+    it = iter(values)
+
+    def measure():
+        log.append(label)
+        return next(it)
+
+    return measure
+
+
+def test_far_from_the_budget_is_decided_on_the_first_median_alone():
+    log = []
+    d = decide_latency_budget(BUDGET, 0.5, _scripted([], log, "cand"), _scripted([], log, "ref"), margin=0.15)
+    assert not d.near and not d.feasible and d.pooled_ms == 0.5 and log == []
+    d = decide_latency_budget(BUDGET, 0.1, _scripted([], log, "cand"), _scripted([], log, "ref"), margin=0.15)
+    assert not d.near and d.feasible and log == []
+
+
+def test_near_budget_is_remeasured_interleaved_with_the_reference_and_pooled():
+    log = []
+    # first median 0.31 alone would fail; the pooled median of 0.31, .28, .27, .29, .33 is 0.29
+    d = decide_latency_budget(BUDGET, 0.31, _scripted([0.28, 0.27, 0.29, 0.33], log, "cand"),
+                              _scripted([1.0, 1.1, 0.9, 1.0], log, "ref"), margin=0.15, rounds=4)
+    assert d.near and d.feasible
+    assert d.pooled_ms == pytest.approx(0.29)
+    assert d.rounds_ms == [0.31, 0.28, 0.27, 0.29, 0.33] and d.reference_ms == [1.0, 1.1, 0.9, 1.0]
+    assert log == ["cand", "ref"] * 4
+    record = d.to_dict()
+    assert record["first_ms"] == 0.31 and record["margin"] == 0.15 and record["near"] is True
+    lo, hi = record["spread_ms"]
+    assert 0.27 <= lo < 0.29 < hi <= 0.33
+
+
+def test_pooled_median_can_reject_a_first_median_under_the_budget():
+    d = decide_latency_budget(BUDGET, 0.29, _scripted([0.33, 0.34, 0.32, 0.31], [], "cand"), None, rounds=4)
+    assert d.near and not d.feasible and d.pooled_ms == pytest.approx(0.32)
+
+
+def test_margin_edges_and_bad_arguments():
+    assert decide_latency_budget(BUDGET, 0.345, lambda: 0.3, None, margin=0.15).near  # 15% above: inside
+    assert not decide_latency_budget(BUDGET, 0.35, lambda: 0.3, None, margin=0.15).near
+    assert not decide_latency_budget(BUDGET, 0.3, lambda: 0.3, None, rounds=0).near
+    with pytest.raises(ValueError, match="latency budgets"):
+        decide_latency_budget(Budget.parse("params_m <= 3"), 3.0, lambda: 3.0)
+    with pytest.raises(ConfigError, match="near_budget_margin"):
+        SearchConfig(near_budget_margin=1.5)
+
+
+class _ScriptedBackend(LatencyBackend):
+    """Returns scripted medians: one list for the candidate's towers, one for the reference tower."""
+
+    name = "onnxruntime"
+    script: dict[str, list[float]] = {}
+    calls: list[str] = []
+
+    def measure(self, exported, target):
+        who = "reference" if "reference" in str(exported.path) else "candidate"
+        _ScriptedBackend.calls.append(who)
+        median = _ScriptedBackend.script[who].pop(0)
+        return LatencyMeasurement(tower=exported.tower, target=target.name, backend=self.name, median_ms=median,
+                                  p10_ms=median * 0.9, p90_ms=median * 1.1, p99_ms=median * 1.2, mean_ms=median,
+                                  std_ms=0.0, cv=0.0, runs=target.runs, warmup=target.warmup,
+                                  batch=target.batch_size, threads=target.intra_op_threads,
+                                  providers=["CPUExecutionProvider"], precision=target.precision)
+
+
+@pytest.mark.parametrize("script, feasible", [
+    ({"candidate": [0.32, 0.29, 0.28, 0.30, 0.27], "reference": [1.0] * 4}, True),
+    ({"candidate": [0.28, 0.33, 0.34, 0.31, 0.35], "reference": [1.0] * 4}, False),
+])
+def test_a_trial_records_both_measurements_and_follows_the_pooled_median(monkeypatch, script, feasible):
+    monkeypatch.setitem(latency.LATENCY_BACKENDS, "onnxruntime", _ScriptedBackend)
+    _ScriptedBackend.script = {k: list(v) for k, v in script.items()}
+    _ScriptedBackend.calls = []
+    student = StudentConfig.from_dict({"embed_dim": 32, "vision": {"kind": "vit", "image_size": 32, "patch_size": 16,
+                                                                    "layers": 1, "width": 64, "heads": 2, "mlp_ratio": 2.0},
+                                       "text": {"kind": "teacher"}})
+    target = Target(name="scripted", description="scripted timings", warmup=0, runs=1)
+    ctx = TrialContext(SimpleNamespace(search=SearchConfig(near_budget_rounds=4)), None, None, target, None,
+                       budgets=[BUDGET], progress=False)
+    cost = measure_cost(student, ctx)
+    decision = cost["latency_decision"]
+    assert decision["near"] and decision["first_ms"] == script["candidate"][0]
+    assert decision["rounds_ms"] == script["candidate"] and decision["reference_ms"] == script["reference"]
+    assert _ScriptedBackend.calls == ["candidate"] + ["candidate", "reference"] * 4
+    assert (BUDGET.violation(cost["latency_ms"]) <= 0) is feasible is decision["feasible"]
+    assert cost["latency_ms"] == pytest.approx(sorted(script["candidate"])[2])
