@@ -134,20 +134,51 @@ def write_report(study: optuna.Study, out: str | Path, *, extra_budgets: list[Bu
     plots = {}
     for x in ("latency_ms", "gmacs"):
         path = out / f"pareto_{'latency' if x == 'latency_ms' else 'macs'}.png"
-        plots[x] = _plot(path, rows, nd_rows, x, quality, budgets)
+        plots[x] = _plot(path, rows, nd_rows, x, quality, budgets, summary["counts"])
     _write_html(out / "report.html", rows, nd_rows, quality)
     _write_markdown(out / "report.md", study, summary, rows, nd_rows, quality, title, out)
     return summary
 
 
 def _counts(rows: list[Row]) -> dict[str, int]:
-    counts: dict[str, int] = {"trials": len(rows)}
-    for r in rows:
+    """Trial counts; every status count is over distinct architectures (repeats are counted as reused)."""
+    distinct = [r for r in rows if "reused_from" not in r.attrs]
+    counts: dict[str, int] = {"trials": len(rows), "distinct": len(distinct),
+                              "reused": len(rows) - len(distinct)}
+    for r in distinct:
         counts[r.status] = counts.get(r.status, 0) + 1
-    counts["reused"] = sum(1 for r in rows if "reused_from" in r.attrs)
-    counts["rejected_before_training"] = sum(1 for r in rows if r.status == "infeasible"
-                                             and r.attrs.get("train_steps", 0) == 0 and "reused_from" not in r.attrs)
+    counts["rejected_before_training"] = sum(1 for r in distinct if r.status == "infeasible"
+                                             and r.attrs.get("train_steps", 0) == 0)
+    counts["near_budget"] = sum(1 for r in distinct if _decision(r).get("near"))
     return counts
+
+
+def _decision(r: Row) -> dict[str, Any]:
+    return r.attrs.get("cost", {}).get("latency_decision") or {}
+
+
+def _latency_with_spread(r: Row) -> str:
+    """"median [p10-p90]" of the counted towers; a near-budget decision is marked."""
+    cost = r.attrs.get("cost", {})
+    if cost.get("latency_ms") is None:
+        return ""
+    text = f"{cost['latency_ms']:.3f}"
+    if cost.get("latency_p10_ms") is not None and cost.get("latency_p90_ms") is not None:
+        text += f" [{cost['latency_p10_ms']:.3f}-{cost['latency_p90_ms']:.3f}]"
+    return text + (" (near budget)" if _decision(r).get("near") else "")
+
+
+def _space_label(source: str | None, out: Path) -> str:
+    """The space's name and its path relative to the working directory or the run (no machine paths)."""
+    if not source:
+        return "unknown"
+    path = Path(source)
+    for base in (Path.cwd(), out.resolve().parent):
+        try:
+            return f"{path.stem} ({path.resolve().relative_to(base.resolve())})"
+        except ValueError:
+            continue
+    return f"{path.stem} ({path.name})"
 
 
 def _flat(r: Row) -> dict[str, Any]:
@@ -157,7 +188,14 @@ def _flat(r: Row) -> dict[str, Any]:
                          "config_json": json.dumps(r.attrs.get("config"), sort_keys=True),
                          "reused_from": r.attrs.get("reused_from", ""),
                          "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gflops": cost.get("gflops"),
-                         "latency_ms": cost.get("latency_ms")}
+                         "latency_ms": cost.get("latency_ms"), "latency_p10_ms": cost.get("latency_p10_ms"),
+                         "latency_p90_ms": cost.get("latency_p90_ms")}
+    decision = _decision(r)
+    if decision:
+        d.update({"near_budget": decision.get("near"), "latency_first_ms": decision.get("first_ms"),
+                  "latency_rounds": len(decision.get("rounds_ms", [])),
+                  "reference_median_ms": float(np.median(decision["reference_ms"])) if decision.get("reference_ms")
+                  else None})
     for tower, c in sorted(cost.get("per_tower", {}).items()):
         d[f"{tower}_latency_median_ms"] = c.get("latency_median_ms")
         d[f"{tower}_latency_p90_ms"] = c.get("latency_p90_ms")
@@ -183,7 +221,8 @@ def _write_trials_csv(path: Path, rows: list[Row]) -> None:
             writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in f.items()})
 
 
-def _plot(path: Path, rows: list[Row], nd_rows: list[Row], x: str, y: str, budgets: list[Budget]) -> Path:
+def _plot(path: Path, rows: list[Row], nd_rows: list[Row], x: str, y: str, budgets: list[Budget],
+          counts: dict[str, int]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,8 +253,8 @@ def _plot(path: Path, rows: list[Row], nd_rows: list[Row], x: str, y: str, budge
     ax.set_ylabel(AXIS_LABELS.get(y, f"{y} ({UNITS.get(y, '')})"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{y} vs {x}: {len(ok)} feasible students, {len(infeasible)} over budget (distinct)",
-                 fontsize=10)
+    ax.set_title(f"{y} vs {x}: {counts.get('ok', 0)} feasible students, {counts.get('infeasible', 0)} over budget "
+                 f"({counts['distinct']} distinct of {counts['trials']} trials)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -255,19 +294,22 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
              f"- objectives: {', '.join(f'{o} ({d})' for o, d in zip(summary['objectives'], summary['directions']))}",
              f"- budgets: {', '.join(summary['budgets']) or 'none'}",
              f"- latency target: `{target.get('name')}` - {target.get('description', '')}",
-             f"- search space: `{study.user_attrs.get('space')}`",
-             f"- trials: {c['trials']} ({c.get('ok', 0)} feasible, {c.get('infeasible', 0)} over budget "
-             f"of which {c['rejected_before_training']} rejected before training, {c.get('pruned', 0)} pruned, "
-             f"{c.get('failed', 0)} failed, {c['reused']} duplicates reused)", ""]
+             f"- search space: `{_space_label(study.user_attrs.get('space'), out)}`",
+             f"- trials: {c['trials']}, of which {c['distinct']} distinct architectures ({c.get('ok', 0)} feasible, "
+             f"{c.get('infeasible', 0)} over budget of which {c['rejected_before_training']} rejected before "
+             f"training, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed) and {c['reused']} repeats that "
+             "reused an earlier result",
+             f"- near-budget latency decisions: {c['near_budget']} (first median within the margin of a budget: "
+             "re-measured beside a reference tower, decided on the pooled median)", ""]
     hv = summary.get("hypervolume")
     if hv:
         lines += [f"Hypervolume of the front: **{hv['value']:.4g}** against reference point "
                   f"{[round(v, 4) for v in hv['reference']]} ({hv['reference_rule']}).", ""]
-    lines += ["## Pareto front", "", "| trial | architecture | params (M) | GMACs | latency (ms) | "
+    lines += ["## Pareto front", "", "| trial | architecture | params (M) | GMACs | latency (ms) median [p10-p90] | "
               f"{quality} | key |", "|---|---|---|---|---|---|---|"]
     for r in sorted(nd_rows, key=lambda r: r.get("latency_ms") or 0.0):
         lines.append(f"| {r.number} | {r.attrs.get('describe')} | {_fmt(r.get('params_m'), 2)} | "
-                     f"{_fmt(r.get('gmacs'), 4)} | {_fmt(r.get('latency_ms'), 2)} | {_fmt(r.get(quality))} | "
+                     f"{_fmt(r.get('gmacs'), 4)} | {_latency_with_spread(r)} | {_fmt(r.get(quality))} | "
                      f"`{r.attrs.get('arch_key')}` |")
     lines += ["", "![accuracy vs latency](pareto_latency.png)", "", "![accuracy vs MACs](pareto_macs.png)", "",
               "Interactive version (hover shows each trial's config): [report.html](report.html).", "",
@@ -295,7 +337,11 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
               "the students no other student beats on every objective at once; the knee is where extra accuracy "
               "starts to cost disproportionately more latency. Accuracy here is the *short-run proxy*: "
               "a few hundred distillation steps, good for ranking, not a final number - run "
-              "`dime-nas distill RUN_DIR --select knee` for the full result. `trials.csv` has every trial "
+              "`dime-nas distill RUN_DIR --select knee` for the full result. Latencies are medians with the "
+              "p10-p90 spread of the timed calls in brackets; \"(near budget)\" marks a student whose first "
+              "median lay within the margin of a budget: it was re-measured beside a fixed reference tower "
+              "and decided on the pooled median of all rounds (the spread is then over rounds). Counts are "
+              "over distinct architectures: a repeat reuses the earlier result. `trials.csv` has every trial "
               "(config, cost, per-task scores, timings); `pareto.csv` only the front; `selected.json` the "
               "picks with reasons.", ""]
     path.write_text("\n".join(lines))

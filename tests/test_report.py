@@ -1,0 +1,82 @@
+"""The Pareto report on a hand-made study: counts, spread, near-budget marks, paths, offline HTML."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import optuna
+import pytest
+
+from dime_nas.search.report import write_report
+
+
+def _add(study, number_key, status, latency, accuracy, *, reused_from=None, near=False):
+    cost = {"latency_ms": latency, "latency_p10_ms": latency * 0.9, "latency_p90_ms": latency * 1.2,
+            "params_m": 1.0, "gmacs": 0.01, "gflops": 0.02}
+    if near:
+        cost["latency_decision"] = {"near": True, "first_ms": latency * 1.05, "rounds_ms": [latency] * 5,
+                                    "reference_ms": [0.5] * 4, "pooled_ms": latency, "feasible": status == "ok"}
+    attrs = {"arch_key": number_key, "describe": f"student {number_key}", "config": {"k": number_key},
+             "status": status, "reason": "", "cost": cost,
+             "metrics": {"latency_ms": latency, **({"accuracy": accuracy} if accuracy is not None else {})},
+             "train_steps": 0 if status == "infeasible" else 10}
+    if reused_from is not None:
+        attrs["reused_from"] = reused_from
+    values = [accuracy if accuracy is not None else 0.0, latency]
+    study.add_trial(optuna.trial.create_trial(values=values, user_attrs=attrs))
+
+
+@pytest.fixture
+def study(tmp_path):
+    s = optuna.create_study(directions=["maximize", "minimize"], study_name="demo")
+    s.set_user_attr("objectives", ["accuracy", "latency_ms"])
+    s.set_user_attr("budgets", ["latency_ms <= 0.3"])
+    s.set_user_attr("space", str(tmp_path / "spaces" / "tiny.yaml"))
+    _add(s, "a", "ok", 0.10, 0.60)
+    _add(s, "b", "ok", 0.20, 0.70, near=False)
+    _add(s, "c", "ok", 0.28, 0.75, near=True)
+    _add(s, "a", "ok", 0.10, 0.60, reused_from=0)
+    _add(s, "a", "ok", 0.10, 0.60, reused_from=0)
+    _add(s, "d", "infeasible", 0.50, None)
+    _add(s, "d", "infeasible", 0.50, None, reused_from=5)
+    return s
+
+
+def test_counts_are_over_distinct_architectures(study, tmp_path):
+    summary = write_report(study, tmp_path / "run")
+    c = summary["counts"]
+    assert c["trials"] == 7 and c["distinct"] == 4 and c["reused"] == 3
+    assert c["ok"] == 3 and c["infeasible"] == 1 and c["rejected_before_training"] == 1 and c["near_budget"] == 1
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "trials: 7, of which 4 distinct architectures (3 feasible, 1 over budget" in md
+    assert "3 repeats" in md and "near-budget latency decisions: 1" in md
+
+
+def test_front_latency_carries_its_spread_and_near_budget_mark(study, tmp_path):
+    write_report(study, tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "0.280 [0.252-0.336] (near budget)" in md and "0.100 [0.090-0.120] |" in md
+    rows = list(csv.DictReader(open(tmp_path / "run" / "trials.csv")))
+    near = [r for r in rows if r["near_budget"] == "True"]
+    assert [r["arch_key"] for r in near] == ["c"] and float(near[0]["reference_median_ms"]) == 0.5
+    assert float(rows[0]["latency_p10_ms"]) == pytest.approx(0.09)
+
+
+def test_space_is_named_without_the_machines_absolute_path(study, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_report(study, tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "search space: `tiny (spaces/tiny.yaml)`" in md and str(tmp_path) not in md
+
+
+def test_html_report_needs_no_network(study, tmp_path):
+    write_report(study, tmp_path / "run")
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert not re.findall(r"<script[^>]*\ssrc=", html)  # no script fetched from anywhere
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js itself is inlined
+
+
+def test_selected_json_is_valid(study, tmp_path):
+    summary = write_report(study, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "selected.json").read_text())["counts"] == summary["counts"]
