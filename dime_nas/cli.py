@@ -342,9 +342,9 @@ def _cmd_search(args) -> int:
     summary = write_report(outcome.study, out)
     c = summary["counts"]
     print(f"\n{'stopped early' if outcome.interrupted else 'done'}: {outcome.new_trials} new trial(s), "
-          f"{outcome.already_done} already done before this run; {c.get('ok', 0)} feasible, "
-          f"{c['rejected_before_training']} rejected before training, {c.get('failed', 0)} failed, "
-          f"{c['reused']} reused")
+          f"{outcome.already_done} already done before this run; {c['distinct']} distinct architectures: "
+          f"{c.get('ok', 0)} feasible, {c['rejected_before_training']} rejected before training, "
+          f"{c.get('failed', 0)} failed; {c['reused']} repeats reused; {c['near_budget']} near-budget decisions")
     print(f"time: {time.time() - t0:.0f} s (teacher, data and cache {t_prep:.0f} s, search {outcome.seconds:.0f} s)")
     for p in summary["selected"]:
         m = p["metrics"]

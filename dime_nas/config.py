@@ -191,7 +191,14 @@ class DistillConfig:
     eval_every: int | None = None  # evaluate every N steps (for pruning and curves; None: only at the end)
     checkpoint_every: int = 500  # full runs: steps between resumable checkpoints
     compile: bool = True  # torch.compile the student when training on a GPU (ignored on CPU)
+    # "cpu", "cuda" or "cuda:N"; None: the GPU when CUDA is available (under torchrun the
+    # rank's local GPU, cuda:LOCAL_RANK), else the CPU
+    device: str | None = None
     losses: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"must be cpu, cuda or cuda:N, got {self.device!r}", key="distill.device")
 
 
 @dataclass
@@ -334,6 +341,14 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
                               file=file, key=f"budgets[{i}]")
     if not Path(config.space).is_file():
         raise ConfigError(f"search space not found: {config.space}", file=file, key="space")
+    for section in ("distill", "full_distill"):
+        device = getattr(config, section).device
+        if device and device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device {device!r} asked for, but CUDA is not available here", file=file,
+                                  key=f"{section}.device")
     from .cost.targets import load_targets
 
     targets = load_targets(config.targets_file)

@@ -22,16 +22,22 @@ from .distill.losses import LOGIT_SCALE
 @torch.no_grad()
 def embed_images(image_tower: torch.nn.Module, pixels: np.ndarray, image_size: int, mean, std,
                  batch_size: int = 256) -> torch.Tensor:
-    """Normalised student embeddings of uint8 pixels."""
-    out = [image_tower(to_student_input(pixels[i:i + batch_size], image_size, mean, std))
+    """Normalised student embeddings of uint8 pixels (computed on the tower's device, returned on the CPU)."""
+    device = _device_of(image_tower)
+    out = [image_tower(to_student_input(pixels[i:i + batch_size], image_size, mean, std).to(device)).cpu()
            for i in range(0, len(pixels), batch_size)]
     return F.normalize(torch.cat(out).float(), dim=-1)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters(), torch.empty(0)).device
 
 
 @torch.no_grad()
 def embed_tokens(text_tower: torch.nn.Module, tokens: np.ndarray, context_length: int,
                  batch_size: int = 256) -> torch.Tensor:
-    out = [text_tower(fit_context(tokens[i:i + batch_size], context_length))
+    device = _device_of(text_tower)
+    out = [text_tower(fit_context(tokens[i:i + batch_size], context_length).to(device)).cpu()
            for i in range(0, len(tokens), batch_size)]
     return F.normalize(torch.cat(out).float(), dim=-1)
 

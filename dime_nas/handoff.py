@@ -92,7 +92,8 @@ def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, st
         cost = measure_cost(student, ctx)
         full = {**run.metrics, "latency_ms": cost["latency_ms"], "gmacs": cost["gmacs"], "params_m": cost["params_m"]}
         entry = {"trial": pick["trial"], "arch_key": student.arch_key, "describe": student.describe(),
-                 "steps": run.steps, "seconds": run.seconds, "proxy": pick["metrics"], "full": full,
+                 "steps": run.steps, "seconds": run.seconds, "device": run.device, "proxy": pick["metrics"],
+                 "full": full,
                  "checkpoint": str(work / "checkpoint.pt")}
         if export:
             from .deliverable import export_student

@@ -1,6 +1,6 @@
-"""Search spaces as data: ``search_spaces/*.yaml`` -> SearchSpace -> StudentConfig.
+"""Search spaces as data: ``dime_nas/search_spaces/*.yaml`` -> SearchSpace -> StudentConfig.
 
-File format (every key is checked; see ``search_spaces/tiny.yaml`` for a full example)::
+File format (every key is checked; see ``dime_nas/search_spaces/tiny.yaml`` for a full example)::
 
     name: tiny
     embed_dim: 256            # a search replaces it with the teacher's embedding width
@@ -467,12 +467,12 @@ class _AssignTrial:
 
 
 def shipped_spaces_dir() -> Path:
-    """The ``search_spaces/`` folder of a source checkout."""
-    return Path(__file__).resolve().parent.parent / "search_spaces"
+    """The shipped spaces: ``dime_nas/search_spaces/``, package data (present after any install)."""
+    return Path(__file__).resolve().parent / "search_spaces"
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
-    """A path as given, or the name of a shipped space (``tiny`` -> search_spaces/tiny.yaml)."""
+    """A path as given, or the name of a shipped space (``tiny`` -> dime_nas/search_spaces/tiny.yaml)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from dime_nas.errors import ConfigError
-from dime_nas.space import SearchSpace
+from dime_nas.space import SearchSpace, resolve_space_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -151,6 +151,6 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize("name", ["tiny", "edge", "dime-fm-b32"])
 def test_shipped_spaces_load_and_enumerate(name):
-    space = SearchSpace.load(f"search_spaces/{name}.yaml")
+    space = SearchSpace.load(resolve_space_path(name))
     grid = space.grid()
     assert len(grid) == len({c.arch_key for c in grid}) > 10

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 
-from dime_nas.space import SearchSpace
+from dime_nas.space import SearchSpace, resolve_space_path
 from dime_nas.student import (StudentConfig, TextTowerConfig, VisionTowerConfig, build_image_tower, build_student,
                               build_text_tower, write_open_clip_config)
 
@@ -17,7 +17,7 @@ SPACES = ["tiny", "edge", "dime-fm-b32"]
 
 
 def _samples(space: str, n: int, seed: int = 0) -> list[StudentConfig]:
-    s = SearchSpace.load(f"search_spaces/{space}.yaml")
+    s = SearchSpace.load(resolve_space_path(space))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     out = []
     for _ in range(n):
@@ -86,7 +86,7 @@ def test_from_dict_rejects_unknown_keys():
 
 
 def _tiny_towers():
-    grid = SearchSpace.load("search_spaces/tiny.yaml").grid()
+    grid = SearchSpace.load(resolve_space_path("tiny")).grid()
     images = {json.dumps(c.to_dict()["vision"], sort_keys=True): c for c in grid}
     texts = {json.dumps(c.to_dict()["text"], sort_keys=True): c for c in grid if c.text.kind == "transformer"}
     return list(images.values()), list(texts.values())

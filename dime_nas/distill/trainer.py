@@ -59,6 +59,7 @@ class RunResult:
     evals: list[dict[str, Any]] = field(default_factory=list)  # intermediate evaluations (step + metrics)
     metrics: dict[str, Any] = field(default_factory=dict)  # final evaluation
     steps_per_second: float = 0.0
+    device: str = "cpu"  # where it trained
 
 
 class _Stream:
@@ -111,7 +112,29 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "cpu",
+def resolve_device(requested: str | None = None) -> str:
+    """The device to train on: as requested, else the GPU when CUDA is available, else the CPU.
+
+    "cuda" means this process's GPU: ``cuda:LOCAL_RANK`` under torchrun (as nanoGPT does),
+    made the current device so NCCL and the model agree.
+
+    Raises:
+        ConfigError: a CUDA device is requested where CUDA is not available.
+    """
+    from ..errors import ConfigError
+
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {requested!r} asked for, but CUDA is not available here "
+                              "(torch.cuda.is_available() is False)", key="distill.device")
+        torch.cuda.set_device(torch.device(device))
+    return device
+
+
+def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
             on_eval: Callable[[int, dict[str, Any]], None] | None = None, evaluate: bool = True,
             model: StudentTowers | None = None, log_every: int = 10) -> tuple[StudentTowers, RunResult]:
@@ -125,12 +148,15 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
             may raise (e.g. ``optuna.TrialPruned``) to stop the run.
         evaluate: run the final evaluation into ``RunResult.metrics``.
 
+        device: overrides ``settings.device`` (see ``resolve_device``).
+
     Raises:
         NonFiniteLossError: a loss term became NaN/inf; names the step and the term.
             Checkpoints already written are left untouched.
     """
     from ..evaluate import evaluate_student
 
+    device = resolve_device(device or getattr(settings, "device", None))
     dist = _Distributed.from_env()
     torch.manual_seed(settings.seed)
     model = model or StudentTowers(config)
@@ -145,7 +171,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
     image_size = config.vision.image_size
     ctx = config.text.context_length if model.text is not None else None
     mean, std = cache.mean_std
-    wrapped = dist.wrap(model)
+    wrapped = dist.wrap(model, device)
     fused = device == "cpu" or device.startswith("cuda")
     optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999),
                                   fused=fused)
@@ -218,6 +244,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str = "
             log.close()
     result.seconds = elapsed0 + time.time() - start
     result.steps_per_second = result.steps / result.seconds if result.seconds > 0 else 0.0
+    result.device = device
     if ckpt is not None and dist.is_main:
         _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
     if model.text is not None:
@@ -291,12 +318,13 @@ class _Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, device: str = "cpu") -> nn.Module:
         if self.world == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, find_unused_parameters=model.text is None)
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=model.text is None)
 
     def my_slice(self, n: int) -> slice:
         """This rank's contiguous part of a global batch of n (concatenated back in rank order)."""

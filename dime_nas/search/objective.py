@@ -163,6 +163,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
     trial.set_user_attr("timings", timings)
     trial.set_user_attr("train_steps", result.steps)
     trial.set_user_attr("train_stopped_by", result.stopped_by)
+    trial.set_user_attr("train_device", result.device)
     trial.set_user_attr("loss_curve", [{"step": c["step"], "total": c["total"]} for c in result.curve])
     trial.set_user_attr("teacher_forwards", teacher_forward_count() - forwards0)
     trial.set_user_attr("metrics", _jsonable(metrics))
