@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import DataConfig, EvalConfig, ExperimentConfig, TeacherConfig
-from .typed_yaml import to_plain
 
 _log = logging.getLogger(__name__)
 SHAPES_FILES_VERSION = 1  # bump when write_shapes_world's output changes
@@ -121,6 +120,3 @@ def prepare_cache(config: ExperimentConfig, *, progress: bool = True, teacher: A
     gc.collect()
     return cache, text_cfg
 
-
-def experiment_summary(config: ExperimentConfig) -> dict[str, Any]:
-    return to_plain(config)

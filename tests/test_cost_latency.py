@@ -95,8 +95,18 @@ def test_invalid_values_are_errors(tmp_path, field, value):
 
 
 def test_get_target_suggests_close_names():
-    with pytest.raises(KeyError, match="local-cpu"):
+    from dime_nas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="local-cpu"):
         get_target("local-cpu-2t")
+
+
+def test_unknown_target_on_the_command_line_exits_2_with_one_line(capsys):
+    from dime_nas.cli import main
+
+    assert main(["latency", "ViT-B-32", "--target", "local-cpu-2t"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown target 'local-cpu-2t'" in err and len(err.splitlines()) == 1
 
 
 # ---- the shared conformance test every backend runs ----------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -15,8 +16,11 @@ import pytest
 def wheel_venv(tmp_path_factory, repo_root):
     """A scratch venv holding the built wheel; torch and the other dependencies come from this venv."""
     root = tmp_path_factory.mktemp("wheel_install")
+    source = root / "source"  # setuptools writes build/ into the tree it builds: not into the checkout
+    shutil.copytree(repo_root, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "dist", "runs", "*.egg-info", "__pycache__", "*.onnx*"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(root / "dist"),
-                            str(repo_root)], capture_output=True, text=True, cwd=root)
+                            str(source)], capture_output=True, text=True, cwd=root)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next((root / "dist").glob("dime_nas-*.whl"))
     venv = root / "venv"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+
 SHIPPED_TARGETS = Path(__file__).with_name("targets.yaml")
 # "remote" is declared for targets measured on another device by a later backend.
 BACKENDS = ("onnxruntime", "torch", "remote")
@@ -93,11 +95,11 @@ def load_targets(path: str | Path | None = None) -> dict[str, Target]:
 
 
 def get_target(name: str, path: str | Path | None = None) -> Target:
-    """One target by name; an unknown name lists the close matches."""
+    """One target by name; an unknown name is a ConfigError listing the close matches."""
     targets = load_targets(path)
     if name not in targets:
         close = difflib.get_close_matches(name, list(targets), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(targets)}."
-        raise KeyError(f"unknown target {name!r}.{hint}")
+        raise ConfigError(f"unknown target {name!r}.{hint}", key="target")
     return targets[name]
 

@@ -29,10 +29,6 @@ from ..teacher import teacher_forward_count
 COST_METRICS = ("latency_ms", "gmacs", "params_m")
 
 
-class TrialInfeasible(Exception):
-    """A budget is violated: the trial ends before training (recorded, not an error)."""
-
-
 @dataclass
 class TrialContext:
     """What every trial of a study shares (opened once per search)."""
