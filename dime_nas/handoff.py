@@ -20,34 +20,50 @@ from .student import StudentConfig
 
 
 def choose_trials(run_dir: Path, select: str) -> list[dict[str, Any]]:
-    """The selected.json entries (or a study trial) matching ``select``."""
+    """The selected.json entries (or a study trial) matching ``select``.
+
+    ``knee`` (or the best student when the front has no knee), ``best``, ``budget`` (the
+    best student under each budget, best overall first), ``top:K`` (the first K of the
+    top-K spread, in front order) or ``trial:N`` (any feasible finished trial).
+    """
+    from .search.report import SelectionReason as Why
+
+    kind, n = _parse_selection(select)
     path = run_dir / "selected.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no selected.json: run `dime-nas report {run_dir}` first")
-    summary = json.loads(path.read_text())
-    picks = summary["selected"]
-    if select.startswith("trial:"):
-        number = int(select.split(":", 1)[1])
+    picks = json.loads(path.read_text())["selected"]
+    if kind == "trial":
         rows = list(csv_rows(run_dir / "trials.csv"))
-        row = next((r for r in rows if int(r["number"]) == number), None)
+        row = next((r for r in rows if int(r["number"]) == n), None)
         if row is None or row["status"] != "ok":
-            raise ConfigError(f"trial {number} is not a feasible finished trial of this run", key="--select")
-        return [{"trial": number, "arch_key": row["arch_key"], "config": json.loads(row["config_json"]),
-                 "describe": row["describe"], "metrics": _row_metrics(row), "why": [f"trial {number} by hand"]}]
-    if select == "knee":
-        out = [p for p in picks if any("knee" in w for w in p["why"])] or picks[:1]
-    elif select == "best":
-        out = picks[:1]
-    elif select == "budget":
-        out = [p for p in picks if any(w.startswith("best") for w in p["why"])]
-    elif select.startswith("top:"):
-        k = int(select.split(":", 1)[1])
-        out = [p for p in picks if any(w.startswith("top-") for w in p["why"])][:k] or picks[:k]
-    else:
-        raise ConfigError(f"unknown selection {select!r}: use knee, best, budget, top:K or trial:N", key="--select")
+            raise ConfigError(f"trial {n} is not a feasible finished trial of this run", key="--select")
+        return [{"trial": n, "arch_key": row["arch_key"], "config": json.loads(row["config_json"]),
+                 "describe": row["describe"], "metrics": _row_metrics(row), "why": [f"trial {n} by hand"]}]
+
+    def having(reason: Why) -> list[dict[str, Any]]:
+        return [p for p in picks if reason.value in p.get("reasons", [])]
+
+    if kind == "knee":
+        out = having(Why.KNEE) or having(Why.BEST)
+    elif kind == "best":
+        out = having(Why.BEST)
+    elif kind == "budget":
+        out = having(Why.BEST) + [p for p in having(Why.BUDGET) if Why.BEST.value not in p["reasons"]]
+    else:  # top:K
+        out = sorted(having(Why.TOP), key=lambda p: p["top_rank"])[:n] or having(Why.BEST)
     if not out:
         raise ConfigError(f"no feasible student to select in {run_dir}", key="--select")
     return out
+
+
+def _parse_selection(select: str) -> tuple[str, int | None]:
+    kind, _, number = select.partition(":")
+    if kind in ("knee", "best", "budget") and not number:
+        return kind, None
+    if kind in ("top", "trial") and number.isdigit() and (kind == "trial" or int(number) > 0):
+        return kind, int(number)
+    raise ConfigError(f"unknown selection {select!r}: use knee, best, budget, top:K or trial:N", key="--select")
 
 
 def csv_rows(path: Path):

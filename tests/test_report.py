@@ -8,6 +8,7 @@ import re
 import optuna
 import pytest
 
+from dime_nas.config import Budget
 from dime_nas.search.report import write_report
 
 
@@ -80,3 +81,26 @@ def test_html_report_needs_no_network(study, tmp_path):
 def test_selected_json_is_valid(study, tmp_path):
     summary = write_report(study, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "selected.json").read_text())["counts"] == summary["counts"]
+
+
+# ---- selection: the reasons are data, and --select reads them -------------------------------------
+
+def test_each_select_mode_picks_by_recorded_reason(study, tmp_path):
+    from dime_nas.errors import ConfigError
+    from dime_nas.handoff import choose_trials
+
+    run = tmp_path / "run"
+    summary = write_report(study, run, extra_budgets=[Budget.parse("latency_ms <= 0.15")], top_k=2)
+    by_trial = {p["trial"]: p for p in summary["selected"]}
+    assert by_trial[2]["reasons"][0] == "best"  # trial 2 (c) is the most accurate
+    assert [p["trial"] for p in choose_trials(run, "best")] == [2]
+    # budget: the best overall first, then the best under the --budget 0.15 ms (trial 0, a)
+    assert [p["trial"] for p in choose_trials(run, "budget")] == [2, 0]
+    knee = choose_trials(run, "knee")
+    assert len(knee) == 1 and "knee" in knee[0]["reasons"] and knee[0]["trial"] == summary["knee"]
+    top = choose_trials(run, "top:2")
+    assert [p["top_rank"] for p in top] == [1, 2] and len(choose_trials(run, "top:1")) == 1
+    assert choose_trials(run, "trial:1")[0]["arch_key"] == "b"
+    for bad in ("top:0", "top:x", "kneee", "trial:5", "trial:"):
+        with pytest.raises(ConfigError):
+            choose_trials(run, bad)

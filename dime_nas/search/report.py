@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "params_m": "M params", "accuracy
 AXIS_LABELS = {"latency_ms": "latency on the target (ms, median, counted towers)",
                "gmacs": "GMACs per image (counted towers, batch 1)", "params_m": "parameters (M)",
                "accuracy": "zero-shot accuracy, short-run proxy (top-1)"}
+
+
+class SelectionReason(str, Enum):
+    """Why a student was selected for a full distillation (``selected.json``'s ``reasons``)."""
+
+    BEST = "best"  # the best quality metric within all budgets
+    BUDGET = "budget"  # the best quality under one budget (the experiment's or a --budget)
+    KNEE = "knee"  # the knee of the front
+    TOP = "top"  # one of the top-K spread along the front (``top_rank`` orders them)
 
 
 @dataclass
@@ -74,14 +84,18 @@ def select(feasible: list[Row], points: np.ndarray, objectives: list[str], direc
     """The students worth a full distillation, each with the reason it was picked."""
     picks: list[dict[str, Any]] = []
 
-    def add(row: Row, why: str) -> None:
-        for p in picks:
-            if p["trial"] == row.number:
-                p["why"].append(why)
-                return
-        picks.append({"trial": row.number, "arch_key": row.attrs.get("arch_key"), "why": [why],
-                      "describe": row.attrs.get("describe"), "config": row.attrs.get("config"),
-                      "metrics": {m: row.get(m) for m in METRICS if row.get(m) is not None}})
+    def add(row: Row, reason: SelectionReason, why: str, top_rank: int | None = None) -> None:
+        pick = next((p for p in picks if p["trial"] == row.number), None)
+        if pick is None:
+            pick = {"trial": row.number, "arch_key": row.attrs.get("arch_key"), "why": [], "reasons": [],
+                    "describe": row.attrs.get("describe"), "config": row.attrs.get("config"),
+                    "metrics": {m: row.get(m) for m in METRICS if row.get(m) is not None}}
+            picks.append(pick)
+        pick["why"].append(why)
+        if reason.value not in pick["reasons"]:
+            pick["reasons"].append(reason.value)
+        if top_rank is not None:
+            pick["top_rank"] = top_rank
 
     if not feasible:
         return picks
@@ -91,16 +105,16 @@ def select(feasible: list[Row], points: np.ndarray, objectives: list[str], direc
         v = r.get(quality)
         return -np.inf if v is None else sign * v
 
-    add(max(feasible, key=score), f"best {quality} within all budgets")
+    add(max(feasible, key=score), SelectionReason.BEST, f"best {quality} within all budgets")
     for b in [*budgets, *extra_budgets]:
         ok = [r for r in feasible if r.get(b.metric) is not None and b.violation(r.get(b.metric)) <= 0]
         if ok:
-            add(max(ok, key=score), f"best {quality} with {b}")
+            add(max(ok, key=score), SelectionReason.BUDGET, f"best {quality} with {b}")
     if len(objectives) > 1:
         nd = non_dominated(points, directions)
-        add(feasible[nd[knee_point(points[nd], directions)]], "knee of the front")
+        add(feasible[nd[knee_point(points[nd], directions)]], SelectionReason.KNEE, "knee of the front")
         for rank, i in enumerate(top_k_along_front(points, directions, top_k)):
-            add(feasible[i], f"top-{top_k} along the front (#{rank + 1})")
+            add(feasible[i], SelectionReason.TOP, f"top-{top_k} along the front (#{rank + 1})", top_rank=rank + 1)
     return picks
 
 
