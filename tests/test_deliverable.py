@@ -63,7 +63,16 @@ def test_distill_hand_off_and_export_commands(tmp_path, tiny_teacher_dir, monkey
     assert "Full distillation (short-run proxy vs full run)" in report and results[0]["arch_key"] in report
     key = results[0]["arch_key"]
     assert (tmp_path / "run" / "full" / key / "export" / "model_card.json").is_file()
-    # resuming a finished full run trains no further; export again elsewhere from the checkpoint
+    # distilling the same pick again resumes the finished run: no optimiser step is taken twice
+    import torch
+
+    steps_taken, real_step = [], torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step",
+                        lambda self, *a, **k: steps_taken.append(1) or real_step(self, *a, **k))
+    assert main(["distill", "run", "--select", "best", "--quiet"]) == 0
+    again = json.loads((tmp_path / "run" / "distill_results.json").read_text())
+    assert len(again) == 1 and again[0]["steps"] == 6 and steps_taken == []
+    # export again elsewhere from the checkpoint
     assert main(["export", str(tmp_path / "run" / "full" / key), "--out", str(tmp_path / "again"),
                  "--no-int8"]) == 0
     card = json.loads((tmp_path / "again" / "model_card.json").read_text())
