@@ -161,7 +161,7 @@ class EvalConfig:
 
 @dataclass
 class LossConfig:
-    """DIME-FM loss weights and temperatures (DESIGN.md section 2)."""
+    """DIME-FM loss weights and temperatures (the README's "DIME-FM losses" section)."""
 
     w_vl: float = 0.7
     w_pvl: float = 0.3

@@ -1,4 +1,4 @@
-"""DIME-FM losses against hand-written numpy references (DESIGN.md §2)."""
+"""DIME-FM losses against hand-written numpy references."""
 from __future__ import annotations
 
 import math

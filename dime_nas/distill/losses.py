@@ -1,4 +1,6 @@
-"""DIME-FM distillation losses: pure functions on embedding tensors (DESIGN.md §2).
+"""DIME-FM distillation losses: pure functions on embedding tensors.
+
+The objective of Sun et al. (ICCV 2023) as in the authors' released implementation.
 
 All functions take unnormalised (B, D) embeddings and L2-normalise them. Image and
 sentence batches are independent (unpaired) and may differ in size. Teacher tensors

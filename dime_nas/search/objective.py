@@ -2,9 +2,10 @@
 -> evaluation, with everything stored on the Optuna trial.
 
 User attributes written on every trial (the reporter reads only these):
-``arch_key``, ``config`` (StudentConfig dict), ``describe``, ``status``
-(``ok`` / ``infeasible`` / ``reused`` / ``failed``), ``reason``, ``cost``
-(params, GMACs, GFLOPs per counted tower, latency median/p90 per counted tower),
+``arch_key``, ``config`` (StudentConfig dict), ``describe``, ``status`` (``ok`` /
+``infeasible`` / ``failed`` / ``pruned``; a repeat keeps its original's), ``reason``,
+``cost`` (params, GMACs, GFLOPs, latency median/p10/p90 per counted tower and in total,
+and ``latency_decision`` when there is a latency budget),
 ``metrics`` (all objectives' metrics + per-task scores), ``timings`` (seconds for cost,
 train, eval), ``train_steps``, ``teacher_forwards`` (always 0: the teacher never runs in
 a trial), and ``reused_from`` for duplicates.
