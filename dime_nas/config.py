@@ -244,7 +244,9 @@ class Budget:
 class SearchConfig:
     sampler: str = "tpe"  # tpe, nsga2, gp, random or grid
     seed: int = 0  # sampler seed
-    trials: int | None = 20  # number of trials (None: until timeout_s)
+    # distinct architectures to evaluate (a repeat reuses a result and is not counted; None: until timeout_s)
+    trials: int | None = 20
+    max_trials: int | None = None  # cap on all trials, repeats included (default 3 x trials): a small space cannot loop
     timeout_s: float | None = None  # wall-clock limit of the search in seconds
     storage: str | None = None  # Optuna storage URL (default: sqlite file in the run directory)
     prune: bool = True  # single-objective studies: median-prune trials on intermediate accuracy
@@ -259,6 +261,10 @@ class SearchConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}" + did_you_mean(self.sampler, SAMPLERS),
                               key="search.sampler")
+        if self.trials is not None and self.trials < 1:
+            raise ConfigError(f"must be >= 1, got {self.trials}", key="search.trials")
+        if self.max_trials is not None and self.trials is not None and self.max_trials < self.trials:
+            raise ConfigError(f"must be >= trials ({self.trials}), got {self.max_trials}", key="search.max_trials")
         if self.trials is None and self.timeout_s is None:
             raise ConfigError("give trials or timeout_s (or both)", key="search")
 

@@ -18,7 +18,7 @@ from dime_nas.cost.targets import get_target
 from dime_nas.pipeline import prepare_cache
 from dime_nas.search.objective import TrialContext
 from dime_nas.search.report import write_report
-from dime_nas.search.study import run_search
+from dime_nas.search.study import run_search, trial_counts
 from dime_nas.space import SearchSpace
 
 REPORT_FILES = ("trials.csv", "pareto.csv", "selected.json", "report.md", "pareto_latency.png",
@@ -41,7 +41,7 @@ def _search(tmp_path, teacher_dir, **kw):
 def test_search_runs_trials_and_writes_the_report(tmp_path, tiny_teacher_dir):
     config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=4)
     trials = outcome.study.get_trials()
-    assert len(trials) == 4 and outcome.new_trials == 4
+    assert len({t.user_attrs["arch_key"] for t in trials}) == 4 and outcome.new_trials == len(trials)
     done = [t for t in trials if t.user_attrs.get("status") == "ok"]
     assert done, [t.user_attrs.get("reason") for t in trials]
     for t in done:
@@ -70,17 +70,39 @@ def test_over_budget_trials_end_before_training(tmp_path, tiny_teacher_dir):
     assert summary["counts"]["rejected_before_training"] == 3 and summary["selected"] == []
 
 
-def test_duplicate_architectures_are_reused_not_retrained(tmp_path, tiny_teacher_dir):
-    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=12)
+def test_trials_count_distinct_architectures_and_repeats_are_reused_not_retrained(tmp_path, tiny_teacher_dir):
+    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=6)
     trials = outcome.study.get_trials()
     keys = [t.user_attrs["arch_key"] for t in trials]
-    assert len(set(keys)) <= 8 < len(keys)  # the space has 8 configs
     reused = [t for t in trials if "reused_from" in t.user_attrs]
-    assert reused
+    assert len(set(keys)) == 6 == outcome.distinct and len(trials) == 6 + len(reused) and not outcome.capped
+    assert reused  # the space has 8 configs: a random sampler repeats itself before it finds 6
     for t in reused:
         first = outcome.study.trials[t.user_attrs["reused_from"]]
         assert first.user_attrs["arch_key"] == t.user_attrs["arch_key"] and t.values == first.values
-    assert ctx.train_steps_run == 4 * (len(trials) - len(reused))
+    assert ctx.train_steps_run == 4 * 6
+    summary = write_report(outcome.study, tmp_path / "run")
+    assert summary["counts"]["distinct"] == 6 and summary["counts"]["reused"] == len(reused)
+
+
+def test_a_space_smaller_than_the_trial_count_stops_at_the_cap(tmp_path, tiny_teacher_dir):
+    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=10)  # the space has 8 configs
+    trials = outcome.study.get_trials()
+    assert outcome.capped and len(trials) == 30 and outcome.distinct == 8
+    assert len({t.user_attrs["arch_key"] for t in trials}) == 8 and ctx.train_steps_run == 4 * 8
+
+
+def test_a_continued_random_search_proposes_new_architectures(tmp_path, tiny_teacher_dir):
+    from dime_nas.search.study import sampler_seed
+
+    config, ctx, first = _search(tmp_path, tiny_teacher_dir, trials=3)
+    first_keys = [t.user_attrs["arch_key"] for t in first.study.get_trials()]
+    more = run_search(config, ctx, out=tmp_path / "run", trials=6, progress=False)
+    new = more.study.get_trials()[len(first_keys):]
+    # a replayed sampler would propose the first run's architectures again, all reuses
+    assert [t.user_attrs["arch_key"] for t in new[:len(first_keys)]] != first_keys
+    assert more.distinct == 6 and sum("reused_from" not in t.user_attrs for t in new) == 3
+    assert sampler_seed(0, 0) == 0 and sampler_seed(0, 3) != sampler_seed(0, 4) != 0
 
 
 def test_a_trial_that_raises_is_recorded_and_the_study_goes_on(tmp_path, tiny_teacher_dir, monkeypatch):
@@ -109,31 +131,37 @@ def test_killed_search_resumes_keeping_finished_trials(tmp_path, tiny_teacher_di
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = tmp_path / "run" / "study.db"
-    deadline, finished = time.time() + 240, []
-    while time.time() < deadline and len(finished) < 2:
-        time.sleep(0.5)
+    deadline, finished, running = time.time() + 240, [], []
+    while time.time() < deadline and (len(finished) < 2 or not running):  # kill inside a trial
+        time.sleep(0.05)
         if db.exists():
             try:
                 with sqlite3.connect(db) as con:
-                    finished = con.execute("select number, state from trials where state = 'COMPLETE'").fetchall()
+                    finished = con.execute("select number from trials where state = 'COMPLETE'").fetchall()
+                    running = con.execute("select number from trials where state = 'RUNNING'").fetchall()
             except sqlite3.OperationalError:
                 pass
-    assert len(finished) >= 2, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "too slow"
+    assert len(finished) >= 2 and running, \
+        proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "too slow"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     storage = f"sqlite:///{db}"
-    before = {t.number: t.values for t in optuna.load_study(study_name="t", storage=storage).get_trials()
-              if t.state == optuna.trial.TrialState.COMPLETE}
+    killed = optuna.load_study(study_name="t", storage=storage).get_trials()
+    before = {t.number: t.values for t in killed if t.state == optuna.trial.TrialState.COMPLETE}
+    in_flight = [t.number for t in killed if t.state == optuna.trial.TrialState.RUNNING]
+    assert in_flight
     out = subprocess.run([*cmd, "--trials", str(len(before) + 2)], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"{len(before)} already done" in out.stdout or "already done" in out.stdout
+    assert f"{len(killed)} already done before this run" in out.stdout, out.stdout
     study = optuna.load_study(study_name="t", storage=storage)
     after = {t.number: t for t in study.get_trials()}
     for number, values in before.items():
         assert after[number].values == values
-    interrupted = [t for t in after.values() if "interrupted" in t.user_attrs.get("reason", "")]
-    assert all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
+    for number in in_flight:  # the trial the kill cut short is failed as interrupted, not lost or left running
+        assert after[number].state == optuna.trial.TrialState.FAIL
+        assert after[number].user_attrs["status"] == "interrupted" and "interrupted" in after[number].user_attrs["reason"]
+    assert trial_counts(study)[0] == len(before) + 2  # --trials counts distinct evaluated architectures
     assert not [t for t in after.values() if t.state == optuna.trial.TrialState.RUNNING]
     assert (tmp_path / "run" / "report.md").exists()
 

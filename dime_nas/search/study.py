@@ -2,6 +2,11 @@
 
 - Storage: a SQLite file in the run directory by default (one process); any Optuna
   URL (PostgreSQL/MySQL for parallel workers, ``journal:PATH`` for a journal file).
+- ``trials: N`` asks for N distinct architectures: a repeat of an architecture the study
+  already evaluated reuses its result and does not count. ``max_trials`` (default 3 N)
+  caps all trials, repeats included, so a small space cannot loop for ever.
+- A continued study reseeds its sampler from the seed and the number of trials already
+  in the study, so it proposes new architectures instead of replaying its first ones.
 - Rerunning the same command continues the study; trials left RUNNING by a killed
   process are marked FAIL ("interrupted") first, so a ``kill -9`` loses only the trial
   in flight.
@@ -10,6 +15,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +38,9 @@ _log = logging.getLogger(__name__)
 RUN_MARKER = "experiment.json"
 
 
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
 @dataclass
 class SearchOutcome:
     run_dir: Path
@@ -39,6 +49,19 @@ class SearchOutcome:
     new_trials: int  # trials finished by this call
     interrupted: bool
     seconds: float
+    distinct: int = 0  # distinct architectures evaluated in the study (what ``trials`` counts)
+    capped: bool = False  # stopped by max_trials before reaching the distinct count asked for
+
+
+def trial_counts(study: optuna.Study) -> tuple[int, int]:
+    """(distinct architectures evaluated, finished trials).
+
+    A reuse of an earlier result is not distinct; nor is a trial cut short by a killed
+    process (status ``interrupted``): its architecture was never evaluated.
+    """
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    evaluated = [t for t in finished if "reused_from" not in t.user_attrs and t.user_attrs.get("status") != "interrupted"]
+    return len(evaluated), len(finished)
 
 
 def storage_url(config: ExperimentConfig, out: Path) -> str:
@@ -57,8 +80,15 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise ConfigError(f"cannot open storage {url!r}: {type(exc).__name__}: {exc}", key="search.storage") from None
 
 
-def make_sampler(config: ExperimentConfig, n_objectives: int) -> optuna.samplers.BaseSampler:
-    s = config.search
+def sampler_seed(seed: int, trials_in_study: int) -> int:
+    """The seed itself for a new study; for a continued one, a seed derived from it and the study's size."""
+    if trials_in_study == 0:
+        return seed
+    return int(hashlib.sha256(f"{seed}:{trials_in_study}".encode()).hexdigest()[:8], 16)
+
+
+def make_sampler(config: ExperimentConfig, n_objectives: int, trials_in_study: int = 0) -> optuna.samplers.BaseSampler:
+    s = dataclasses.replace(config.search, seed=sampler_seed(config.search.seed, trials_in_study))
     if s.sampler == "tpe":
         # multivariate + group: the space is conditional (ViT dims only for ViT towers);
         # Optuna flags both as experimental, which users need not see on every run.
@@ -106,21 +136,28 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
     study.set_user_attr("budgets", [str(b) for b in ctx.budgets])
     study.set_user_attr("target", ctx.target.to_dict())
     study.set_user_attr("space", ctx.space.source)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    already = len(study.get_trials(deepcopy=False, states=finished))
+    study.sampler = make_sampler(config, len(directions), len(study.get_trials(deepcopy=False)))
+    distinct, already = trial_counts(study)
     want = trials if trials is not None else config.search.trials
+    cap = config.search.max_trials or (3 * want if want is not None else None)
     if already and progress:
-        print(f"continuing study {config.name!r}: {already} trial(s) already done in {url}", flush=True)
+        print(f"continuing study {config.name!r}: {already} trial(s) already done ({distinct} distinct "
+              f"architectures) in {url}", flush=True)
     if config.search.sampler == "grid":
         _enqueue_grid(study, ctx)
     start, stop = time.time(), _StopFlag()
-    new = 0
-    bar = _TrialBar(progress, want, already, study)
+    new, capped = 0, False
+    bar = _TrialBar(progress, want, distinct, study)
     try:
         with stop:
             while not stop.requested:
-                done = len(study.get_trials(deepcopy=False, states=finished))
-                if want is not None and done >= want:
+                distinct, total = trial_counts(study)
+                if want is not None and distinct >= want:
+                    break
+                if cap is not None and total >= cap:
+                    capped = True
+                    _log.warning("stopped at max_trials = %d trials with %d distinct architectures (asked for %s): "
+                                 "the space may hold fewer distinct students", cap, distinct, want)
                     break
                 if config.search.timeout_s is not None and time.time() - start >= config.search.timeout_s:
                     break
@@ -129,7 +166,8 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
                 bar.update(study)
     finally:
         bar.close()
-    return SearchOutcome(out, study, already, new, stop.requested, time.time() - start)
+    return SearchOutcome(out, study, already, new, stop.requested, time.time() - start,
+                         distinct=trial_counts(study)[0], capped=capped)
 
 
 def _one_trial(study: optuna.Study, ctx: TrialContext) -> None:
@@ -140,7 +178,7 @@ def _one_trial(study: optuna.Study, ctx: TrialContext) -> None:
     except optuna.TrialPruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     except KeyboardInterrupt:
-        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("status", "interrupted")
         trial.set_user_attr("reason", "interrupted (Ctrl-C)")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
@@ -167,7 +205,7 @@ def _fail_interrupted(study: optuna.Study, url: str) -> None:
         if single or (worker.get("host") == host and not _alive(worker.get("pid", -1))):
             stale.append(t)
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
+        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
         study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted (the process running it stopped)")
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
     if stale:
@@ -226,13 +264,13 @@ class _TrialBar:
     def __init__(self, enabled: bool, total: int | None, initial: int, study: optuna.Study):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, desc="search", unit="trial", disable=not enabled,
+        self.bar = tqdm(total=total, initial=initial, desc="search", unit="student", disable=not enabled,
                         dynamic_ncols=True, position=0)
         self.update(study, advance=False)
 
     def update(self, study: optuna.Study, advance: bool = True) -> None:
-        if advance:
-            self.bar.update(1)
+        if advance:  # the bar counts distinct architectures, as ``trials`` does
+            self.bar.update(trial_counts(study)[0] - self.bar.n)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         feasible = [t for t in complete if t.user_attrs.get("status") in ("ok",)]
         post = {"feasible": len(feasible), "failed": len(study.get_trials(
