@@ -250,6 +250,8 @@ class SearchConfig:
     timeout_s: float | None = None  # wall-clock limit of the search in seconds
     storage: str | None = None  # Optuna storage URL (default: sqlite file in the run directory)
     prune: bool = True  # single-objective studies: median-prune trials on intermediate accuracy
+    # hypervolume reference per objective, e.g. {latency_ms: 10}; default: budgets, and 0 for accuracies
+    hv_reference: dict[str, float] | None = None
     near_budget_margin: float = 0.15  # a first latency within this fraction of a budget is re-measured
     near_budget_rounds: int = 4  # re-measurement rounds of a near-budget student (pooled median decides)
 
@@ -341,6 +343,10 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
         if o.metric not in evaluated:
             raise ConfigError(f"objective {o.metric!r} is not measured by this experiment's eval section",
                               file=file, key=f"objectives[{i}]")
+    for metric in config.search.hv_reference or {}:
+        if metric not in {o.metric for o in config.objectives}:
+            raise ConfigError(f"{metric!r} is not an objective of this experiment", file=file,
+                              key=f"search.hv_reference.{metric}")
     for i, b in enumerate(config.budget_list):
         if b.metric not in evaluated:
             raise ConfigError(f"budget on {b.metric!r}, which this experiment does not measure",
@@ -361,6 +367,11 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
     if config.target not in targets:
         raise ConfigError(f"unknown target {config.target!r}" + did_you_mean(config.target, targets)
                           + f"; known: {', '.join(targets)}", file=file, key="target")
+    from .cost.latency import check_target_usable
+
+    problem = check_target_usable(targets[config.target])
+    if problem:
+        raise ConfigError(problem, file=file, key="target")
     from .data.corpora import expand_paths
 
     for key, p in [("data.images", config.data.images), ("data.sentences", config.data.sentences),
@@ -384,10 +395,13 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
 
 
 def _evaluated_metrics(config: ExperimentConfig) -> set[str]:
+    """Exactly the metrics a trial of this experiment will produce (objectives and budgets may name only these)."""
     out = {"latency_ms", "gmacs", "params_m"}
     e = config.eval
     if e.shapes is not None or e.tasks:
-        out |= {"accuracy", "agreement"}
+        out.add("agreement")
+    if e.shapes is not None or any(not t.shifted for t in e.tasks):  # accuracy: in-distribution tasks only
+        out.add("accuracy")
     if (e.shapes is not None and e.shapes.shifts) or any(t.shifted for t in e.tasks):
         out.add("shifted_accuracy")
     if (e.shapes is not None and e.shapes.retrieval_size > 0) or e.retrieval is not None:

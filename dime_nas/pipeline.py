@@ -100,21 +100,28 @@ def default_cache_dir(config: ExperimentConfig) -> Path:
 def prepare_cache(config: ExperimentConfig, *, progress: bool = True, teacher: Any = None):
     """Build (or reuse) the experiment's teacher-feature cache and open it.
 
+    A complete cache built for these inputs is opened without loading the teacher.
+
     Returns:
         (FeatureCache, teacher_text_cfg). The teacher is dropped before returning.
     """
-    from .data.cache import build_cache
-    from .teacher import load_teacher
+    from .data.cache import build_cache, open_complete_cache
+    from .teacher import load_teacher, teacher_identity
 
     world = shapes_world(config.data, config.eval, progress)
     images, sentences = corpora(config, world)
     suite = eval_suite(config, world)
+    options = {"pixel_size": config.data.pixel_size, "max_images": config.data.max_images,
+               "max_sentences": config.data.max_sentences}
     if teacher is None:
-        teacher = load_teacher(teacher_spec(config.teacher, progress), device=config.teacher.device)
+        spec = teacher_spec(config.teacher, progress)
+        cache = open_complete_cache(default_cache_dir(config), teacher_identity(spec), images, sentences, suite,
+                                    **options)
+        if cache is not None:
+            return cache, dict(cache.manifest["text_cfg"])
+        teacher = load_teacher(spec, device=config.teacher.device)
     cache = build_cache(teacher, images, sentences, suite, default_cache_dir(config),
-                        pixel_size=config.data.pixel_size, batch_size=config.teacher.batch_size,
-                        max_images=config.data.max_images, max_sentences=config.data.max_sentences,
-                        progress=progress)
+                        batch_size=config.teacher.batch_size, progress=progress, **options)
     text_cfg = teacher.text_cfg
     del teacher
     gc.collect()

@@ -155,6 +155,26 @@ def load_teacher(spec: TeacherSpec, device: str = "cpu") -> Teacher:
                    open_clip.get_model_config(spec.model), device)
 
 
+def teacher_identity(spec: TeacherSpec) -> dict[str, Any] | None:
+    """The identity ``load_teacher(spec)`` would give, without building the model (None if unknown).
+
+    Content hashes of local files, or the model name and tag: what a feature cache is keyed by,
+    so a complete cache can be opened without loading the teacher.
+    """
+    if spec.checkpoint:
+        path = Path(spec.checkpoint).expanduser()
+        if path.is_dir():
+            config_file = path / "open_clip_config.json"
+            weights = next((path / n for n in _WEIGHT_FILES if (path / n).is_file()), None)
+            if not config_file.is_file() or weights is None:
+                return None
+            model_cfg = json.loads(config_file.read_text())["model_cfg"]
+            return {"weights_sha256": file_sha256(weights),
+                    "config_sha256": hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()}
+        return {"model": spec.model, "checkpoint_sha256": file_sha256(path)} if path.is_file() else None
+    return {"model": spec.model, "pretrained": spec.pretrained}
+
+
 def _load_checkpoint_dir(path: Path, device: str) -> Teacher:
     import open_clip
 

@@ -73,7 +73,15 @@ def test_shipped_targets():
     assert (pi4.backend, pi4.intra_op_threads, pi4.precision) == ("remote", 4, "int8")
     assert "Cortex-A72" in pi4.description
     assert targets["gpu-cuda"].providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
-    assert load_targets(SHIPPED_TARGETS) == targets
+
+
+def test_a_targets_file_of_ones_own_replaces_the_shipped_ones(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("board:\n  description: my board\n  intra_op_threads: 3\n  runs: 9\n")
+    mine = load_targets(path)
+    assert list(mine) == ["board"] and (mine["board"].intra_op_threads, mine["board"].runs) == (3, 9)
+    assert mine["board"].providers == ("CPUExecutionProvider",)  # unset fields take the documented defaults
+    assert "board" not in load_targets(SHIPPED_TARGETS)
 
 
 def test_unknown_key_names_key_target_and_file(tmp_path):
@@ -125,11 +133,23 @@ def _check_conformance(m: LatencyMeasurement, target: Target) -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("backend", sorted(LATENCY_BACKENDS))
-def test_backend_conformance(backend, precision, exported):
+def test_backend_conformance(backend, precision, exported, monkeypatch):
+    import onnxruntime as ort
+
+    calls = []  # what the backend really ran, not what it reports
+    real_run = ort.InferenceSession.run
+
+    def counting_run(self, output_names, feed, *args, **kwargs):
+        calls.append({k: v.shape[0] for k, v in feed.items()})
+        return real_run(self, output_names, feed, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
     target = _quick("local-cpu", backend=backend, precision=precision, batch_size=2)
     m = LATENCY_BACKENDS[backend]().measure(exported, target)
     _check_conformance(m, target)
     assert m.tower == "image" and m.backend == backend
+    if backend == "onnxruntime":
+        assert len(calls) == target.warmup + target.runs and all(b == {exported.input_name: 2} for b in calls)
 
 
 def test_torch_eager_meets_the_same_contract(towers):
@@ -140,15 +160,33 @@ def test_torch_eager_meets_the_same_contract(towers):
     assert torch.get_num_threads() == threads  # restored
 
 
-def test_onnxruntime_providers_filtered_and_recorded(exported):
+def test_a_target_whose_provider_is_missing_is_refused_not_run_on_the_cpu(exported, tmp_path):
     import onnxruntime as ort
 
+    from dime_nas.config import load_experiment
+    from dime_nas.cost.latency import check_target_usable
+    from dime_nas.errors import ConfigError
+
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("CUDA is available here: nothing falls back")
-    m = OnnxRuntimeBackend().measure(exported, _quick("gpu-cuda"))
-    assert m.providers == ["CPUExecutionProvider"]
-    with pytest.raises(RuntimeError, match="none of"):
-        OnnxRuntimeBackend().measure(exported, _quick("gpu-cuda", providers=("CUDAExecutionProvider",)))
+        pytest.skip("CUDA's provider is available here: nothing to refuse")
+    gpu = _quick("gpu-cuda")
+    problem = check_target_usable(gpu)
+    assert "CUDAExecutionProvider" in problem and "onnxruntime-gpu" in problem
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
+        OnnxRuntimeBackend().measure(exported, gpu)
+    exp = tmp_path / "exp.yaml"  # an experiment on that target fails at load, naming the key
+    exp.write_text(f"name: g\nteacher: {{model: RN50, pretrained: openai}}\ndata: {{images: {tmp_path}, sentences: {exp}}}\n"
+                   "eval: {shapes: {}}\nspace: tiny\ntarget: gpu-cuda\n")
+    with pytest.raises(ConfigError, match="CUDAExecutionProvider") as info:
+        load_experiment(exp)
+    assert "target" in str(info.value)
+
+
+def test_a_cpu_target_is_usable_and_records_the_providers_that_ran(exported):
+    from dime_nas.cost.latency import check_target_usable
+
+    assert check_target_usable(_quick("local-cpu")) is None
+    assert OnnxRuntimeBackend().measure(exported, _quick("local-cpu")).providers == ["CPUExecutionProvider"]
 
 
 def test_int8_target_needs_int8_export(towers, tmp_path):

@@ -234,3 +234,16 @@ def test_top_k_spreads_better_than_neighbours() -> None:
 def test_top_k_picks_identical_points_once() -> None:
     pts = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
     assert top_k_along_front(pts, [MIN, MIN], 3) == [0, 2]
+
+
+def test_experiment_reference_from_stated_values_budgets_and_floors():
+    from dime_nas.config import Budget
+    from dime_nas.search.pareto import experiment_reference
+
+    b = [Budget.parse("latency_ms <= 8"), Budget.parse("latency_ms <= 5"), Budget.parse("accuracy >= 0.4")]
+    ref, rule = experiment_reference(["accuracy", "latency_ms"], ["maximize", "minimize"], b)
+    assert ref == [0.4, 8.0] and "budget" in rule  # the loosest bound of each
+    ref, _ = experiment_reference(["accuracy", "latency_ms"], ["maximize", "minimize"], [], {"latency_ms": 3})
+    assert ref == [0.0, 3.0]
+    ref, why = experiment_reference(["accuracy", "gmacs"], ["maximize", "minimize"], [])
+    assert ref is None and "gmacs" in why

@@ -104,3 +104,15 @@ def test_each_select_mode_picks_by_recorded_reason(study, tmp_path):
     for bad in ("top:0", "top:x", "kneee", "trial:5", "trial:"):
         with pytest.raises(ConfigError):
             choose_trials(run, bad)
+
+
+def test_hypervolume_reference_is_fixed_by_the_experiment_not_by_the_trials(study, tmp_path):
+    summary = write_report(study, tmp_path / "run")
+    hv = summary["hypervolume"]
+    # accuracy floor 0, latency at its budget 0.3: 0.1 x 0.60 + 0.08 x 0.70 + 0.02 x 0.75 by hand
+    assert hv["reference"] == [0.0, 0.3] and hv["value"] == pytest.approx(0.131)
+    assert "fixed by the experiment" in hv["reference_rule"]
+    _add(study, "e", "ok", 0.05, 0.30)  # a new, slower-to-beat trial does not move the reference
+    assert write_report(study, tmp_path / "run")["hypervolume"]["reference"] == [0.0, 0.3]
+    study.set_user_attr("hv_reference", {"latency_ms": 1.0})
+    assert write_report(study, tmp_path / "run")["hypervolume"]["reference"] == [0.0, 1.0]

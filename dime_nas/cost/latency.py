@@ -148,11 +148,10 @@ class OnnxRuntimeBackend(LatencyBackend):
             if exported.int8_path is None:
                 raise ValueError(f"target {target.name!r} is int8 but the {exported.tower} tower has no int8 export")
             path = exported.int8_path
-        available = set(ort.get_available_providers())
-        providers = [p for p in target.providers if p in available]
-        if not providers:
-            raise RuntimeError(f"target {target.name!r}: none of {list(target.providers)} is available "
-                               f"here (available: {sorted(available)})")
+        problem = check_target_usable(target)
+        if problem:  # never time on the CPU what a GPU target's budget is about
+            raise RuntimeError(problem)
+        providers = list(target.providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = target.intra_op_threads
         options.inter_op_num_threads = 1
@@ -171,6 +170,32 @@ class OnnxRuntimeBackend(LatencyBackend):
 
 
 LATENCY_BACKENDS: dict[str, type[LatencyBackend]] = {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+# What to install for an execution provider that is missing here.
+PROVIDER_PACKAGES = {"CUDAExecutionProvider": "onnxruntime-gpu", "TensorrtExecutionProvider": "onnxruntime-gpu",
+                     "OpenVINOExecutionProvider": "onnxruntime-openvino",
+                     "DmlExecutionProvider": "onnxruntime-directml", "CoreMLExecutionProvider": "onnxruntime (macOS)"}
+
+
+def check_target_usable(target: Target) -> str | None:
+    """Why ``target`` cannot be measured here (None when it can).
+
+    Every execution provider the target names must be available: a missing GPU provider
+    would otherwise fall back to the CPU and a GPU budget be judged on CPU timings.
+    """
+    if target.backend == "torch":
+        return None
+    if target.backend not in LATENCY_BACKENDS:
+        return f"target {target.name!r}: backend {target.backend!r} cannot measure from this machine"
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    missing = [p for p in target.providers if p not in available]
+    if not missing:
+        return None
+    install = sorted({PROVIDER_PACKAGES.get(p, "an onnxruntime build with it") for p in missing})
+    return (f"target {target.name!r} needs execution provider(s) {', '.join(missing)}, not available here "
+            f"(available: {', '.join(available)}); install {' or '.join(install)} in place of onnxruntime, "
+            "or choose another target")
 
 
 def register_backend(cls: type[LatencyBackend]) -> type[LatencyBackend]:

@@ -67,6 +67,27 @@ def cache_identity(teacher: Any, images: ImageSource, sentences: SentenceSource,
     }
 
 
+def open_complete_cache(out_dir: str | Path, teacher_identity: dict[str, Any] | None, images: ImageSource,
+                        sentences: SentenceSource, eval_suite: EvalSuite, *, pixel_size: int,
+                        max_images: int | None = None, max_sentences: int | None = None) -> FeatureCache | None:
+    """The cache in ``out_dir`` if it is complete and was built for exactly these inputs, else None.
+
+    Needs only the teacher's identity, not the teacher: the preprocessing and context
+    length in the recorded identity follow from the teacher, so they match when it does.
+    """
+    manifest = _read_manifest(Path(out_dir))
+    if not manifest or not manifest.get("complete") or teacher_identity is None or "text_cfg" not in manifest:
+        return None
+    recorded = manifest.get("identity", {})
+    expected = {"version": CACHE_VERSION, "teacher": teacher_identity, "images": images.identity(),
+                "sentences": sentences.identity(),
+                "eval": hashlib.sha256(json.dumps(eval_suite.identity(), sort_keys=True).encode()).hexdigest(),
+                "pixel_size": pixel_size, "max_images": max_images, "max_sentences": max_sentences}
+    if any(recorded.get(k) != v for k, v in expected.items()):
+        return None
+    return FeatureCache(out_dir)
+
+
 def build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, eval_suite: EvalSuite,
                 out_dir: str | Path, *, pixel_size: int, chunk_size: int = 1024, batch_size: int = 64,
                 max_images: int | None = None, max_sentences: int | None = None, progress: bool = True,
@@ -89,6 +110,7 @@ def build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, ev
     if manifest is None:
         manifest = {"identity": identity, "complete": False, "chunk_size": chunk_size, "pixel_size": pixel_size,
                     "embed_dim": teacher.embed_dim, "context_length": teacher.context_length,
+                    "text_cfg": teacher.text_cfg,
                     "preprocess": teacher.preprocess_cfg, "teacher": teacher.identity,
                     "images": {"chunks": [], "done": False}, "texts": {"chunks": [], "done": False},
                     "eval": None, "seconds": {"images": 0.0, "texts": 0.0, "eval": 0.0}, "resumed": 0}

@@ -162,7 +162,10 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
     trial.set_user_attr("train_stopped_by", result.stopped_by)
     trial.set_user_attr("train_device", result.device)
     trial.set_user_attr("loss_curve", [{"step": c["step"], "total": c["total"]} for c in result.curve])
-    trial.set_user_attr("teacher_forwards", teacher_forward_count() - forwards0)
+    forwards = teacher_forward_count() - forwards0
+    trial.set_user_attr("teacher_forwards", forwards)
+    if forwards:  # the cache makes the teacher unnecessary in a trial: a forward pass here is a bug
+        raise RuntimeError(f"the teacher ran {forwards} forward pass(es) inside trial {trial.number}")
     trial.set_user_attr("metrics", _jsonable(metrics))
     quality = [b for b in ctx.budgets if b.metric not in COST_METRICS]
     for b in quality:

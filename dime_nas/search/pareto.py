@@ -9,6 +9,7 @@ the caller's units and directions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -230,3 +231,35 @@ def top_k_along_front(points: np.ndarray, directions: Sequence[str], k: int) -> 
         picks.append(nxt)
         nearest = np.minimum(nearest, np.linalg.norm(z - z[nxt], axis=1))
     return [int(front[p]) for p in picks]
+
+
+# Quality metrics bounded below by 0: their worst possible value is the natural reference.
+BOUNDED_QUALITY = ("accuracy", "shifted_accuracy", "retrieval", "agreement")
+
+
+def experiment_reference(objectives: Sequence[str], directions: Sequence[str], budgets: Sequence[Any],
+                         stated: dict[str, float] | None = None) -> tuple[list[float] | None, str]:
+    """A hypervolume reference point fixed by the experiment, so hypervolumes compare across runs.
+
+    Per objective: the value the experiment states (``search.hv_reference``), else the
+    bound of a budget on it (``latency_ms <= 8`` -> 8), else 0 for a quality metric
+    bounded below by 0. Returns (None, why) when some objective has none of these.
+    """
+    stated = stated or {}
+    ref, rules = [], []
+    for metric, direction in zip(objectives, directions):
+        bound = [b.value for b in budgets if b.metric == metric
+                 and (b.op == "<=") == (direction == "minimize")]
+        if metric in stated:
+            ref.append(float(stated[metric]))
+            rules.append(f"{metric} {stated[metric]:g} (stated)")
+        elif bound:
+            worst = max(bound) if direction == "minimize" else min(bound)
+            ref.append(float(worst))
+            rules.append(f"{metric} {worst:g} (its budget)")
+        elif metric in BOUNDED_QUALITY and direction == "maximize":
+            ref.append(0.0)
+            rules.append(f"{metric} 0 (its floor)")
+        else:
+            return None, f"no fixed reference for {metric}: state it in search.hv_reference"
+    return ref, "fixed by the experiment: " + ", ".join(rules)

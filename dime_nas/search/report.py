@@ -17,7 +17,8 @@ import numpy as np
 import optuna
 
 from ..config import METRICS, Budget
-from .pareto import default_reference, hypervolume, knee_point, non_dominated, top_k_along_front
+from .pareto import (default_reference, experiment_reference, hypervolume, knee_point, non_dominated,
+                     top_k_along_front)
 
 UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "params_m": "M params", "accuracy": "top-1",
          "shifted_accuracy": "top-1", "retrieval": "R@1", "agreement": "fraction"}
@@ -133,10 +134,13 @@ def write_report(study: optuna.Study, out: str | Path, *, extra_budgets: list[Bu
                                "budgets": [str(b) for b in budgets], "target": study.user_attrs.get("target"),
                                "counts": _counts(rows), "front": [r.number for r in nd_rows]}
     if len(feasible):
-        ref = default_reference(points, directions)
+        ref, rule = experiment_reference(objectives, directions, budgets, study.user_attrs.get("hv_reference"))
+        if ref is None:  # only comparable within this run
+            ref = default_reference(points, directions).tolist()
+            rule = f"nadir of the feasible trials pushed out by 10% of each range ({rule}; not comparable across runs)"
         nd_points = np.array([[r.get(m) for m in objectives] for r in nd_rows])
-        summary["hypervolume"] = {"value": hypervolume(nd_points, directions, ref), "reference": ref.tolist(),
-                                  "reference_rule": "nadir of the feasible trials pushed out by 10% of each range"}
+        summary["hypervolume"] = {"value": hypervolume(nd_points, directions, ref), "reference": list(ref),
+                                  "reference_rule": rule}
         if len(objectives) > 1:
             nd = non_dominated(points, directions)
             summary["knee"] = feasible[nd[knee_point(points[nd], directions)]].number

@@ -136,6 +136,7 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
     study.set_user_attr("budgets", [str(b) for b in ctx.budgets])
     study.set_user_attr("target", ctx.target.to_dict())
     study.set_user_attr("space", ctx.space.source)
+    study.set_user_attr("hv_reference", config.search.hv_reference)
     study.sampler = make_sampler(config, len(directions), len(study.get_trials(deepcopy=False)))
     distinct, already = trial_counts(study)
     want = trials if trials is not None else config.search.trials
