@@ -193,3 +193,40 @@ def test_single_objective_study_prunes_on_the_intermediate_accuracy(tmp_path, ti
     assert first.state == optuna.trial.TrialState.COMPLETE and first.intermediate_values
     assert second.state == optuna.trial.TrialState.PRUNED and second.user_attrs["status"] == "pruned"
     assert list(second.intermediate_values) == [2]
+
+
+def test_only_trials_of_dead_workers_are_marked_interrupted(tmp_path, monkeypatch):
+    """On a journal (or any) storage: live workers' trials stay RUNNING; dead or orphaned ones fail."""
+    import datetime
+    import socket
+
+    from optuna.storages.journal import JournalFileBackend
+
+    from dime_nas.search.study import ORPHAN_GRACE_S, _fail_interrupted
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    study = optuna.create_study(storage=storage, study_name="j")
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout)
+    host = socket.gethostname()
+    live, gone, elsewhere, orphan, fresh = (study.ask() for _ in range(5))
+    live.set_user_attr("worker", {"host": host, "pid": os.getpid()})
+    gone.set_user_attr("worker", {"host": host, "pid": dead_pid})
+    elsewhere.set_user_attr("worker", {"host": "another-machine", "pid": 1})
+    # orphan and fresh never recorded a worker; the orphan was asked long ago
+    real_get, long_ago = study.get_trials, datetime.datetime.now() - datetime.timedelta(seconds=ORPHAN_GRACE_S + 5)
+
+    def aged(*args, **kwargs):
+        out = real_get(*args, **kwargs)
+        for t in out:
+            if t.number == orphan.number:
+                t.datetime_start = long_ago
+        return out
+
+    monkeypatch.setattr(study, "get_trials", aged)
+    _fail_interrupted(study)
+    monkeypatch.undo()
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[gone.number] == states[orphan.number] == optuna.trial.TrialState.FAIL
+    assert states[live.number] == states[elsewhere.number] == states[fresh.number] == optuna.trial.TrialState.RUNNING
+    assert study.trials[gone.number].user_attrs["status"] == "interrupted"

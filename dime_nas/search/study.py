@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ from .objective import TrialContext, record_failure, run_trial
 
 _log = logging.getLogger(__name__)
 RUN_MARKER = "experiment.json"
+ORPHAN_GRACE_S = 120  # a RUNNING trial with no worker recorded after this long was orphaned by a kill
 
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -131,7 +133,7 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
         raise ConfigError(f"the study {config.name!r} in {url} has directions "
                           f"{[d.name.lower() for d in study.directions]}, this experiment asks for {directions}: "
                           "use another --out or --storage", key="objectives")
-    _fail_interrupted(study, url)
+    _fail_interrupted(study)
     study.set_user_attr("objectives", [o.metric for o in ctx.objectives])
     study.set_user_attr("budgets", [str(b) for b in ctx.budgets])
     study.set_user_attr("target", ctx.target.to_dict())
@@ -191,19 +193,24 @@ def _one_trial(study: optuna.Study, ctx: TrialContext) -> None:
         study.tell(trial, values)
 
 
-def _fail_interrupted(study: optuna.Study, url: str) -> None:
-    """Trials a killed process left RUNNING become FAIL ("interrupted").
+def _fail_interrupted(study: optuna.Study) -> None:
+    """Trials a killed process left RUNNING become FAIL (status ``interrupted``).
 
-    Each trial records the host and pid running it; a RUNNING trial of this host whose
-    process is gone was interrupted (on a shared database, other hosts' trials are left
-    alone). A single-process SQLite or journal file has no live trial when we start.
+    Staleness is decided by the worker's liveness, on every storage: each trial records
+    the host and pid running it, and a RUNNING trial of this host whose process is gone
+    was interrupted. Live processes' trials (another worker on this machine) and other
+    hosts' trials are left alone. A trial that never got its worker recorded (killed
+    right after ``ask``) is stale once it is older than ``ORPHAN_GRACE_S``.
     """
-    single = url.startswith("sqlite") or url.startswith("journal:")
-    host = socket.gethostname()
+    host, now = socket.gethostname(), datetime.datetime.now()
     stale = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", {})
-        if single or (worker.get("host") == host and not _alive(worker.get("pid", -1))):
+        worker = t.user_attrs.get("worker")
+        if worker is None:
+            started = t.datetime_start or now
+            if (now - started).total_seconds() > ORPHAN_GRACE_S:
+                stale.append(t)
+        elif worker.get("host") == host and not _alive(worker.get("pid", -1)):
             stale.append(t)
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
