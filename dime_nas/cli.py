@@ -122,7 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--out", default=None, help="run directory (default: the config's out_dir)")
     se.add_argument("--trials", type=int, default=None, help="total finished trials wanted (overrides the config)")
     se.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the run directory)")
-    se.add_argument("--force", action="store_true", help="use a run directory that belongs to another experiment")
+    se.add_argument("--force", action="store_true",
+                    help="use a run directory that belongs to another experiment, or start a new study when the "
+                         "settings that change a trial's result differ from the study's (the old one is kept)")
     se.add_argument("--quiet", action="store_true", help="no progress bars")
     se.set_defaults(func=_cmd_search)
 
@@ -337,7 +339,7 @@ def _cmd_search(args) -> int:
     t_prep = time.time() - t0
     ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
                        text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=not args.quiet)
-    outcome = run_search(config, ctx, out=out, trials=args.trials, storage=storage, force=True,
+    outcome = run_search(config, ctx, out=out, trials=args.trials, storage=storage, force=args.force,
                          progress=not args.quiet)
     summary = write_report(outcome.study, out)
     c = summary["counts"]

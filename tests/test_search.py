@@ -230,3 +230,20 @@ def test_only_trials_of_dead_workers_are_marked_interrupted(tmp_path, monkeypatc
     assert states[gone.number] == states[orphan.number] == optuna.trial.TrialState.FAIL
     assert states[live.number] == states[elsewhere.number] == states[fresh.number] == optuna.trial.TrialState.RUNNING
     assert study.trials[gone.number].user_attrs["status"] == "interrupted"
+
+
+def test_a_rerun_with_different_settings_is_refused_naming_the_key_unless_forced(tmp_path, tiny_teacher_dir):
+    from dime_nas.errors import ConfigError
+
+    config, ctx, first = _search(tmp_path, tiny_teacher_dir, trials=1)
+    config.distill.steps = 5  # a trial of this setting is not comparable with the first
+    with pytest.raises(ConfigError, match="distill.steps = 4.*has 5") as info:
+        run_search(config, ctx, out=tmp_path / "run", trials=2, progress=False)
+    assert info.value.key == "distill.steps"
+    again = run_search(config, ctx, out=tmp_path / "run", trials=1, force=True, progress=False)
+    assert [t.user_attrs["train_steps"] for t in again.study.get_trials()] == [5]  # a new study
+    backups = list((tmp_path / "run").glob("previous-*.db"))
+    old = optuna.load_study(study_name="t", storage=f"sqlite:///{backups[0]}")
+    assert len(backups) == 1 and [t.user_attrs["train_steps"] for t in old.get_trials()] == [4]
+    # the same settings continue the study
+    assert run_search(config, ctx, out=tmp_path / "run", trials=2, progress=False).already_done == 1

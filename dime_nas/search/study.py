@@ -32,6 +32,7 @@ from typing import Any
 import optuna
 
 from ..config import ExperimentConfig, run_dir
+from ..typed_yaml import to_plain
 from ..errors import ConfigError
 from .objective import TrialContext, record_failure, run_trial
 
@@ -105,6 +106,36 @@ def make_sampler(config: ExperimentConfig, n_objectives: int, trials_in_study: i
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
+def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[str, Any]:
+    """What changes a trial's result: the teacher, corpora, evaluation, space, target, objectives,
+    budgets and short-run settings. A study holds trials of one fingerprint only."""
+    plain = to_plain(config)
+    teacher = {k: v for k, v in plain["teacher"].items() if k not in ("device", "batch_size", "cache_dir")}
+    space = hashlib.sha256(Path(ctx.space.source).read_bytes()).hexdigest() if Path(ctx.space.source).is_file() \
+        else ctx.space.source
+    fingerprint = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"], "space": space,
+                   "target": ctx.target.to_dict(), "objectives": [o.metric for o in ctx.objectives],
+                   "budgets": [str(b) for b in ctx.budgets], "distill": plain["distill"]}
+    return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+
+
+def first_difference(old: Any, new: Any, key: str = "") -> str | None:
+    """The first dotted key (in sorted order) whose value differs between two plain structures."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            found = first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
+            if found:
+                return found
+        return None
+    return None if old == new else (key or "<root>")
+
+
+def _lookup(d: Any, key: str) -> Any:
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
 def claim_run_dir(config: ExperimentConfig, out: Path, force: bool) -> None:
     """Refuse a run directory that belongs to a different experiment (unless forced)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -129,11 +160,22 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
     study = optuna.create_study(study_name=config.name, storage=open_storage(url), directions=directions,
                                 sampler=make_sampler(config, len(directions)), load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+    fingerprint = experiment_fingerprint(config, ctx)
+    recorded = study.user_attrs.get("fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        key = first_difference(recorded, fingerprint)
+        if not force:
+            raise ConfigError(f"the study {config.name!r} in {url} was run with {key} = {_lookup(recorded, key)!r}, "
+                              f"this experiment has {_lookup(fingerprint, key)!r}: trials of different settings "
+                              "must not mix. Use another --out, or --force to start a new study (the old one is "
+                              "kept in the run directory)", key=key)
+        study = _restart_study(study, url, out, directions, config)
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"the study {config.name!r} in {url} has directions "
                           f"{[d.name.lower() for d in study.directions]}, this experiment asks for {directions}: "
                           "use another --out or --storage", key="objectives")
     _fail_interrupted(study)
+    study.set_user_attr("fingerprint", fingerprint)
     study.set_user_attr("objectives", [o.metric for o in ctx.objectives])
     study.set_user_attr("budgets", [str(b) for b in ctx.budgets])
     study.set_user_attr("target", ctx.target.to_dict())
@@ -171,6 +213,19 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
         bar.close()
     return SearchOutcome(out, study, already, new, stop.requested, time.time() - start,
                          distinct=trial_counts(study)[0], capped=capped)
+
+
+def _restart_study(study: optuna.Study, url: str, out: Path, directions: list[str],
+                   config: ExperimentConfig) -> optuna.Study:
+    """Keep a copy of the study in ``out/previous-<time>.db``, then start it afresh under the same name."""
+    backup = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}.db"
+    optuna.copy_study(from_study_name=study.study_name, from_storage=open_storage(url),
+                      to_storage=f"sqlite:///{backup.resolve()}")
+    optuna.delete_study(study_name=study.study_name, storage=open_storage(url))
+    _log.warning("started a new study %r; the previous one is kept in %s", study.study_name, backup)
+    return optuna.create_study(study_name=config.name, storage=open_storage(url), directions=directions,
+                               sampler=make_sampler(config, len(directions)),
+                               pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
 
 
 def _one_trial(study: optuna.Study, ctx: TrialContext) -> None:
