@@ -157,6 +157,13 @@ class EvalConfig:
     tasks: list[FolderTaskConfig] = field(default_factory=list)  # your zero-shot tasks
     retrieval: RetrievalConfig | None = None  # your paired retrieval set
     max_images_per_task: int | None = None  # cap per task (None: all)
+    # share of each task's (and the retrieval set's) images held out as the test split, by a hash of the
+    # file names: trials and selection see only the rest (validation); full runs report both
+    test_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"must be strictly between 0 and 1, got {self.test_fraction}", key="eval.test_fraction")
 
 
 @dataclass

@@ -63,8 +63,11 @@ def _recall(sims: torch.Tensor, k: int) -> float:
 
 @torch.no_grad()
 def evaluate_student(image_tower: torch.nn.Module, cache: Any, image_size: int, text_tower: torch.nn.Module | None = None,
-                     context_length: int | None = None, batch_size: int = 256) -> dict[str, Any]:
-    """All metrics of a student on a FeatureCache's evaluation data.
+                     context_length: int | None = None, batch_size: int = 256, split: str = "val") -> dict[str, Any]:
+    """All metrics of a student on one split of a FeatureCache's evaluation data.
+
+    ``split``: "val" (the search-validation part: trials, pruning and selection see only
+    it), "test" (held out for the final numbers of full runs) or "all".
 
     Returns a flat dict: ``accuracy`` (mean top-1 over in-distribution tasks),
     ``shifted_accuracy``, ``retrieval`` (mean R@1 of both directions), ``agreement``,
@@ -78,7 +81,7 @@ def evaluate_student(image_tower: torch.nn.Module, cache: Any, image_size: int, 
     mean, std = cache.mean_std
     out: dict[str, Any] = {}
     ind, shifted, agree, kls = [], [], [], []
-    for task in cache.tasks():
+    for task in cache.tasks(split):
         labels = torch.from_numpy(task.labels)
         s_img = embed_images(image_tower, task.pixels, image_size, mean, std, batch_size)
         s_logits = LOGIT_SCALE * s_img @ _class_embeddings(task, text_tower, context_length).T
@@ -99,7 +102,7 @@ def evaluate_student(image_tower: torch.nn.Module, cache: Any, image_size: int, 
         out["shifted_accuracy"] = float(np.mean(shifted))
     if agree:
         out["agreement"], out["teacher_kl"] = float(np.mean(agree)), float(np.mean(kls))
-    r = cache.retrieval()
+    r = cache.retrieval(split)
     if r is not None:
         img = embed_images(image_tower, r.pixels, image_size, mean, std, batch_size)
         txt = embed_tokens(text_tower, r.text_tokens, context_length, batch_size) if text_tower is not None \

@@ -87,6 +87,7 @@ def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, st
     import dataclasses
 
     from .distill.trainer import distill
+    from .evaluate import evaluate_student
     from .pipeline import prepare_cache, teacher_spec
     from .cost.targets import get_target
     from .search.objective import TrialContext, measure_cost
@@ -107,9 +108,12 @@ def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, st
         towers, run = distill(student, cache, settings, checkpoint_dir=work, resume=True, progress=progress)
         cost = measure_cost(student, ctx)
         full = {**run.metrics, "latency_ms": cost["latency_ms"], "gmacs": cost["gmacs"], "params_m": cost["params_m"]}
+        # the held-out test split: seen by no trial and no selection, so free of selection bias
+        test = evaluate_student(towers.visual, cache, student.vision.image_size, towers.text,
+                                student.text.context_length if towers.text is not None else None, split="test")
         entry = {"trial": pick["trial"], "arch_key": student.arch_key, "describe": student.describe(),
                  "steps": run.steps, "seconds": run.seconds, "device": run.device, "proxy": pick["metrics"],
-                 "full": full,
+                 "full": full, "test": {k: v for k, v in test.items() if not k.startswith("teacher/")},
                  "checkpoint": str(work / "checkpoint.pt")}
         if export:
             from .deliverable import export_student

@@ -118,10 +118,12 @@ def prepare_cache(config: ExperimentConfig, *, progress: bool = True, teacher: A
         cache = open_complete_cache(default_cache_dir(config), teacher_identity(spec), images, sentences, suite,
                                     **options)
         if cache is not None:
+            cache.test_fraction = config.eval.test_fraction
             return cache, dict(cache.manifest["text_cfg"])
         teacher = load_teacher(spec, device=config.teacher.device)
     cache = build_cache(teacher, images, sentences, suite, default_cache_dir(config),
                         batch_size=config.teacher.batch_size, progress=progress, **options)
+    cache.test_fraction = config.eval.test_fraction
     text_cfg = teacher.text_cfg
     del teacher
     gc.collect()

@@ -39,10 +39,10 @@ def test_build_counts_skips_and_reuses_without_teacher(tmp_path, tiny_teacher_di
     assert s["sentences"] == 30 and s["sentences_dropped"] == {"empty": 1, "duplicate": 1, "bad_line": 0}
     assert cache.pixels.shape == (40, 24, 24, 3) and cache.image_emb.shape == (40, 64)
     assert cache.text_tokens.shape == (30, 16) and cache.pixels.take(np.array([0, 39])).dtype == np.uint8
-    (task,) = cache.tasks()
+    (task,) = cache.tasks("all")
     assert task.class_emb.shape == (2, 64) and task.prompt_tokens.shape == (2, 2, 16) and len(task.labels) == 6
     np.testing.assert_allclose(np.linalg.norm(task.class_emb, axis=1), 1, atol=1e-5)
-    assert cache.retrieval().text_emb.shape == (3, 64)
+    assert cache.retrieval("all").text_emb.shape == (3, 64)
     # second use: the same cache comes back and the teacher does not run
     before = teacher_forward_count()
     again = _build(tiny_teacher_dir, tmp_path, tmp_path / "cache")
@@ -137,3 +137,24 @@ def test_killed_build_resumes_to_identical_arrays(tmp_path, tiny_teacher_dir):
         a, b = getattr(resumed, name), getattr(fresh, name)
         np.testing.assert_array_equal(a.take(np.arange(len(a))), b.take(np.arange(len(b))))
     assert resumed.summary()["images_skipped"] == {"decode_error": 1}
+
+
+def test_evaluation_splits_are_deterministic_disjoint_and_cover_every_image(tmp_path, tiny_teacher_dir):
+    from dime_nas.data.cache import split_scores
+
+    a = split_scores([Path("/x/red/1.png"), Path("/elsewhere/red/1.png"), Path("/x/blue/1.png")])
+    assert a[0] == a[1] != a[2] and ((0 <= a) & (a < 1)).all()  # class folder + file name only
+    scores = split_scores([Path(f"c{i % 8}/{i}.png") for i in range(4000)])
+    assert abs((scores < 0.5).mean() - 0.5) < 0.03
+    _make_corpora(tmp_path)
+    cache = _build(tiny_teacher_dir, tmp_path, tmp_path / "cache")
+    for fraction in (0.3, 0.5):
+        cache.test_fraction = fraction
+        (every,), (val,), (test,) = cache.tasks("all"), cache.tasks("val"), cache.tasks("test")
+        assert len(val.labels) + len(test.labels) == len(every.labels)
+        pairs = lambda t: {row.tobytes() for row in t.image_emb}  # noqa: E731
+        assert not pairs(val) & pairs(test) and pairs(val) | pairs(test) == pairs(every)
+        r_all, r_val, r_test = cache.retrieval("all"), cache.retrieval("val"), cache.retrieval("test")
+        assert len(r_val.pixels) + len(r_test.pixels) == len(r_all.pixels)
+    with pytest.raises(ValueError, match="split"):
+        cache.tasks("train")

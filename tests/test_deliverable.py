@@ -61,6 +61,9 @@ def test_distill_hand_off_and_export_commands(tmp_path, tiny_teacher_dir, monkey
     assert {"accuracy", "latency_ms", "params_m"} <= set(results[0]["full"])
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Full distillation (short-run proxy vs full run)" in report and results[0]["arch_key"] in report
+    # validation and test side by side; the report's headline is the held-out test number
+    assert 0 <= results[0]["test"]["accuracy"] <= 1 and "held-out test split" in report
+    assert f"**{results[0]['test']['accuracy']:.3f}**" in report
     key = results[0]["arch_key"]
     assert (tmp_path / "run" / "full" / key / "export" / "model_card.json").is_file()
     # distilling the same pick again resumes the finished run: no optimiser step is taken twice

@@ -247,3 +247,16 @@ def test_a_rerun_with_different_settings_is_refused_naming_the_key_unless_forced
     assert len(backups) == 1 and [t.user_attrs["train_steps"] for t in old.get_trials()] == [4]
     # the same settings continue the study
     assert run_search(config, ctx, out=tmp_path / "run", trials=2, progress=False).already_done == 1
+
+
+def test_trials_and_selection_never_read_the_test_split(tmp_path, tiny_teacher_dir, monkeypatch):
+    from dime_nas.data.cache import FeatureCache
+
+    asked = []
+    real_tasks, real_retrieval = FeatureCache.tasks, FeatureCache.retrieval
+    monkeypatch.setattr(FeatureCache, "tasks", lambda self, split="val": asked.append(split) or real_tasks(self, split))
+    monkeypatch.setattr(FeatureCache, "retrieval",
+                        lambda self, split="val": asked.append(split) or real_retrieval(self, split))
+    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=2)
+    write_report(outcome.study, tmp_path / "run")
+    assert "val" in asked and "test" not in asked

@@ -40,7 +40,7 @@ from .eval_sets import EvalSuite, read_image
 from .image_corpus import ImageSource, decode_image
 from .sentence_corpus import SentenceSource
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: evaluation images carry their split score
 _log = logging.getLogger(__name__)
 
 
@@ -238,6 +238,7 @@ class _Builder:
             tokens = self.teacher.tokenize([p for ps in prompts for p in ps])
             prompt_emb = self._encode_tokens(tokens).reshape(len(task.classnames), len(task.templates), -1)
             _save_npz(self.root / "eval" / f"task-{i:03d}.npz",
+                      split_score=split_scores([task.files[j][0] for j in keep]),
                       pixels=np.stack([pixels[j] for j in keep]),
                       image_emb=np.stack([embeds[j] for j in keep]).astype(np.float16),
                       labels=np.array([task.files[j][1] for j in keep], dtype=np.int64),
@@ -252,7 +253,8 @@ class _Builder:
             pixels, embeds, _ = self._eval_images(r.files, log)
             keep = [j for j, e in enumerate(embeds) if e is not None]
             tokens = self.teacher.tokenize([r.captions[j] for j in keep])
-            _save_npz(self.root / "eval" / "retrieval.npz", pixels=np.stack([pixels[j] for j in keep]),
+            _save_npz(self.root / "eval" / "retrieval.npz", split_score=split_scores([r.files[j] for j in keep]),
+                      pixels=np.stack([pixels[j] for j in keep]),
                       image_emb=np.stack([embeds[j] for j in keep]).astype(np.float16),
                       text_emb=self._encode_tokens(tokens).astype(np.float16),
                       text_tokens=tokens.numpy().astype(np.int32))
@@ -276,6 +278,16 @@ class _Builder:
     def _encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         return np.concatenate([self.teacher.encode_tokens(tokens[i:i + self.batch_size]).numpy()
                                for i in range(0, len(tokens), self.batch_size)])
+
+
+def split_scores(paths: list[Path]) -> np.ndarray:
+    """A number in [0, 1) per evaluation image, from its class folder and file name only.
+
+    The same file lands in the same split on every machine and in every run; images with
+    a score below the test fraction form the held-out test split, the rest validation.
+    """
+    keys = [f"{Path(p).parent.name}/{Path(p).name}" for p in paths]
+    return np.array([int(hashlib.sha256(k.encode()).hexdigest()[:8], 16) / 2 ** 32 for k in keys], dtype=np.float64)
 
 
 def _class_embeddings(prompt_emb: np.ndarray) -> np.ndarray:
@@ -388,11 +400,23 @@ class CachedRetrieval:
     text_tokens: np.ndarray
 
 
+SPLITS = ("val", "test", "all")
+
+
+def _split_rows(score: np.ndarray, split: str, test_fraction: float) -> np.ndarray:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "all":
+        return np.ones(len(score), dtype=bool)
+    return score < test_fraction if split == "test" else score >= test_fraction
+
+
 class FeatureCache:
     """Read side of a complete cache: what the trainer and the evaluator use (no teacher)."""
 
-    def __init__(self, root: str | Path, in_memory: bool | None = None):
+    def __init__(self, root: str | Path, in_memory: bool | None = None, test_fraction: float = 0.5):
         self.root = Path(root)
+        self.test_fraction = test_fraction  # share of each evaluation set held out as the test split
         manifest = _read_manifest(self.root)
         if not manifest or not manifest.get("complete"):
             raise CacheError(f"{self.root} is not a complete feature cache (build it with `dime-nas cache`)")
@@ -458,19 +482,22 @@ class FeatureCache:
                 "eval_tasks": [t["name"] for t in m["eval"]["tasks"]], "pixel_size": self.pixel_size,
                 "embed_dim": self.embed_dim, "seconds": m["seconds"], "resumed": m.get("resumed", 0)}
 
-    def tasks(self) -> list[CachedTask]:
+    def tasks(self, split: str = "val") -> list[CachedTask]:
+        """The evaluation tasks restricted to ``split``: "val" (what searches see), "test" (held out) or "all"."""
         out = []
         for t in self.manifest["eval"]["tasks"]:
             with np.load(self.root / "eval" / t["file"]) as z:
+                rows = _split_rows(z["split_score"], split, self.test_fraction)
                 out.append(CachedTask(t["name"], t["classnames"], t["templates"], t["shifted"],
-                                      z["pixels"], z["labels"], z["image_emb"].astype(np.float32),
+                                      z["pixels"][rows], z["labels"][rows], z["image_emb"][rows].astype(np.float32),
                                       z["class_emb"], z["prompt_tokens"]))
         return out
 
-    def retrieval(self) -> CachedRetrieval | None:
+    def retrieval(self, split: str = "val") -> CachedRetrieval | None:
         r = self.manifest["eval"]["retrieval"]
         if r is None:
             return None
         with np.load(self.root / "eval" / r["file"]) as z:
-            return CachedRetrieval(r["name"], z["pixels"], z["image_emb"].astype(np.float32),
-                                   z["text_emb"].astype(np.float32), z["text_tokens"])
+            rows = _split_rows(z["split_score"], split, self.test_fraction)
+            return CachedRetrieval(r["name"], z["pixels"][rows], z["image_emb"][rows].astype(np.float32),
+                                   z["text_emb"][rows].astype(np.float32), z["text_tokens"][rows])

@@ -49,9 +49,9 @@ def used_token_ids(cache: Any, vocab_size: int) -> torch.Tensor:
     tokens = cache.text_tokens
     for start in range(0, len(tokens), 65536):
         used[np.unique(tokens.take(np.arange(start, min(start + 65536, len(tokens)))))] = True
-    for task in cache.tasks():
+    for task in cache.tasks("all"):
         used[np.unique(task.prompt_tokens)] = True
-    retrieval = cache.retrieval()
+    retrieval = cache.retrieval("all")
     if retrieval is not None:
         used[np.unique(retrieval.text_tokens)] = True
     used[0] = True  # padding
