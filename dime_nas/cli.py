@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from .errors import ConfigError
 
         user_error = isinstance(exc, (ConfigError, FileNotFoundError)) or type(exc).__name__ in (
-            "TeacherLoadError", "CacheError")
+            "TeacherLoadError", "CacheError", "EvalLeakError")
         print(f"dime-nas: error: {exc}", file=sys.stderr)
         if not user_error:
             print("(run again with --debug for the traceback)", file=sys.stderr)

@@ -116,6 +116,9 @@ class DataConfig:
     pixel_size: int = 64  # students read images from a uint8 store at this size: >= the largest student input
     max_images: int | None = None  # use only the first N images (None: all)
     max_sentences: int | None = None  # use only the first N sentences (None: all)
+    # corpus images byte-identical to an evaluation or retrieval image leak the test into training:
+    # false refuses the cache build naming them, true drops them and counts them in the cache summary
+    drop_eval_overlap: bool = False
 
     def __post_init__(self) -> None:
         if (self.shapes is None) == (self.images is None and self.sentences is None):

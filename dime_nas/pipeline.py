@@ -112,7 +112,7 @@ def prepare_cache(config: ExperimentConfig, *, progress: bool = True, teacher: A
     images, sentences = corpora(config, world)
     suite = eval_suite(config, world)
     options = {"pixel_size": config.data.pixel_size, "max_images": config.data.max_images,
-               "max_sentences": config.data.max_sentences}
+               "max_sentences": config.data.max_sentences, "drop_eval_overlap": config.data.drop_eval_overlap}
     if teacher is None:
         spec = teacher_spec(config.teacher, progress)
         cache = open_complete_cache(default_cache_dir(config), teacher_identity(spec), images, sentences, suite,

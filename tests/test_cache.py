@@ -158,3 +158,17 @@ def test_evaluation_splits_are_deterministic_disjoint_and_cover_every_image(tmp_
         assert len(r_val.pixels) + len(r_test.pixels) == len(r_all.pixels)
     with pytest.raises(ValueError, match="split"):
         cache.tasks("train")
+
+
+def test_corpus_images_identical_to_evaluation_images_are_refused_or_dropped(tmp_path, tiny_teacher_dir):
+    import shutil
+
+    from dime_nas.data.cache import EvalLeakError
+
+    _make_corpora(tmp_path)
+    leaked = next((tmp_path / "task" / "red").glob("*.png"))
+    shutil.copy(leaked, tmp_path / "images" / "d1" / "copied_from_the_test.png")
+    with pytest.raises(EvalLeakError, match="copied_from_the_test.png.*identical to evaluation image"):
+        _build(tiny_teacher_dir, tmp_path, tmp_path / "cache")
+    cache = _build(tiny_teacher_dir, tmp_path, tmp_path / "dropped", drop_eval_overlap=True)
+    assert cache.summary()["images_skipped"].get("in_evaluation_set") == 1 and cache.n_images == 40

@@ -50,8 +50,25 @@ class CacheError(RuntimeError):
 
 # ---- building ----------------------------------------------------------------------------
 
+class EvalLeakError(CacheError):
+    """A corpus image is byte-identical to an evaluation image (the test would leak into training)."""
+
+
+def eval_file_hashes(suite: EvalSuite) -> dict[str, str]:
+    """sha256 of every evaluation and retrieval image file -> its path."""
+    files = [p for t in suite.tasks for p, _ in t.files] + (list(suite.retrieval.files) if suite.retrieval else [])
+    out = {}
+    for path in files:
+        try:
+            out[hashlib.sha256(Path(path).read_bytes()).hexdigest()] = str(path)
+        except OSError:
+            continue  # unreadable evaluation files are counted when the evaluation set is read
+    return out
+
+
 def cache_identity(teacher: Any, images: ImageSource, sentences: SentenceSource, eval_suite: EvalSuite,
-                   *, pixel_size: int, max_images: int | None, max_sentences: int | None) -> dict[str, Any]:
+                   *, pixel_size: int, max_images: int | None, max_sentences: int | None,
+                   drop_eval_overlap: bool = False) -> dict[str, Any]:
     """Everything that determines the cache's contents; any change means a rebuild."""
     return {
         "version": CACHE_VERSION,
@@ -64,12 +81,14 @@ def cache_identity(teacher: Any, images: ImageSource, sentences: SentenceSource,
         "pixel_size": pixel_size,
         "max_images": max_images,
         "max_sentences": max_sentences,
+        "drop_eval_overlap": drop_eval_overlap,
     }
 
 
 def open_complete_cache(out_dir: str | Path, teacher_identity: dict[str, Any] | None, images: ImageSource,
                         sentences: SentenceSource, eval_suite: EvalSuite, *, pixel_size: int,
-                        max_images: int | None = None, max_sentences: int | None = None) -> FeatureCache | None:
+                        max_images: int | None = None, max_sentences: int | None = None,
+                        drop_eval_overlap: bool = False) -> FeatureCache | None:
     """The cache in ``out_dir`` if it is complete and was built for exactly these inputs, else None.
 
     Needs only the teacher's identity, not the teacher: the preprocessing and context
@@ -82,7 +101,8 @@ def open_complete_cache(out_dir: str | Path, teacher_identity: dict[str, Any] | 
     expected = {"version": CACHE_VERSION, "teacher": teacher_identity, "images": images.identity(),
                 "sentences": sentences.identity(),
                 "eval": hashlib.sha256(json.dumps(eval_suite.identity(), sort_keys=True).encode()).hexdigest(),
-                "pixel_size": pixel_size, "max_images": max_images, "max_sentences": max_sentences}
+                "pixel_size": pixel_size, "max_images": max_images, "max_sentences": max_sentences,
+                "drop_eval_overlap": drop_eval_overlap}
     if any(recorded.get(k) != v for k, v in expected.items()):
         return None
     return FeatureCache(out_dir)
@@ -91,14 +111,15 @@ def open_complete_cache(out_dir: str | Path, teacher_identity: dict[str, Any] | 
 def build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, eval_suite: EvalSuite,
                 out_dir: str | Path, *, pixel_size: int, chunk_size: int = 1024, batch_size: int = 64,
                 max_images: int | None = None, max_sentences: int | None = None, progress: bool = True,
-                workers: int = 2) -> FeatureCache:
+                workers: int = 2, drop_eval_overlap: bool = False) -> FeatureCache:
     """Build (or resume, or reuse) the cache in ``out_dir`` and open it.
 
     Reuse needs an identical identity; a different one wipes the folder first.
     """
     root = Path(out_dir)
     identity = cache_identity(teacher, images, sentences, eval_suite, pixel_size=pixel_size,
-                              max_images=max_images, max_sentences=max_sentences)
+                              max_images=max_images, max_sentences=max_sentences,
+                              drop_eval_overlap=drop_eval_overlap)
     manifest = _read_manifest(root)
     if manifest is not None and manifest.get("identity") != identity:
         changed = sorted(k for k in identity if manifest.get("identity", {}).get(k) != identity[k])
@@ -117,7 +138,8 @@ def build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, ev
     else:
         manifest["resumed"] += 1
         _log.info("resuming cache build in %s", root)
-    builder = _Builder(teacher, root, manifest, chunk_size, batch_size, pixel_size, progress, workers)
+    builder = _Builder(teacher, root, manifest, chunk_size, batch_size, pixel_size, progress, workers,
+                       eval_file_hashes(eval_suite), drop_eval_overlap)
     builder.images(images, max_images)
     builder.texts(sentences, max_sentences)
     builder.evaluation(eval_suite)
@@ -128,10 +150,12 @@ def build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, ev
 
 
 class _Builder:
-    def __init__(self, teacher, root, manifest, chunk_size, batch_size, pixel_size, progress, workers):
+    def __init__(self, teacher, root, manifest, chunk_size, batch_size, pixel_size, progress, workers,
+                 eval_hashes: dict[str, str], drop_eval_overlap: bool):
         self.teacher, self.root, self.m = teacher, root, manifest
         self.chunk_size, self.batch_size, self.pixel_size = chunk_size, batch_size, pixel_size
         self.progress, self.workers = progress, workers
+        self.eval_hashes, self.drop_eval_overlap = eval_hashes, drop_eval_overlap
 
     def _bar(self, total: int | None, desc: str, initial: int):
         from tqdm.auto import tqdm
@@ -187,6 +211,14 @@ class _Builder:
         return keys, pixels, embeds, raw_end
 
     def _prepare(self, raw, source: ImageSource):
+        twin = self.eval_hashes.get(hashlib.sha256(raw.data).hexdigest()) if self.eval_hashes else None
+        if twin is not None:
+            if not self.drop_eval_overlap:
+                raise EvalLeakError(f"corpus image {raw.key} is identical to evaluation image {twin}: training on it "
+                                    "would leak the evaluation set. Remove it from the corpus, or set "
+                                    "data.drop_eval_overlap: true to drop such images (they are counted)")
+            source.log.skip_image(raw.key, "in_evaluation_set", twin)
+            return None, None
         image = decode_image(raw.data, source.log, raw.key)
         if image is None:
             return None, None
