@@ -94,3 +94,17 @@ def test_paper_template_is_complete_but_for_its_data_paths_and_a_gpu():
     config = from_mapping(ExperimentConfig, load_yaml_mapping("experiments/dime-fm-vitl14-b32.yaml"))
     assert config.teacher.model == "ViT-L-14" and config.teacher.pretrained == "openai"
     assert config.target == "gpu-cuda" and config.space == "dime-fm-b32"
+
+
+def test_accuracy_needs_an_in_distribution_task(tmp_path, tiny_teacher_dir):
+    from conftest import make_corpora
+
+    _, _, root = make_corpora(tmp_path)
+    shifted_only = {"tasks": [{"name": "colour", "folder": str(root / "task"), "shifted": True}]}
+    path = _mutated(tmp_path, tiny_teacher_dir, lambda d: d.update(eval=shifted_only))
+    with pytest.raises(ConfigError, match="objective 'accuracy' is not measured") as info:
+        load_experiment(path)
+    assert "objectives[0]" in str(info.value)
+    ok = _mutated(tmp_path, tiny_teacher_dir, lambda d: d.update(eval=shifted_only,
+                                                                 objectives=[{"metric": "shifted_accuracy"}]))
+    assert load_experiment(ok).objectives[0].metric == "shifted_accuracy"

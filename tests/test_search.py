@@ -48,6 +48,7 @@ def test_search_runs_trials_and_writes_the_report(tmp_path, tiny_teacher_dir):
         if "reused_from" not in t.user_attrs:
             assert t.user_attrs["teacher_forwards"] == 0 and t.user_attrs["train_steps"] == 4
         assert t.user_attrs["cost"]["latency_ms"] > 0 and 0 <= t.user_attrs["metrics"]["accuracy"] <= 1
+        assert t.user_attrs["cost"]["per_tower"]["image"]["providers"] == ["CPUExecutionProvider"]
         assert set(t.user_attrs["timings"]) == {"cost_s", "train_s", "eval_s"}
     summary = write_report(outcome.study, tmp_path / "run")
     for name in REPORT_FILES:

@@ -84,7 +84,8 @@ def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
             out["latency_p10_ms"], out["latency_p90_ms"] = decision.spread_ms
     for name, r in lat["towers"].items():
         out["per_tower"][name].update({"latency_median_ms": r["latency"]["median_ms"],
-                                       "latency_p90_ms": r["latency"]["p90_ms"], "latency_cv": r["latency"]["cv"]})
+                                       "latency_p90_ms": r["latency"]["p90_ms"], "latency_cv": r["latency"]["cv"],
+                                       "providers": r["latency"]["providers"]})
     out["target"] = ctx.target.name
     return out
 
