@@ -35,7 +35,7 @@ class ShapesTeacherConfig:
     """The built-in demo teacher, trained contrastively on paired ShapesWorld data."""
 
     seed: int = 0  # seed of the teacher's data and initialisation
-    image_size: int = 64  # teacher input resolution
+    image_size: int = 32  # teacher input resolution (the cache resizes images to it)
     embed_dim: int = 256  # teacher embedding width (students match it)
     tower: str = "resnet"  # image tower: "resnet" (open_clip's ModifiedResNet, as in RN50) or "vit"
     layers: int = 1  # residual blocks per ResNet stage, or ViT layers
@@ -44,9 +44,9 @@ class ShapesTeacherConfig:
     text_layers: int = 2  # layers of the teacher's text tower
     text_width: int = 128  # width of the text tower
     context_length: int = 24  # tokens per sentence
-    steps: int = 1000  # training steps
+    steps: int = 450  # training steps
     batch_size: int = 128  # image-caption pairs per step: whole groups of 8 scenes
-    lr: float = 1e-3  # peak AdamW learning rate
+    lr: float = 2e-3  # peak AdamW learning rate
     hard_fraction: float = 0.5  # share of the groups that are hard negatives (see shapes/teacher.py)
     pool_size: int = 20000  # distinct paired scenes rendered for training (groups of 8)
 

@@ -42,7 +42,9 @@ def test_learns_colour_and_reports(built):
     plain = [a for k, a in report.accuracy.items() if "-" not in k]
     assert report.mean_accuracy == pytest.approx(np.mean(plain))
     assert report.steps_per_second > 0 and report.seconds >= report.train_seconds > 0
-    assert "colour" in report.format()
+    split = [report.render_seconds, report.train_seconds, report.eval_seconds, report.save_seconds]
+    assert all(s > 0 for s in split) and sum(split) <= report.seconds
+    assert "colour" in report.format() and "render" in report.format() and "save" in report.format()
     meta = json.loads((out / "open_clip_config.json").read_text())[EXTRA_KEY]
     assert meta["config"]["seed"] == TINY.seed and meta["accuracy"] == report.accuracy
 
@@ -59,14 +61,22 @@ def test_same_seed_same_weights(tmp_path):
     assert not torch.equal(a["visual.conv1.weight"], _state(tmp_path / "other")["visual.conv1.weight"])
 
 
-def test_unused_token_rows_keep_their_init(built):
-    """Only rows the captions use are trained; the rest must be what CLIP's init gave."""
+def test_trained_rows_are_exactly_the_caption_token_ids(built):
+    """The compact table goes back under the tokenizer's ids: trained rows are the captions' ids.
+
+    Every other row must be what CLIP's init gave. A write-back at shifted or permuted
+    ids would change other rows and leave some caption ids at their init.
+    """
     _, out = built
     torch.manual_seed(TINY.seed)
     init = shapes_teacher.build_model(TINY).token_embedding.weight
     trained = _state(out)["token_embedding.weight"]
-    changed = (trained != init).any(dim=1)
-    assert 20 < int(changed.sum()) < 200  # the ShapesWorld vocabulary, not 49,408 rows
+    assert trained.shape == init.shape == (shapes_teacher.VOCAB_SIZE, TINY.text_width)
+    changed = torch.nonzero((trained != init).any(dim=1)).ravel()
+    _, texts = shapes_teacher.training_pool(TINY)
+    used = torch.unique(shapes_teacher._tokenizer(TINY)([t for ts in texts for t in ts]))
+    assert 20 < len(used) < 200  # the ShapesWorld vocabulary, not 49,408 rows
+    assert torch.equal(changed, used)
 
 
 def test_checkpoint_loads_with_teacher_loader_and_open_clip(built):

@@ -46,7 +46,7 @@ from .scene import COLOURS, SHAPES, SIZES, Scene, sample_scene
 from .tasks import EvalTask, eval_suite
 
 # Bump whenever the recipe below changes what a given config builds: it keys the cache.
-CODE_VERSION = 3
+CODE_VERSION = 4
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VOCAB_SIZE = 49408  # open_clip's default CLIP BPE tokenizer
@@ -70,6 +70,9 @@ class TeacherReport:
     shifted_accuracy: dict[str, float]  # shift -> mean over that shift's tasks
     seconds: float  # wall time of the whole build (render + train + evaluate + save)
     train_seconds: float  # the training loop alone
+    render_seconds: float  # rendering and tokenising the training pool
+    eval_seconds: float  # the zero-shot evaluation (plain and shifted suites)
+    save_seconds: float  # writing the checkpoint folder
     steps_per_second: float
     final_loss: float  # mean contrastive loss over the last 50 steps
     threads: int = field(default_factory=torch.get_num_threads)
@@ -85,8 +88,9 @@ class TeacherReport:
             lines.append(f"{n:10s}" + "".join(f"{100 * a:8.1f}%" for a in row))
         means = [self.mean_accuracy, *self.shifted_accuracy.values()]
         lines.append(f"{'mean':10s}" + "".join(f"{100 * a:8.1f}%" for a in means))
-        lines.append(f"built in {self.seconds:.0f} s (training {self.train_seconds:.0f} s, "
-                     f"{self.steps_per_second:.2f} steps/s, {self.threads} torch threads), "
+        lines.append(f"built in {self.seconds:.0f} s: render {self.render_seconds:.0f} s, training "
+                     f"{self.train_seconds:.0f} s ({self.steps_per_second:.2f} steps/s, {self.threads} torch "
+                     f"threads), evaluation {self.eval_seconds:.0f} s, save {self.save_seconds:.0f} s; "
                      f"final loss {self.final_loss:.3f}")
         return "\n".join(lines)
 
@@ -216,6 +220,7 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
     tokenizer = _tokenizer(cfg)
     images, texts = training_pool(cfg)
     tokens = tokenizer([t for ts in texts for t in ts]).view(len(texts), CAPTIONS_PER_IMAGE, -1)
+    render_seconds = time.perf_counter() - t_start
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
@@ -254,14 +259,17 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
     compact_vocab.expand(model)
     model.eval()
 
+    t_eval = time.perf_counter()
     accuracy = {}
     for shift in (None, *SHIFTS):
         tasks = eval_suite(EVAL_SEED, EVAL_PER_CLASS, cfg.image_size, shift)
         accuracy.update(zero_shot_accuracy(model, tokenizer, tasks))
     plain = [a for k, a in accuracy.items() if "-" not in k]
     shifted = {s: float(np.mean([a for k, a in accuracy.items() if k.endswith(f"-{s}")])) for s in SHIFTS}
+    eval_seconds = time.perf_counter() - t_eval
     report = TeacherReport(accuracy=accuracy, mean_accuracy=float(np.mean(plain)), shifted_accuracy=shifted,
-                           seconds=0.0, train_seconds=train_seconds,
+                           seconds=0.0, train_seconds=train_seconds, render_seconds=render_seconds,
+                           eval_seconds=eval_seconds, save_seconds=0.0,
                            steps_per_second=cfg.steps / max(train_seconds, 1e-9),
                            final_loss=float(np.mean(losses[-50:])) if losses else float("nan"),
                            checkpoint=str(out_dir))
@@ -269,7 +277,9 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
                          "eval_per_class": EVAL_PER_CLASS, "accuracy": accuracy,
                          "mean_accuracy": report.mean_accuracy, "shifted_accuracy": shifted,
                          "train_seconds": train_seconds, "steps_per_second": report.steps_per_second}}
+    t_save = time.perf_counter()
     save_checkpoint_dir(model, model_config(cfg), out_dir, preprocess_config(cfg), extra)
+    report.save_seconds = time.perf_counter() - t_save
     report.seconds = time.perf_counter() - t_start
     if progress:
         print(report.format())
