@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from .errors import ConfigError
 
         user_error = isinstance(exc, (ConfigError, FileNotFoundError)) or type(exc).__name__ in (
-            "TeacherLoadError", "CacheError")
+            "TeacherLoadError", "CacheError", "AgentConfigError", "AgentError")
         print(f"dime-nas: error: {exc}", file=sys.stderr)
         if not user_error:
             print("(run again with --debug for the traceback)", file=sys.stderr)
@@ -89,6 +89,34 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list latency targets", description="List the shipped latency targets.")
     t.add_argument("--file", default=None, help="extra targets YAML")
     t.set_defaults(func=_cmd_targets)
+
+    ag = sub.add_parser("agent", help="serve latency measurements on this device (runs on the target)",
+                        description="The measurement agent: a small HTTP service that stores ONNX models by hash "
+                        "and times them with onnxruntime. Needs only `pip install 'dime-nas[agent]'` (no torch). "
+                        "Every request must carry `Authorization: Bearer TOKEN`.")
+    ag.add_argument("--token-file", required=True, help="file holding the token (mode 600; at least 16 characters)")
+    ag.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ag.add_argument("--port", type=int, default=8765)
+    ag.add_argument("--store", default="~/.cache/dime_nas_agent", help="folder for received models")
+    ag.add_argument("--max-model-mb", type=float, default=512.0, help="largest model accepted (default 512)")
+    ag.add_argument("--queue-limit", type=int, default=8, help="measure requests that may wait (more get 503)")
+    ag.add_argument("--timeout-s", type=float, default=600.0, help="longest one measurement may run (504 after)")
+    ag.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                    help="shown in the device description, e.g. board=pi4-a (repeatable)")
+    ag.set_defaults(func=_cmd_agent)
+
+    pr = sub.add_parser("predictor", help="latency predictor from measured towers", description="Latency predictor.")
+    psub = pr.add_subparsers(title="predictor commands", metavar="COMMAND")
+    pf = psub.add_parser("fit", help="fit a latency predictor on a target's measurements",
+                         description="Learn latency from towers already measured on one target (a run directory "
+                         "or a MEASUREMENTS.jsonl file); compares gradient boosting with a log-linear model by "
+                         "cross-validation, reports the held-out error and saves the better one.")
+    pf.add_argument("source", metavar="RUN_DIR|MEASUREMENTS.jsonl")
+    pf.add_argument("--target", required=True, help="the target whose measurements to learn from")
+    pf.add_argument("--out", default=None, help="file to write (default: <source folder>/predictor-<target>.json)")
+    pf.add_argument("--holdout", type=float, default=0.3, help="share held out for the error report (default 0.3)")
+    pf.add_argument("--seed", type=int, default=0)
+    pf.set_defaults(func=_cmd_predictor_fit)
 
     s = sub.add_parser("space", help="validate a search space and sample from it",
                        description="Load SPACE (a YAML file or a shipped name: tiny, edge, dime-fm-b32), "
@@ -237,6 +265,27 @@ def _cmd_targets(args) -> int:
     for name, t in load_targets(args.file).items():
         print(f"{name:16s} {t.backend:11s} {t.precision:4s} threads={t.intra_op_threads} batch={t.batch_size} "
               f"towers={','.join(t.towers)}\n{'':16s} {t.description}")
+    return 0
+
+
+def _cmd_agent(args) -> int:
+    from .agent.server import parse_labels, serve  # torch-free: the device may not have it
+
+    serve(args.token_file, host=args.host, port=args.port, store=args.store, max_model_mb=args.max_model_mb,
+          queue_limit=args.queue_limit, timeout_s=args.timeout_s, labels=parse_labels(args.label))
+    return 0
+
+
+def _cmd_predictor_fit(args) -> int:
+    from .cost.predictor import fit_from_source
+
+    report = fit_from_source(args.source, args.target, out=args.out, holdout=args.holdout, seed=args.seed)
+    h = report["held_out"]
+    print(f"{report['target']}: {report['samples']} measured towers; cross-validated MAPE "
+          + ", ".join(f"{k} {v['mape']:.1%}" for k, v in report["cross_validation"].items())
+          + f" -> {report['kind']}")
+    print(f"held-out ({h['n']} towers): MAPE {h['mape']:.1%}, within +-10%: {h['within_10']:.0%}")
+    print(f"saved: {report['path']}")
     return 0
 
 
