@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     lat.add_argument("model", metavar="MODEL", help="open_clip model name or StudentConfig JSON")
     lat.add_argument("--target", default=None, help="a named target (see `dime-nas targets`); "
                      "the options below override its fields")
+    lat.add_argument("--targets-file", default=None, help="YAML with more targets (e.g. your remote boards)")
     lat.add_argument("--threads", type=int, default=None, help="intra-op threads")
     lat.add_argument("--batch", type=int, default=None, help="batch size")
     lat.add_argument("--int8", action="store_true", help="time the int8 (dynamic quantisation) variant")
@@ -86,8 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     lat.add_argument("--json", action="store_true", help="print exactly one JSON object")
     lat.set_defaults(func=_cmd_latency)
 
-    t = sub.add_parser("targets", help="list latency targets", description="List the shipped latency targets.")
+    t = sub.add_parser("targets", help="list latency targets", description="List the latency targets; for remote "
+                       "targets, ask each agent for its device description.")
     t.add_argument("--file", default=None, help="extra targets YAML")
+    t.add_argument("--offline", action="store_true", help="do not contact remote agents")
     t.set_defaults(func=_cmd_targets)
 
     ag = sub.add_parser("agent", help="serve latency measurements on this device (runs on the target)",
@@ -217,10 +220,11 @@ def _cmd_latency(args) -> int:
     import tempfile
 
     from .cost.latency import measure_target, torch_eager_latency
-    from .cost.targets import Target, get_target
+    from .cost.targets import Target
 
     name, towers = _resolve(args.model)
-    base = get_target(args.target) if args.target else Target(name="cli", description="command-line options")
+    base = (_target(args.target, args.targets_file) if args.target
+            else Target(name="cli", description="command-line options"))
     overrides: dict[str, Any] = {"towers": tuple(args.towers.split(",")) if args.towers else
                                  (base.towers if args.target else tuple(towers))}
     for field, value in (("intra_op_threads", args.threads), ("batch_size", args.batch), ("runs", args.runs),
@@ -259,12 +263,37 @@ def _cmd_latency(args) -> int:
     return 0
 
 
+def _target(name: str, extra_file: str | None):
+    """A shipped target, or one from ``extra_file`` (which may redefine a shipped name)."""
+    from .cost.targets import get_target, load_targets
+
+    if extra_file and name in load_targets(extra_file):
+        return load_targets(extra_file)[name]
+    return get_target(name)
+
+
 def _cmd_targets(args) -> int:
     from .cost.targets import load_targets
 
-    for name, t in load_targets(args.file).items():
+    targets = load_targets()
+    if args.file:
+        targets.update(load_targets(args.file))
+    for name, t in targets.items():
         print(f"{name:16s} {t.backend:11s} {t.precision:4s} threads={t.intra_op_threads} batch={t.batch_size} "
               f"towers={','.join(t.towers)}\n{'':16s} {t.description}")
+        if t.backend == "remote" and not args.offline:
+            from .cost.remote import describe_remote
+
+            for agent in describe_remote(t):
+                d = agent.get("device")
+                if d is None:
+                    print(f"{'':16s} agent {agent['url']}: {agent['error']}")
+                    continue
+                labels = ", ".join(f"{k}={v}" for k, v in d.get("labels", {}).items())
+                memory = f"{d['memory_bytes'] / 1024**3:.1f} GB" if d.get("memory_bytes") else "? GB"
+                print(f"{'':16s} agent {agent['url']}: {d.get('processor')}, {d.get('cpu_count')} cores, {memory}, "
+                      f"{d.get('platform')}, onnxruntime {d.get('onnxruntime')} "
+                      f"({', '.join(d.get('providers_available', []))})" + (f" [{labels}]" if labels else ""))
     return 0
 
 

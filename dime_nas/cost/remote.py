@@ -47,11 +47,13 @@ def target_token(target: Target) -> str:
 class AgentClient:
     """HTTP client of one agent (httpx), with retries and backoff on lost connections."""
 
-    def __init__(self, url: str, token: str, *, retries: int = RETRIES, backoff_s: float = BACKOFF_S,
+    def __init__(self, url: str, token: str, *, retries: int | None = None, backoff_s: float | None = None,
                  timeout_s: float = 900.0) -> None:
         import httpx
 
-        self.url, self.retries, self.backoff_s = url.rstrip("/"), retries, backoff_s
+        self.url = url.rstrip("/")
+        self.retries = RETRIES if retries is None else retries
+        self.backoff_s = BACKOFF_S if backoff_s is None else backoff_s
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
                                   timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S))
 

@@ -4,7 +4,8 @@
 User attributes written on every trial (the reporter reads only these):
 ``arch_key``, ``config`` (StudentConfig dict), ``describe``, ``status``
 (``ok`` / ``infeasible`` / ``reused`` / ``failed``), ``reason``, ``cost``
-(params, GMACs, GFLOPs per counted tower, latency median/p90 per counted tower),
+(params, GMACs, GFLOPs per counted tower, latency median/p90 and the measuring device per
+counted tower; ``latency_source`` measured or predicted, see search/latency_gate.py),
 ``metrics`` (all objectives' metrics + per-task scores), ``timings`` (seconds for cost,
 train, eval), ``train_steps``, ``teacher_forwards`` (always 0: the teacher never runs in
 a trial), and ``reused_from`` for duplicates.
@@ -57,6 +58,7 @@ def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
     from ..cost.flops import tower_cost
     from ..cost.latency import measure_target
     from ..cost.towers import towers_from_student
+    from .latency_gate import gate_for
 
     towers = towers_from_student(config, ctx.teacher_text_cfg)
     counted = [t for t in ctx.target.towers if t in towers]
@@ -72,13 +74,20 @@ def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
         "per_tower": {n: {"params": c["params"], "gmacs": c["gmacs"], "gflops": c["gflops"]}
                       for n, c in per_tower.items()},
     }
+    out["target"] = ctx.target.name
+    gate = gate_for(ctx)
+    decided = gate.decide(config.to_dict(), out) if gate else None
+    if decided:  # clearly far from the budget: no export, no measurement
+        return {**out, **decided}
     with tempfile.TemporaryDirectory(prefix="dime_nas_trial_") as tmp:
         lat = measure_target({n: towers[n] for n in counted}, ctx.target, tmp)
-    out["latency_ms"] = lat["total_median_ms"]
+    out["latency_ms"], out["latency_source"] = lat["total_median_ms"], "measured"
     for name, r in lat["towers"].items():
         out["per_tower"][name].update({"latency_median_ms": r["latency"]["median_ms"],
-                                       "latency_p90_ms": r["latency"]["p90_ms"], "latency_cv": r["latency"]["cv"]})
-    out["target"] = ctx.target.name
+                                       "latency_p90_ms": r["latency"]["p90_ms"], "latency_cv": r["latency"]["cv"],
+                                       "device": r["latency"]["machine"]})
+    if gate:
+        gate.observe(config.to_dict(), out)
     return out
 
 
@@ -108,6 +117,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
         trial.set_constraint(str(b), b.violation(cost[b.metric]))
     if violated:
         reason = "; ".join(f"{b.metric} = {cost[b.metric]:.4g} violates {b}" for b in violated)
+        if cost.get("latency_source") == "predicted":
+            reason += f" ({cost['latency_decision']}; not measured)"
         trial.set_user_attr("status", "infeasible")
         trial.set_user_attr("reason", reason)
         trial.set_user_attr("metrics", metrics)

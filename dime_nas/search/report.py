@@ -145,6 +145,8 @@ def _counts(rows: list[Row]) -> dict[str, int]:
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     counts["reused"] = sum(1 for r in rows if "reused_from" in r.attrs)
+    counts["latency_predicted"] = sum(1 for r in rows if r.attrs.get("cost", {}).get("latency_source") == "predicted"
+                                      and "reused_from" not in r.attrs)
     counts["rejected_before_training"] = sum(1 for r in rows if r.status == "infeasible"
                                              and r.attrs.get("train_steps", 0) == 0 and "reused_from" not in r.attrs)
     return counts
@@ -157,7 +159,8 @@ def _flat(r: Row) -> dict[str, Any]:
                          "config_json": json.dumps(r.attrs.get("config"), sort_keys=True),
                          "reused_from": r.attrs.get("reused_from", ""),
                          "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gflops": cost.get("gflops"),
-                         "latency_ms": cost.get("latency_ms")}
+                         "latency_ms": cost.get("latency_ms"), "latency_source": cost.get("latency_source", ""),
+                         "latency_predicted_ms": cost.get("latency_predicted_ms")}
     for tower, c in sorted(cost.get("per_tower", {}).items()):
         d[f"{tower}_latency_median_ms"] = c.get("latency_median_ms")
         d[f"{tower}_latency_p90_ms"] = c.get("latency_p90_ms")
@@ -242,6 +245,10 @@ def _write_html(path: Path, rows: list[Row], nd_rows: list[Row], y: str) -> None
     fig.write_html(path, include_plotlyjs=True, full_html=True)
 
 
+def _pred(r: Row) -> str:
+    return " *pred.*" if r.attrs.get("cost", {}).get("latency_source") == "predicted" else ""
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
@@ -258,7 +265,9 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
              f"- search space: `{study.user_attrs.get('space')}`",
              f"- trials: {c['trials']} ({c.get('ok', 0)} feasible, {c.get('infeasible', 0)} over budget "
              f"of which {c['rejected_before_training']} rejected before training, {c.get('pruned', 0)} pruned, "
-             f"{c.get('failed', 0)} failed, {c['reused']} duplicates reused)", ""]
+             f"{c.get('failed', 0)} failed, {c['reused']} duplicates reused)",
+             f"- latency decided by prediction, not measured: {c['latency_predicted']} trial(s) "
+             "(`latency_source` in trials.csv; marked *pred.* below)", ""]
     hv = summary.get("hypervolume")
     if hv:
         lines += [f"Hypervolume of the front: **{hv['value']:.4g}** against reference point "
@@ -267,7 +276,7 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
               f"{quality} | key |", "|---|---|---|---|---|---|---|"]
     for r in sorted(nd_rows, key=lambda r: r.get("latency_ms") or 0.0):
         lines.append(f"| {r.number} | {r.attrs.get('describe')} | {_fmt(r.get('params_m'), 2)} | "
-                     f"{_fmt(r.get('gmacs'), 4)} | {_fmt(r.get('latency_ms'), 2)} | {_fmt(r.get(quality))} | "
+                     f"{_fmt(r.get('gmacs'), 4)} | {_fmt(r.get('latency_ms'), 2)}{_pred(r)} | {_fmt(r.get(quality))} | "
                      f"`{r.attrs.get('arch_key')}` |")
     lines += ["", "![accuracy vs latency](pareto_latency.png)", "", "![accuracy vs MACs](pareto_macs.png)", "",
               "Interactive version (hover shows each trial's config): [report.html](report.html).", "",
