@@ -41,19 +41,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_token(path: Path) -> str:
-    token = secrets.token_urlsafe(24)
+def write_token(path: Path, token: str | None = None) -> str:
+    token = token or secrets.token_urlsafe(24)
     path.write_text(token + "\n")
     path.chmod(0o600)
     return token
 
 
 @contextlib.contextmanager
-def loopback_agent(root: Path, *args: str) -> Iterator[LoopbackAgent]:
+def loopback_agent(root: Path, *args: str, token: str | None = None) -> Iterator[LoopbackAgent]:
     """`python -m dime_nas.agent` on a free loopback port; stopped (and waited for) after."""
     root.mkdir(parents=True, exist_ok=True)
     token_file = root / "token"
-    token = write_token(token_file)
+    token = write_token(token_file, token)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     log = open(root / "agent.log", "w")
