@@ -307,8 +307,12 @@ def _cmd_agent(args) -> int:
 
 def _cmd_predictor_fit(args) -> int:
     from .cost.predictor import fit_from_source
+    from .errors import ConfigError
 
-    report = fit_from_source(args.source, args.target, out=args.out, holdout=args.holdout, seed=args.seed)
+    try:
+        report = fit_from_source(args.source, args.target, out=args.out, holdout=args.holdout, seed=args.seed)
+    except ValueError as exc:  # too few measurements, a malformed file: the user's input
+        raise ConfigError(str(exc)) from None
     h = report["held_out"]
     print(f"{report['target']}: {report['samples']} measured towers; cross-validated MAPE "
           + ", ".join(f"{k} {v['mape']:.1%}" for k, v in report["cross_validation"].items())

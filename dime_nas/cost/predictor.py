@@ -2,7 +2,7 @@
 
 A sample is one measured tower: its StudentConfig, its MACs and parameters, the
 target's precision, batch and threads, and the median latency measured there. Features
-per tower: log MACs, log params, log tokens, layers, width, heads, MLP ratio,
+per tower: log MACs (and its square), log params, log tokens, layers, width, heads, MLP ratio,
 resolution, patch size, precision, batch, threads and the tower's family (ViT, each
 timm model, text transformer). Two regressors of log latency are compared by k-fold
 cross-validation, a log-linear model (ridge) and gradient boosting (scikit-learn), and
@@ -21,7 +21,7 @@ import numpy as np
 
 FORMAT = "dime-nas-latency-predictor/1"
 KINDS = ("log-linear", "gradient-boosting")
-NUMERIC = ("log_gmacs", "log_params", "log_tokens", "log_layers", "log_width", "heads", "mlp_ratio",
+NUMERIC = ("log_gmacs", "log_gmacs_sq", "log_params", "log_tokens", "log_layers", "log_width", "heads", "mlp_ratio",
            "log_image_size", "patch_size", "int8", "log_batch", "threads")
 MIN_SAMPLES = 8
 
@@ -47,6 +47,7 @@ def tower_features(sample: dict[str, Any]) -> dict[str, float]:
         tokens = (size // patch) ** 2 + 1 if patch else (size / 32) ** 2  # convnets: cells of the last stage
     return {
         "log_gmacs": math.log(max(float(sample["gmacs"]), 1e-6)),
+        "log_gmacs_sq": math.log(max(float(sample["gmacs"]), 1e-6)) ** 2,  # fixed costs bend the log-log line
         "log_params": math.log(max(float(sample["params"]), 1.0)),
         "log_tokens": math.log(max(float(tokens), 1.0)),
         "log_layers": math.log(part.get("layers") or 1),
