@@ -196,6 +196,7 @@ def test_bad_measure_requests_400_or_404(agent, stored):
         r = c.post("/v1/measure", json=measure_body(stored, providers=["NoSuchExecutionProvider"]))
         assert r.status_code == 400 and "none of the providers" in r.json()["error"]
         assert c.post("/v1/measure", json=measure_body("1" * 64)).status_code == 404
+        assert c.post("/v1/measure", content=b" " * 200_000).status_code == 413
     assert agent.answers()
 
 

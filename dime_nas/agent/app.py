@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from .device import describe_device
 from .store import ModelStore, UploadError, check_hash
 from .timing import MeasureTimeout, measure_onnx
 
+MAX_REQUEST_BYTES = 64 * 1024  # a measure request's JSON body
 MAX_INPUT_ELEMENTS = 64 * 1024**2  # a fixed input of at most 64 M elements (256 MB of float32)
 _LIMITS = {"threads": (1, 1024), "batch": (1, 65536), "warmup": (0, 100_000), "runs": (1, 1_000_000)}
 
@@ -89,8 +91,14 @@ def create_app(token: str, store_dir: str | Path, max_model_bytes: int, *, queue
         return JSONResponse({"model": sha, "stored": True}, status_code=201)
 
     async def measure(request: Request) -> Response:
+        body = b""
+        async for chunk in request.stream():  # a measure request is small: never read a big one whole
+            body += chunk
+            if len(body) > MAX_REQUEST_BYTES:
+                return JSONResponse({"error": f"a measure request is at most {MAX_REQUEST_BYTES} bytes"},
+                                    status_code=413, headers={"Connection": "close"})
         try:
-            spec = _measure_spec(await request.json())
+            spec = _measure_spec(json.loads(body))
         except ValueError as err:  # also json.JSONDecodeError
             return _error(400, f"bad measure request: {err}")
         if not store.has(spec["model"]):
