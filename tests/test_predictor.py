@@ -98,6 +98,30 @@ def test_cli_fit_on_a_measurements_file(tmp_path, capsys):
     assert "0 measured tower(s)" in capsys.readouterr().err
 
 
+def test_measurements_are_read_from_a_run_directory(tmp_path):
+    import optuna
+
+    from dime_nas.cost.predictor import load_samples
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    (tmp_path / "experiment_config.json").write_text(json.dumps({"storage": storage, "config": {}}))
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    study.set_user_attr("target", TARGET.to_dict())
+    towers = synthetic(3)
+    for i, t in enumerate(towers):
+        trial = study.ask()
+        per_tower = {"image": {"gmacs": t["gmacs"], "params": t["params"], "latency_median_ms": t["median_ms"]}}
+        source = "predicted" if i == 2 else "measured"  # a prediction is not a measurement
+        trial.set_user_attr("cost", {"per_tower": per_tower if i < 2 else {"image": {"gmacs": 1, "params": 1}},
+                                     "latency_source": source})
+        trial.set_user_attr("config", t["config"])
+        study.tell(trial, [0.5, 1.0])
+    samples = load_samples(tmp_path, "board")
+    assert [s["median_ms"] for s in samples] == [t["median_ms"] for t in towers[:2]]
+    assert samples[0]["threads"] == TARGET.intra_op_threads and samples[0]["tower"] == "image"
+    assert load_samples(tmp_path, "other") == []
+
+
 def _gate(samples: list[dict], budget: float, tmp_path, **options) -> LatencyGate:
     path = fit_predictor(samples, "board").save(tmp_path / "p.json")
     return LatencyGate(LatencyPredictorConfig(path=str(path), **options), TARGET, budget)

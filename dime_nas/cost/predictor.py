@@ -217,8 +217,8 @@ def load_samples(source: str | Path, target: str) -> list[dict[str, Any]]:
     storage = json.loads((source / "experiment_config.json").read_text())["storage"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     samples = []
-    for summary in optuna.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    for name in optuna.study.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
         info = study.user_attrs.get("target") or {}
         if info.get("name") != target:
             continue
