@@ -206,7 +206,12 @@ def write_summary(path: Path, r: dict) -> None:
               f"Cross-validated MAPE on the 70% fitting share: "
               + ", ".join(f"{k} {v['mape']:.1%}" for k, v in c.items()) + ".", "",
               f"Target: MAPE <= 5% and >= 95% within +-10%. Result: MAPE {h['mape']:.1%}, {h['within_10']:.0%} within "
-              f"+-10% ({'met' if h['mape'] <= 0.05 and h['within_10'] >= 0.95 else 'missed'}).", "",
+              f"+-10% ({'met' if h['mape'] <= 0.05 and h['within_10'] >= 0.95 else 'missed'})."
+              + ("" if h["mape"] <= 0.05 and h["within_10"] >= 0.95 else
+                 f" Missed by {100 * (h['mape'] - 0.05):.1f} points of MAPE and "
+                 f"{100 * (0.95 - h['within_10']):.0f} points of the +-10% share. Measurement noise sets a floor: "
+                 f"the same towers measured twice disagree by {n['mape']:.1%} MAPE on this machine, so a predictor "
+                 "cannot be checked to 5% here; run on a quiet device for a meaningful figure."), "",
               f"Search replay at a budget of {s['budget_ms']:.1f} ms (the median tower; margin 25%, decisions after "
               f"{s['min_measurements']} measured towers, refit every {s['refit_every']}): "
               f"{s['decided_by_prediction']} of {s['candidates']} candidates decided by prediction "
