@@ -2,14 +2,12 @@
 measurement, timeouts, and that it keeps serving after every bad request."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import onnx
