@@ -9,6 +9,7 @@ fails and the study goes on.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dime_nas.agent.timing import latency_stats
 from dime_nas.cost.export import ExportedTower
 from dime_nas.cost.latency import LatencyBackend, LatencyMeasurement, register_backend
 from dime_nas.cost.targets import Target
@@ -23,6 +25,7 @@ from dime_nas.cost.targets import Target
 RETRIES = 3  # attempts per agent after the first, on lost connections and 503 (busy)
 BACKOFF_S = 0.5  # first wait between attempts; doubles each time
 CONNECT_TIMEOUT_S = 5.0
+_STAT_FIELDS = tuple(k for k in latency_stats([1.0]) if k in {f.name for f in dataclasses.fields(LatencyMeasurement)})
 _rotation: dict[tuple[str, ...], itertools.count] = {}  # per agent set: where the next measurement goes
 
 
@@ -158,7 +161,7 @@ class RemoteBackend(LatencyBackend):
                         raise  # a refusal is not cured by another board
                     problems.append(str(err))
                     continue
-            stats = {k: result[k] for k in ("median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "cv")}
+            stats = {k: result[k] for k in _STAT_FIELDS}
             return LatencyMeasurement(
                 tower=exported.tower, target=target.name, backend=self.name, **stats, runs=result["runs"],
                 warmup=result["warmup"], batch=target.batch_size, threads=result["threads"],
