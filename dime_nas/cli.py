@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from .errors import ConfigError
 
         user_error = isinstance(exc, (ConfigError, FileNotFoundError)) or type(exc).__name__ in (
-            "TeacherLoadError", "CacheError", "EvalLeakError")
+            "TeacherLoadError", "CacheError", "EvalLeakError", "AgentConfigError", "AgentError")
         print(f"dime-nas: error: {exc}", file=sys.stderr)
         if not user_error:
             print("(run again with --debug for the traceback)", file=sys.stderr)
@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     lat.add_argument("model", metavar="MODEL", help="open_clip model name or StudentConfig JSON")
     lat.add_argument("--target", default=None, help="a named target (see `dime-nas targets`); "
                      "the options below override its fields")
+    lat.add_argument("--targets-file", default=None, help="YAML with more targets (e.g. your remote boards)")
     lat.add_argument("--threads", type=int, default=None, help="intra-op threads")
     lat.add_argument("--batch", type=int, default=None, help="batch size")
     lat.add_argument("--int8", action="store_true", help="time the int8 (dynamic quantisation) variant")
@@ -86,9 +87,39 @@ def _parser() -> argparse.ArgumentParser:
     lat.add_argument("--json", action="store_true", help="print exactly one JSON object")
     lat.set_defaults(func=_cmd_latency)
 
-    t = sub.add_parser("targets", help="list latency targets", description="List the shipped latency targets.")
+    t = sub.add_parser("targets", help="list latency targets", description="List the latency targets; for remote "
+                       "targets, ask each agent for its device description.")
     t.add_argument("--file", default=None, help="extra targets YAML")
+    t.add_argument("--offline", action="store_true", help="do not contact remote agents")
     t.set_defaults(func=_cmd_targets)
+
+    ag = sub.add_parser("agent", help="serve latency measurements on this device (runs on the target)",
+                        description="The measurement agent: a small HTTP service that stores ONNX models by hash "
+                        "and times them with onnxruntime. Needs only `pip install 'dime-nas[agent]'` (no torch). "
+                        "Every request must carry `Authorization: Bearer TOKEN`.")
+    ag.add_argument("--token-file", required=True, help="file holding the token (mode 600; at least 16 characters)")
+    ag.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ag.add_argument("--port", type=int, default=8765)
+    ag.add_argument("--store", default="~/.cache/dime_nas_agent", help="folder for received models")
+    ag.add_argument("--max-model-mb", type=float, default=512.0, help="largest model accepted (default 512)")
+    ag.add_argument("--queue-limit", type=int, default=8, help="measure requests that may wait (more get 503)")
+    ag.add_argument("--timeout-s", type=float, default=600.0, help="longest one measurement may run (504 after)")
+    ag.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                    help="shown in the device description, e.g. board=pi4-a (repeatable)")
+    ag.set_defaults(func=_cmd_agent)
+
+    pr = sub.add_parser("predictor", help="latency predictor from measured towers", description="Latency predictor.")
+    psub = pr.add_subparsers(title="predictor commands", metavar="COMMAND")
+    pf = psub.add_parser("fit", help="fit a latency predictor on a target's measurements",
+                         description="Learn latency from towers already measured on one target (a run directory "
+                         "or a MEASUREMENTS.jsonl file); compares gradient boosting with a log-linear model by "
+                         "cross-validation, reports the held-out error and saves the better one.")
+    pf.add_argument("source", metavar="RUN_DIR|MEASUREMENTS.jsonl")
+    pf.add_argument("--target", required=True, help="the target whose measurements to learn from")
+    pf.add_argument("--out", default=None, help="file to write (default: <source folder>/predictor-<target>.json)")
+    pf.add_argument("--holdout", type=float, default=0.3, help="share held out for the error report (default 0.3)")
+    pf.add_argument("--seed", type=int, default=0)
+    pf.set_defaults(func=_cmd_predictor_fit)
 
     s = sub.add_parser("space", help="validate a search space and sample from it",
                        description="Load SPACE (a YAML file or a shipped name: tiny, edge, dime-fm-b32), "
@@ -191,10 +222,11 @@ def _cmd_latency(args) -> int:
     import tempfile
 
     from .cost.latency import measure_target, torch_eager_latency
-    from .cost.targets import Target, get_target
+    from .cost.targets import Target
 
     name, towers = _resolve(args.model)
-    base = get_target(args.target) if args.target else Target(name="cli", description="command-line options")
+    base = (_target(args.target, args.targets_file) if args.target
+            else Target(name="cli", description="command-line options"))
     overrides: dict[str, Any] = {"towers": tuple(args.towers.split(",")) if args.towers else
                                  (base.towers if args.target else tuple(towers))}
     for field, value in (("intra_op_threads", args.threads), ("batch_size", args.batch), ("runs", args.runs),
@@ -233,12 +265,62 @@ def _cmd_latency(args) -> int:
     return 0
 
 
+def _target(name: str, extra_file: str | None):
+    """A shipped target, or one from ``extra_file`` (which may redefine a shipped name)."""
+    from .cost.targets import get_target, load_targets
+
+    if extra_file and name in load_targets(extra_file):
+        return load_targets(extra_file)[name]
+    return get_target(name)
+
+
 def _cmd_targets(args) -> int:
     from .cost.targets import load_targets
 
-    for name, t in load_targets(args.file).items():
+    targets = load_targets()
+    if args.file:
+        targets.update(load_targets(args.file))
+    for name, t in targets.items():
         print(f"{name:16s} {t.backend:11s} {t.precision:4s} threads={t.intra_op_threads} batch={t.batch_size} "
               f"towers={','.join(t.towers)}\n{'':16s} {t.description}")
+        if t.backend == "remote" and not args.offline:
+            from .cost.remote import describe_remote
+
+            for agent in describe_remote(t):
+                d = agent.get("device")
+                if d is None:
+                    print(f"{'':16s} agent {agent['url']}: {agent['error']}")
+                    continue
+                labels = ", ".join(f"{k}={v}" for k, v in d.get("labels", {}).items())
+                memory = f"{d['memory_bytes'] / 1024**3:.1f} GB" if d.get("memory_bytes") else "? GB"
+                print(f"{'':16s} agent {agent['url']}: {d.get('processor')}, {d.get('cpu_count')} cores, {memory}, "
+                      f"{d.get('platform')}, onnxruntime {d.get('onnxruntime')} "
+                      f"({', '.join(d.get('providers_available', []))})" + (f" [{labels}]" if labels else ""))
+    return 0
+
+
+def _cmd_agent(args) -> int:
+    from .agent.server import parse_labels, serve  # torch-free: the device may not have it
+
+    serve(args.token_file, host=args.host, port=args.port, store=args.store, max_model_mb=args.max_model_mb,
+          queue_limit=args.queue_limit, timeout_s=args.timeout_s, labels=parse_labels(args.label))
+    return 0
+
+
+def _cmd_predictor_fit(args) -> int:
+    from .cost.predictor import fit_from_source
+    from .errors import ConfigError
+
+    try:
+        report = fit_from_source(args.source, args.target, out=args.out, holdout=args.holdout, seed=args.seed)
+    except ValueError as exc:  # too few measurements, a malformed file: the user's input
+        raise ConfigError(str(exc)) from None
+    h = report["held_out"]
+    print(f"{report['target']}: {report['samples']} measured towers; cross-validated MAPE "
+          + ", ".join(f"{k} {v['mape']:.1%}" for k, v in report["cross_validation"].items())
+          + f" -> {report['kind']}")
+    print(f"held-out ({h['n']} towers): MAPE {h['mape']:.1%}, within +-10%: {h['within_10']:.0%}")
+    print(f"saved: {report['path']}")
     return 0
 
 

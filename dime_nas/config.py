@@ -282,6 +282,22 @@ class SearchConfig:
 
 
 @dataclass
+class LatencyPredictorConfig:
+    """Decide clearly over- or under-budget candidates by predicted latency, without measuring."""
+
+    path: str | None = None  # a saved predictor (`dime-nas predictor fit`) to start from (None: learn in the search)
+    margin: float = 0.25  # decide only when the prediction is this far past the budget (0.25: over 125% / under 75%)
+    min_measurements: int = 20  # measured towers needed before any decision by prediction
+    refit_every: int = 10  # refit after this many new measurements
+
+    def __post_init__(self) -> None:
+        if not 0 < self.margin < 1:
+            raise ConfigError(f"must be in (0, 1), got {self.margin}", key="latency_predictor.margin")
+        if self.min_measurements < 8 or self.refit_every < 1:
+            raise ConfigError("min_measurements must be >= 8 and refit_every >= 1", key="latency_predictor")
+
+
+@dataclass
 class ExperimentConfig:
     name: str  # names the study and the run
     teacher: TeacherConfig  # the frozen teacher
@@ -292,6 +308,7 @@ class ExperimentConfig:
     targets_file: str | None = None  # extra target definitions (YAML), added to the shipped ones
     objectives: list[Objective] = field(default_factory=lambda: [Objective("accuracy"), Objective("latency_ms")])
     budgets: list[str] = field(default_factory=list)  # hard constraints, e.g. "latency_ms <= 8"
+    latency_predictor: LatencyPredictorConfig | None = None  # skip measuring candidates far from the latency budget
     distill: DistillConfig = field(default_factory=DistillConfig)  # the short run of each trial
     full_distill: DistillConfig = field(default_factory=lambda: DistillConfig(steps=2000, checkpoint_every=250))
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -334,6 +351,8 @@ def _resolve_paths(config: ExperimentConfig, base: Path) -> None:
     d.images, d.sentences = resolve(d.images), resolve(d.sentences)
     config.teacher.checkpoint = resolve(config.teacher.checkpoint)
     config.targets_file = resolve(config.targets_file)
+    if config.latency_predictor is not None:
+        config.latency_predictor.path = resolve(config.latency_predictor.path)
     for task in config.eval.tasks:
         task.folder = resolve(task.folder)
     if config.eval.retrieval:
@@ -361,6 +380,13 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
         if b.metric not in evaluated:
             raise ConfigError(f"budget on {b.metric!r}, which this experiment does not measure",
                               file=file, key=f"budgets[{i}]")
+    if config.latency_predictor is not None and not any(b.metric == "latency_ms" and b.op == "<="
+                                                        for b in config.budget_list):
+        raise ConfigError("deciding by predicted latency needs a budget `latency_ms <= N`", file=file,
+                          key="latency_predictor")
+    if config.latency_predictor is not None and config.latency_predictor.path and not Path(
+            config.latency_predictor.path).is_file():
+        raise ConfigError(f"file not found: {config.latency_predictor.path}", file=file, key="latency_predictor.path")
     if not Path(config.space).is_file():
         raise ConfigError(f"search space not found: {config.space}", file=file, key="space")
     for section in ("distill", "full_distill"):

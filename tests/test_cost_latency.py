@@ -71,6 +71,7 @@ def test_shipped_targets():
     assert targets["local-cpu-int8"].precision == "int8" and targets["local-cpu-1t"].intra_op_threads == 1
     pi4 = targets["pi4-int8"]
     assert (pi4.backend, pi4.intra_op_threads, pi4.precision) == ("remote", 4, "int8")
+    assert pi4.urls and pi4.token_env == "DIME_NAS_PI4_TOKEN"
     assert "Cortex-A72" in pi4.description
     assert targets["gpu-cuda"].providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -131,20 +132,34 @@ def _check_conformance(m: LatencyMeasurement, target: Target) -> None:
     assert {"platform", "processor", "cpu_count", "onnxruntime", "torch"} <= set(m.machine)
 
 
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory):
+    """A measurement agent on loopback, for the remote backend (started only if that backend is tested)."""
+    from agent_fixtures import loopback_agent
+
+    with loopback_agent(tmp_path_factory.mktemp("conformance_agent")) as agent:
+        yield agent
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("backend", sorted(LATENCY_BACKENDS))
-def test_backend_conformance(backend, precision, exported, monkeypatch):
+def test_backend_conformance(backend, precision, exported, request, monkeypatch):
     import onnxruntime as ort
 
-    calls = []  # what the backend really ran, not what it reports
+    calls = []  # what the local backend really ran, not what it reports
     real_run = ort.InferenceSession.run
 
     def counting_run(self, output_names, feed, *args, **kwargs):
         calls.append({k: v.shape[0] for k, v in feed.items()})
         return real_run(self, output_names, feed, *args, **kwargs)
 
-    monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
-    target = _quick("local-cpu", backend=backend, precision=precision, batch_size=2)
+    remote = {}
+    if backend == "remote":
+        agent = request.getfixturevalue("loopback")
+        remote = {"urls": (agent.url,), "token_file": str(agent.token_file)}
+    else:
+        monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
+    target = _quick("local-cpu", backend=backend, precision=precision, batch_size=2, **remote)
     m = LATENCY_BACKENDS[backend]().measure(exported, target)
     _check_conformance(m, target)
     assert m.tower == "image" and m.backend == backend
@@ -227,9 +242,10 @@ def test_measure_target_torch_backend_skips_export(towers, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_measure_target_errors(tmp_path):
+def test_measure_target_errors(tmp_path, monkeypatch):
     image_only = towers_from_student(_vit(1, 32, 2, 8, 32))
     with pytest.raises(ValueError, match="text"):
         measure_target(image_only, _quick("local-cpu-both"), tmp_path)
-    with pytest.raises(NotImplementedError, match="remote"):
+    monkeypatch.delenv("DIME_NAS_PI4_TOKEN", raising=False)
+    with pytest.raises(RuntimeError, match="DIME_NAS_PI4_TOKEN"):  # the shipped board needs its token
         measure_target(image_only, _quick("pi4-int8"), tmp_path)

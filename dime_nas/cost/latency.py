@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 
+from dime_nas.agent.timing import latency_stats, session_options, timed_calls
 from dime_nas.cost.onnx_export import ExportedTower, export_tower
 from dime_nas.cost.targets import Target
 from dime_nas.cost.towers import Tower
@@ -48,23 +47,6 @@ class LatencyMeasurement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def latency_stats(times_ms: Any) -> dict[str, float]:
-    """Median, p10, p90, p99, mean, std (population) and cv of per-call times in ms."""
-    t = np.asarray(times_ms, dtype=np.float64)
-    if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or np.any(t < 0):
-        raise ValueError("latency_stats needs a non-empty 1-D array of finite, non-negative times")
-    mean, std = float(t.mean()), float(t.std())
-    return {
-        "median_ms": float(np.median(t)),
-        "p10_ms": float(np.percentile(t, 10)),
-        "p90_ms": float(np.percentile(t, 90)),
-        "p99_ms": float(np.percentile(t, 99)),
-        "mean_ms": mean,
-        "std_ms": std,
-        "cv": std / mean if mean > 0 else 0.0,
-    }
 
 
 @functools.cache
@@ -99,17 +81,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return ""
-
-
-def _timed(call: Any, warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        call()
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    return times
 
 
 # ---- backends -------------------------------------------------------------------------------
@@ -151,16 +122,10 @@ class OnnxRuntimeBackend(LatencyBackend):
         problem = check_target_usable(target)
         if problem:  # never time on the CPU what a GPU target's budget is about
             raise RuntimeError(problem)
-        providers = list(target.providers)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = target.intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), session_options(target.intra_op_threads),
+                                       providers=list(target.providers))
         feed = {exported.input_name: exported.example_input(target.batch_size)}
-        times = _timed(lambda: session.run(None, feed), target.warmup, target.runs)
+        times = timed_calls(lambda: session.run(None, feed), target.warmup, target.runs)
         return LatencyMeasurement(
             tower=exported.tower, target=target.name, backend=self.name, **latency_stats(times),
             runs=len(times), warmup=target.warmup, batch=target.batch_size,
@@ -179,13 +144,16 @@ PROVIDER_PACKAGES = {"CUDAExecutionProvider": "onnxruntime-gpu", "TensorrtExecut
 def check_target_usable(target: Target) -> str | None:
     """Why ``target`` cannot be measured here (None when it can).
 
-    Every execution provider the target names must be available: a missing GPU provider
-    would otherwise fall back to the CPU and a GPU budget be judged on CPU timings.
+    Every execution provider a local target names must be available here: a missing GPU
+    provider would otherwise fall back to the CPU and a GPU budget be judged on CPU timings.
+    A remote target's providers are the device's (its agent refuses what it lacks).
     """
     if target.backend == "torch":
         return None
     if target.backend not in LATENCY_BACKENDS:
         return f"target {target.name!r}: backend {target.backend!r} cannot measure from this machine"
+    if target.backend != "onnxruntime":
+        return None
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -218,7 +186,7 @@ def torch_eager_latency(tower: Tower, threads: int = 2, batch: int = 1, warmup: 
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            times = _timed(lambda: module(x), warmup, runs)
+            times = timed_calls(lambda: module(x), warmup, runs)
     finally:
         torch.set_num_threads(old_threads)
         module.train(was_training)
@@ -272,3 +240,6 @@ def measure_target(towers: dict[str, Tower], target: Target, workdir: str | Path
         "convention": (f"ms per call on a batch of {target.batch_size}, median of {target.runs} timed calls "
                        f"after {target.warmup} warm-up calls; total = sum of tower medians"),
     }
+
+
+from dime_nas.cost import remote as _remote  # noqa: E402,F401  registers the "remote" backend

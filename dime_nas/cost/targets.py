@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import ConfigError
 
 SHIPPED_TARGETS = Path(__file__).with_name("targets.yaml")
-# "remote" is declared for targets measured on another device by a later backend.
+# "remote": measured by agents on the device (`dime-nas agent`, client in cost/remote.py).
 BACKENDS = ("onnxruntime", "torch", "remote")
 PRECISIONS = ("fp32", "int8")
 TOWERS = ("image", "text")
@@ -35,6 +35,9 @@ class Target:
     precision: str = "fp32"  # "fp32" or "int8" (dynamic-quantised ONNX)
     warmup: int = 10  # untimed runs first (allocations, caches, thread pools)
     runs: int = 50  # timed runs (median and percentiles over these)
+    urls: tuple[str, ...] = ()  # remote: the agents serving this target (YAML: url or urls); spread over
+    token_env: str | None = None  # remote: environment variable holding the agents' token
+    token_file: str | None = None  # remote: file holding the agents' token (instead of token_env)
 
     def __post_init__(self) -> None:
         where = f"target {self.name!r}"
@@ -52,6 +55,14 @@ class Target:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+        if self.backend == "remote":
+            if not self.urls or not all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                                        for u in self.urls):
+                raise ValueError(f"{where}: a remote target needs url (or urls): http(s)://HOST:PORT of its agents")
+            if (self.token_env is None) == (self.token_file is None):
+                raise ValueError(f"{where}: a remote target needs exactly one of token_env or token_file")
+        elif self.urls or self.token_env or self.token_file:
+            raise ValueError(f"{where}: url, urls, token_env and token_file are for backend: remote")
         if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
             raise ValueError(f"{where}: warmup must be a non-negative integer, got {self.warmup!r}")
 
@@ -60,7 +71,7 @@ class Target:
         """Build a target from its YAML fields; errors name the key, target and source."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: target {name!r} must be a mapping of fields")
-        known = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        known = ({f.name for f in dataclasses.fields(cls)} - {"name"}) | {"url"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source}: target {name!r} has unknown key(s) {', '.join(unknown)} "
@@ -68,7 +79,11 @@ class Target:
         if "description" not in data:
             raise ValueError(f"{source}: target {name!r} needs a description")
         kwargs = dict(data)
-        for key in ("providers", "towers"):
+        if "url" in kwargs:
+            if "urls" in kwargs:
+                raise ValueError(f"{source}: target {name!r}: give url or urls, not both")
+            kwargs["urls"] = kwargs.pop("url")
+        for key in ("providers", "towers", "urls"):
             if key in kwargs:
                 value = kwargs[key]
                 kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
@@ -79,7 +94,7 @@ class Target:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["providers"], out["towers"] = list(self.providers), list(self.towers)
+        out["providers"], out["towers"], out["urls"] = list(self.providers), list(self.towers), list(self.urls)
         return out
 
 

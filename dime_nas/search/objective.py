@@ -4,8 +4,9 @@
 User attributes written on every trial (the reporter reads only these):
 ``arch_key``, ``config`` (StudentConfig dict), ``describe``, ``status`` (``ok`` /
 ``infeasible`` / ``failed`` / ``pruned``; a repeat keeps its original's), ``reason``,
-``cost`` (params, GMACs, GFLOPs, latency median/p10/p90 per counted tower and in total,
-and ``latency_decision`` when there is a latency budget),
+``cost`` (params, GMACs, GFLOPs, latency median/p10/p90, the providers that ran and the
+measuring device per counted tower and in total; ``latency_decision`` when there is a
+latency budget; ``latency_source`` measured or predicted, see search/latency_gate.py),
 ``metrics`` (all objectives' metrics + per-task scores), ``timings`` (seconds for cost,
 train, eval), ``train_steps``, ``teacher_forwards`` (always 0: the teacher never runs in
 a trial), and ``reused_from`` for duplicates.
@@ -54,6 +55,7 @@ def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
     from ..cost.flops import tower_cost
     from ..cost.latency import measure_target
     from ..cost.towers import towers_from_student
+    from .latency_gate import gate_for
 
     towers = towers_from_student(config, ctx.teacher_text_cfg)
     counted = [t for t in ctx.target.towers if t in towers]
@@ -69,11 +71,16 @@ def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
         "per_tower": {n: {"params": c["params"], "gmacs": c["gmacs"], "gflops": c["gflops"]}
                       for n, c in per_tower.items()},
     }
+    out["target"] = ctx.target.name
+    gate = gate_for(ctx)
+    decided = gate.decide(config.to_dict(), out) if gate else None
+    if decided:  # clearly far from the budget: no export, no measurement
+        return {**out, **decided}
     timed = {n: towers[n] for n in counted}
     exports: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dime_nas_trial_") as tmp:
         lat = measure_target(timed, ctx.target, tmp, exports)
-        out["latency_ms"] = lat["total_median_ms"]
+        out["latency_ms"], out["latency_source"] = lat["total_median_ms"], "measured"
         out["latency_p10_ms"], out["latency_p90_ms"] = lat["total_p10_ms"], lat["total_p90_ms"]
         decision = _decide_latency(ctx, lat["total_median_ms"],
                                    lambda: measure_target(timed, ctx.target, tmp, exports)["total_median_ms"], tmp)
@@ -85,8 +92,9 @@ def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
     for name, r in lat["towers"].items():
         out["per_tower"][name].update({"latency_median_ms": r["latency"]["median_ms"],
                                        "latency_p90_ms": r["latency"]["p90_ms"], "latency_cv": r["latency"]["cv"],
-                                       "providers": r["latency"]["providers"]})
-    out["target"] = ctx.target.name
+                                       "providers": r["latency"]["providers"], "device": r["latency"]["machine"]})
+    if gate:
+        gate.observe(config.to_dict(), out)
     return out
 
 
@@ -129,6 +137,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
         trial.set_constraint(str(b), b.violation(cost[b.metric]))
     if violated:
         reason = "; ".join(f"{b.metric} = {cost[b.metric]:.4g} violates {b}" for b in violated)
+        if cost.get("latency_source") == "predicted":
+            reason += f" ({cost['latency_decision']}; not measured)"
         trial.set_user_attr("status", "infeasible")
         trial.set_user_attr("reason", reason)
         trial.set_user_attr("metrics", metrics)

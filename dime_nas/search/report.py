@@ -168,6 +168,7 @@ def _counts(rows: list[Row]) -> dict[str, int]:
     counts["rejected_before_training"] = sum(1 for r in distinct if r.status == "infeasible"
                                              and r.attrs.get("train_steps", 0) == 0)
     counts["near_budget"] = sum(1 for r in distinct if _decision(r).get("near"))
+    counts["latency_predicted"] = sum(1 for r in distinct if r.attrs.get("cost", {}).get("latency_source") == "predicted")
     return counts
 
 
@@ -207,7 +208,8 @@ def _flat(r: Row) -> dict[str, Any]:
                          "reused_from": r.attrs.get("reused_from", ""),
                          "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gflops": cost.get("gflops"),
                          "latency_ms": cost.get("latency_ms"), "latency_p10_ms": cost.get("latency_p10_ms"),
-                         "latency_p90_ms": cost.get("latency_p90_ms")}
+                         "latency_p90_ms": cost.get("latency_p90_ms"), "latency_source": cost.get("latency_source", ""),
+                         "latency_predicted_ms": cost.get("latency_predicted_ms")}
     decision = _decision(r)
     if decision:
         d.update({"near_budget": decision.get("near"), "latency_first_ms": decision.get("first_ms"),
@@ -299,6 +301,10 @@ def _write_html(path: Path, rows: list[Row], nd_rows: list[Row], y: str) -> None
     fig.write_html(path, include_plotlyjs=True, full_html=True)
 
 
+def _pred(r: Row) -> str:
+    return " *pred.*" if r.attrs.get("cost", {}).get("latency_source") == "predicted" else ""
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
@@ -318,7 +324,9 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
              f"training, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed) and {c['reused']} repeats that "
              "reused an earlier result",
              f"- near-budget latency decisions: {c['near_budget']} (first median within the margin of a budget: "
-             "re-measured beside a reference tower, decided on the pooled median)", ""]
+             "re-measured beside a reference tower, decided on the pooled median)",
+             f"- latency decided by prediction, not measured: {c['latency_predicted']} trial(s) "
+             "(`latency_source` in trials.csv; marked *pred.* below)", ""]
     hv = summary.get("hypervolume")
     if hv:
         lines += [f"Hypervolume of the front: **{hv['value']:.4g}** against reference point "
@@ -327,7 +335,7 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
               f"{quality} | key |", "|---|---|---|---|---|---|---|"]
     for r in sorted(nd_rows, key=lambda r: r.get("latency_ms") or 0.0):
         lines.append(f"| {r.number} | {r.attrs.get('describe')} | {_fmt(r.get('params_m'), 2)} | "
-                     f"{_fmt(r.get('gmacs'), 4)} | {_latency_with_spread(r)} | {_fmt(r.get(quality))} | "
+                     f"{_fmt(r.get('gmacs'), 4)} | {_latency_with_spread(r)}{_pred(r)} | {_fmt(r.get(quality))} | "
                      f"`{r.attrs.get('arch_key')}` |")
     lines += ["", "![accuracy vs latency](pareto_latency.png)", "", "![accuracy vs MACs](pareto_macs.png)", "",
               "Interactive version (hover shows each trial's config): [report.html](report.html).", "",

@@ -1,0 +1,90 @@
+"""The agent's model store: ONNX files named by their SHA-256, in the agent's own folder.
+
+A client never names a path: the only name is the hash, checked against a strict
+pattern, and the server recomputes it from the bytes it received.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class UploadError(Exception):
+    """A refused upload; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str, bytes_read: int = 0) -> None:
+        super().__init__(message)
+        self.status, self.bytes_read = status, bytes_read
+
+
+def check_hash(sha256: str) -> str:
+    """``sha256`` if it is 64 lower-case hex digits, else ValueError."""
+    if not _SHA256.match(sha256):
+        raise ValueError("a model is named by the SHA-256 of its bytes: 64 lower-case hex digits")
+    return sha256
+
+
+class ModelStore:
+    """ONNX files under ``root/models/<sha256>.onnx``; uploads are staged in ``root/incoming``."""
+
+    def __init__(self, root: str | Path, max_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.models = self.root / "models"
+        self.incoming = self.root / "incoming"
+        for d in (self.models, self.incoming):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, sha256: str) -> Path:
+        return self.models / f"{check_hash(sha256)}.onnx"
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    async def put(self, sha256: str, chunks: AsyncIterator[bytes], declared_length: int | None) -> Path:
+        """Stream an upload to disk, hashing as it comes; stop reading at the size limit.
+
+        Raises:
+            UploadError: 413 over the limit (declared or counted; reading stops there),
+                400 for a hash mismatch or a body that is not a valid ONNX model.
+        """
+        final = self.path(sha256)
+        if declared_length is not None and declared_length > self.max_bytes:
+            raise UploadError(413, f"model of {declared_length} bytes is over the {self.max_bytes}-byte limit", 0)
+        digest, size = hashlib.sha256(), 0
+        fd, staged = tempfile.mkstemp(dir=self.incoming, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise UploadError(413, f"model is over the {self.max_bytes}-byte limit "
+                                               f"(stopped reading at {size} bytes)", size)
+                    digest.update(chunk)
+                    fh.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise UploadError(400, f"hash mismatch: the body's SHA-256 is {digest.hexdigest()}, "
+                                       f"not {sha256}", size)
+            check_onnx(staged)
+            os.replace(staged, final)
+            return final
+        finally:
+            if os.path.exists(staged):
+                os.unlink(staged)
+
+
+def check_onnx(path: str | Path) -> None:
+    """UploadError(400) with the ONNX checker's message unless ``path`` is a valid model."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as err:  # the checker raises ValidationError, protobuf DecodeError, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UploadError(400, f"not a valid ONNX model: {first}") from None

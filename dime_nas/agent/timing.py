@@ -1,0 +1,127 @@
+"""Timing an ONNX model with onnxruntime: fixed inputs, warm-up, statistics.
+
+Shared by local measurements (``dime_nas.cost.latency``) and the agent, so a number
+means the same on both sides. numpy and onnxruntime only.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+               "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+
+
+class MeasureTimeout(RuntimeError):
+    """The measurement ran past its time limit and was stopped."""
+
+
+def latency_stats(times_ms: Any) -> dict[str, float]:
+    """Median, p10, p90, p99, mean, std (population) and cv of per-call times in ms."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise ValueError("latency_stats needs a non-empty 1-D array of finite, non-negative times")
+    mean, std = float(t.mean()), float(t.std())
+    return {
+        "median_ms": float(np.median(t)),
+        "p10_ms": float(np.percentile(t, 10)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "mean_ms": mean,
+        "std_ms": std,
+        "cv": std / mean if mean > 0 else 0.0,
+    }
+
+
+def timed_calls(call: Callable[[], Any], warmup: int, runs: int) -> list[float]:
+    """``warmup`` untimed calls, then the wall time in ms of each of ``runs`` calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        call()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def fixed_input(shape: list[int] | tuple[int, ...], dtype: Any, seed: int = 0) -> np.ndarray:
+    """A deterministic input: normal noise for floats, ids in [1, 256) for integers."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(1, 256, size=list(shape), dtype=dtype)  # valid ids in any vocabulary
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=list(shape)).astype(np.bool_)
+    return rng.standard_normal(list(shape)).astype(dtype)
+
+
+def session_options(threads: int) -> Any:
+    """onnxruntime options of every measurement: ``threads`` intra-op, 1 inter-op, sequential."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def usable_providers(requested: list[str]) -> list[str]:
+    """The requested execution providers available here, in the requested order."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    providers = [p for p in requested if p in available]
+    if not providers:
+        raise ValueError(f"none of the providers {list(requested)} is available here "
+                         f"(available: {sorted(available)})")
+    return providers
+
+
+def measure_onnx(path: str, providers: list[str], threads: int, warmup: int, runs: int,
+                 inputs: dict[str, list[int]], timeout_s: float | None = None) -> dict[str, Any]:
+    """Time the model at ``path`` on fixed inputs of the given shapes.
+
+    Returns:
+        ``latency_stats`` of the ``runs`` timed calls, plus ``runs``, ``warmup``, ``threads``
+        and ``providers`` (those that actually ran, from the session).
+
+    Raises:
+        ValueError: no requested provider is available, or ``inputs`` does not name the
+            model's inputs.
+        MeasureTimeout: the calls ran past ``timeout_s`` (onnxruntime's terminate flag
+            stops a call in flight).
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, session_options(threads), providers=usable_providers(providers))
+    wanted = {i.name: i for i in session.get_inputs()}
+    if set(inputs) != set(wanted):
+        raise ValueError(f"inputs must name exactly the model's inputs {sorted(wanted)}, got {sorted(inputs)}")
+    feed = {name: fixed_input(shape, _ORT_DTYPES.get(wanted[name].type, np.float32))
+            for name, shape in inputs.items()}
+    run_options = ort.RunOptions()
+    timer = None
+    if timeout_s is not None:
+        timer = threading.Timer(timeout_s, lambda: setattr(run_options, "terminate", True))
+        timer.daemon = True
+        timer.start()
+    try:
+        times = timed_calls(lambda: session.run(None, feed, run_options), warmup, runs)
+    except Exception as err:
+        if run_options.terminate:
+            raise MeasureTimeout(f"measurement stopped after the {timeout_s:g} s limit") from None
+        raise ValueError(f"the model failed to run: {err}") from err
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return {**latency_stats(times), "runs": len(times), "warmup": warmup, "threads": threads,
+            "providers": list(session.get_providers())}
