@@ -136,13 +136,13 @@ def test_gate_decides_only_far_from_the_budget(tmp_path):
     small, near, big = vit_tower(2, 128, 32, 128), vit_tower(6, 256, 16, 192), vit_tower(12, 384, 16, 224)
     assert small["median_ms"] < 7.5 and 8 < near["median_ms"] < 12 and big["median_ms"] > 12.5
     d = gate.decide(small["config"], _cost(small))
-    assert d["latency_source"] == "predicted" and "under budget" in d["latency_decision"]
+    assert d["latency_source"] == "predicted" and "under budget" in d["latency_prediction"]
     assert d["latency_ms"] == pytest.approx(small["median_ms"], rel=0.15)
     cost = _cost(near)
     assert gate.decide(near["config"], cost) is None  # near the budget: measure it
     assert cost["latency_predicted_ms"] == pytest.approx(near["median_ms"], rel=0.15)
     d = gate.decide(big["config"], _cost(big))
-    assert d["latency_source"] == "predicted" and "over budget" in d["latency_decision"]
+    assert d["latency_source"] == "predicted" and "over budget" in d["latency_prediction"]
 
 
 def test_gate_waits_for_enough_measurements_and_refits_as_they_come(tmp_path):

@@ -4,7 +4,7 @@ With ``latency_predictor`` in the experiment, each trial's towers are first pred
 (after MACs are counted, before anything is exported): a sum clearly over the budget
 (``> budget * (1 + margin)``) or clearly under it (``< budget * (1 - margin)``) is
 taken as the trial's latency without measuring, and the cost record says so
-(``latency_source: predicted``, ``latency_decision``). Everything near the budget is
+(``latency_source: predicted``, ``latency_prediction``). Everything near the budget is
 measured, and every measurement is added to the predictor's samples, which is refitted
 every ``refit_every`` new ones. Decisions start once ``min_measurements`` towers are
 known (a saved predictor's samples count).
@@ -54,7 +54,7 @@ class LatencyGate:
             cost["latency_predicted_ms"] = predicted  # measured next; kept to show the predictor's error
             return None
         return {"latency_ms": predicted, "latency_source": "predicted", "latency_predicted_ms": predicted,
-                "latency_decision": decision, "predictor": self.predictor.kind}
+                "latency_prediction": decision, "predictor": self.predictor.kind}
 
     def observe(self, config: dict[str, Any], cost: dict[str, Any]) -> None:
         """Add a trial's measured towers; refit when enough new ones have come."""

@@ -138,7 +138,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
     if violated:
         reason = "; ".join(f"{b.metric} = {cost[b.metric]:.4g} violates {b}" for b in violated)
         if cost.get("latency_source") == "predicted":
-            reason += f" ({cost['latency_decision']}; not measured)"
+            reason += f" ({cost['latency_prediction']}; not measured)"
         trial.set_user_attr("status", "infeasible")
         trial.set_user_attr("reason", reason)
         trial.set_user_attr("metrics", metrics)
