@@ -19,8 +19,8 @@ import common
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--students", type=int, default=6)
-    p.add_argument("--short", type=int, default=20, help="steps of the short (proxy) run")
-    p.add_argument("--long", type=int, default=200, help="steps of the long run")
+    p.add_argument("--short", type=int, default=12, help="steps of the short (proxy) run")
+    p.add_argument("--long", type=int, default=120, help="steps of the long run")
     p.add_argument("--seeds", type=int, default=2, help="seeds of the short run")
     p.add_argument("--batch", type=int, default=32)
     a = p.parse_args()
