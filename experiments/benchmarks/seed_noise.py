@@ -27,8 +27,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--every", type=int, default=5, help="evaluate every N steps (for the last-K average)")
     p.add_argument("--last", type=int, default=3, help="K: evaluations averaged at the end")
+    p.add_argument("--config", default=str(common.BENCH_YAML), help="benchmark experiment file")
+    p.add_argument("--name", default="seed_noise", help="output name under experiments/results/")
     a = p.parse_args()
-    config, cache, _, space = common.load()
+    config, cache, _, space = common.load(a.config)
     counts = common.eval_counts(cache)
     ind_tasks = [t.name for t in cache.tasks() if not t.shifted]
     cfg = common.settings(config.distill, steps=a.steps, warmup_steps=max(1, a.steps // 10), batch_size=a.batch,
@@ -53,7 +55,7 @@ def main() -> None:
             "note": "measured on a shared, busy 2-core CPU"}
     md = [f"# Seed noise of the proxy\n\n{a.students} students x {a.seeds} seeds, {a.steps} steps at batch {a.batch} "
           f"(the demo's short run is 150 steps at batch 64; this run is smaller: 2-core shared machine). "
-          f"Evaluation: {sum(counts[t] for t in ind_tasks)} in-distribution images over {len(ind_tasks)} tasks.\n",
+          f"Experiment: {a.config.split('/')[-1]}. Evaluation: {sum(counts[t] for t in ind_tasks)} in-distribution images over {len(ind_tasks)} tasks.\n",
           f"| student | mean acc | seed std (final) | seed std (mean of last {a.last} evals, every {a.every}) "
           "| eval binomial SE |", "|---|---|---|---|---|"]
     md += [f"| {r['describe']} | {r['final_mean']:.3f} | {r['final_std']:.4f} | {r['last_k_std']:.4f} | "
@@ -72,9 +74,9 @@ def main() -> None:
     ax.set_ylabel("accuracy")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(common.RESULTS / "seed_noise.png", dpi=100)
-    md.append("![](seed_noise.png)\n")
-    common.write("seed_noise", data, "\n".join(md) + "\n")
+    fig.savefig(common.RESULTS / f"{a.name}.png", dpi=100)
+    md.append(f"![]({a.name}.png)\n")
+    common.write(a.name, data, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
