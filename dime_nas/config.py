@@ -199,6 +199,7 @@ class DistillConfig:
     augment: bool = False  # random resized crops + flips (off: the cache holds one embedding per image)
     seed: int = 0  # seeds initialisation and data order
     eval_every: int | None = None  # evaluate every N steps (for pruning and curves; None: only at the end)
+    average_last_evals: int = 1  # score = mean of the last K evaluations (needs eval_every); 1: the final one only
     checkpoint_every: int = 500  # full runs: steps between resumable checkpoints
     compile: bool = True  # torch.compile the student when training on a GPU (ignored on CPU)
     # "cpu", "cuda" or "cuda:N"; None: the GPU when CUDA is available (under torchrun the
@@ -209,6 +210,11 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"must be cpu, cuda or cuda:N, got {self.device!r}", key="distill.device")
+        if self.average_last_evals < 1:
+            raise ConfigError(f"must be >= 1, got {self.average_last_evals}", key="distill.average_last_evals")
+        if self.average_last_evals > 1 and not self.eval_every:
+            raise ConfigError("averaging evaluations needs eval_every (evaluations during the run)",
+                              key="distill.average_last_evals")
 
 
 @dataclass

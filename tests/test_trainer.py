@@ -176,3 +176,32 @@ def test_compact_vocabulary_trains_exactly_like_the_full_embedding():
     expand(small)
     for (k, v), w in zip(full.state_dict().items(), small.state_dict().values()):
         torch.testing.assert_close(w, v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
+def test_average_last_evals_means_the_last_k_points():
+    from dime_nas.distill.trainer import average_last_evals
+
+    evals = [{"step": 2, "accuracy": 0.1}, {"step": 4, "accuracy": 0.2}, {"step": 6, "accuracy": 0.4}]
+    final = {"accuracy": 0.6, "note": "x"}
+    assert average_last_evals(evals, final, 1) == final  # the default: the final reading only
+    assert average_last_evals(evals, final, 3)["accuracy"] == pytest.approx((0.2 + 0.4 + 0.6) / 3)
+    assert average_last_evals(evals, final, 3)["note"] == "x"
+    assert average_last_evals(evals, final, 10)["accuracy"] == pytest.approx(1.3 / 4)  # all there are
+
+
+def test_average_last_evals_config_needs_eval_every():
+    from dime_nas.config import DistillConfig
+    from dime_nas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_every"):
+        DistillConfig(average_last_evals=3)
+    with pytest.raises(ConfigError, match=">= 1"):
+        DistillConfig(average_last_evals=0, eval_every=5)
+
+
+def test_distill_reports_the_averaged_score(small_cache):
+    base = dataclasses.replace(SETTINGS, eval_every=2, steps=6)
+    _, plain = distill(STUDENT, small_cache, base)
+    _, averaged = distill(STUDENT, small_cache, dataclasses.replace(base, average_last_evals=3))
+    points = [e["agreement"] for e in plain.evals[-2:]] + [plain.metrics["agreement"]]
+    assert averaged.metrics["agreement"] == pytest.approx(sum(points) / 3)

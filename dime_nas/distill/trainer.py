@@ -250,8 +250,28 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
     if model.text is not None:
         compact_vocab.expand(model.text)
     if evaluate and dist.is_main:
-        result.metrics = evaluate_student(model.visual, cache, image_size, model.text, ctx)
+        result.metrics = average_last_evals(result.evals, evaluate_student(model.visual, cache, image_size, model.text,
+                                                                           ctx), settings.average_last_evals)
     return model, result
+
+
+def average_last_evals(evals: list[dict[str, Any]], final: dict[str, Any], k: int) -> dict[str, Any]:
+    """``final`` with each numeric metric averaged over it and the last ``k - 1`` intermediate evaluations.
+
+    Averaging a few evaluation points at the end of a short run damps the seed noise of
+    a single reading; ``k = 1`` returns ``final`` unchanged.
+    """
+    if k < 1:
+        raise ValueError(f"average_last_evals must be >= 1, got {k}")
+    points = [e for e in evals[-(k - 1):] if e] if k > 1 else []
+    if not points:
+        return final
+    out = dict(final)
+    for key, value in final.items():
+        values = [p[key] for p in points if isinstance(p.get(key), (int, float))]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and values:
+            out[key] = float(sum(values) + value) / (len(values) + 1)
+    return out
 
 
 def _losses(cfg: Any, s_img, t_img, t_txt, s_txt) -> dict[str, torch.Tensor]:

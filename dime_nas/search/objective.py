@@ -113,7 +113,7 @@ def _decide_latency(ctx: TrialContext, first_ms: float, remeasure: Any, workdir:
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ...]:
     """The Optuna objective. Raises TrialPruned, or any error (the study records it)."""
-    from ..distill.trainer import distill
+    from ..distill.trainer import average_last_evals, distill
 
     timings: dict[str, float] = {}
     config = ctx.space.suggest(trial, embed_dim=ctx.cache.embed_dim)
@@ -166,6 +166,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
 
     scores = evaluate_student(model.visual, ctx.cache, config.vision.image_size, model.text,
                               config.text.context_length if model.text is not None else None)
+    scores = average_last_evals(result.evals, scores, ctx.experiment.distill.average_last_evals)
     timings["eval_s"] = time.time() - t0
     metrics.update(scores)
     trial.set_user_attr("timings", timings)

@@ -1,0 +1,83 @@
+"""Seed noise of the short-run accuracy proxy, and of the evaluation's own sampling.
+
+    python experiments/benchmarks/seed_noise.py [--students 4 --seeds 5 --steps 150 --batch 64]
+
+For students spread over the demo space, the short run is repeated over seeds (data
+order and initialisation). Two readings of the same runs are compared: the final
+accuracy (the search's proxy today) and the mean of the last K evaluations
+(evaluating every ``--every`` steps). Also reported: the binomial standard error of
+the evaluation set itself and the smallest accuracy difference the proxy resolves
+(1.96 * sqrt(2) * seed std). Writes experiments/results/seed_noise.{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+
+import common
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--students", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--every", type=int, default=5, help="evaluate every N steps (for the last-K average)")
+    p.add_argument("--last", type=int, default=3, help="K: evaluations averaged at the end")
+    p.add_argument("--config", default=str(common.BENCH_YAML), help="benchmark experiment file")
+    p.add_argument("--name", default="seed_noise", help="output name under experiments/results/")
+    a = p.parse_args()
+    config, cache, _, space = common.load(a.config)
+    counts = common.eval_counts(cache)
+    ind_tasks = [t.name for t in cache.tasks() if not t.shifted]
+    cfg = common.settings(config.distill, steps=a.steps, warmup_steps=max(1, a.steps // 10), batch_size=a.batch,
+                          text_batch_size=a.batch, eval_every=a.every)
+    rows = []
+    for s in common.spread_students(space, cache.embed_dim, a.students, seed=2):
+        runs = []
+        for seed in range(a.seeds):
+            r = common.run(s, cache, common.settings(cfg, seed=seed))
+            points = [e["accuracy"] for e in r["evals"]] + [r["accuracy"]]
+            se = math.sqrt(sum(common.binomial_se(r[f"task/{t}/top1"], counts[t]) ** 2 for t in ind_tasks)) / len(ind_tasks)
+            runs.append({"seed": seed, "final": r["accuracy"], "last_k_mean": float(np.mean(points[-a.last:])),
+                         "eval_points": points, "eval_se": se, "train_s": r["train_s"]})
+        final, lastk = [x["final"] for x in runs], [x["last_k_mean"] for x in runs]
+        rows.append({"arch_key": s.arch_key, "describe": s.describe(), "runs": runs,
+                     "final_mean": float(np.mean(final)), "final_std": float(np.std(final, ddof=1)),
+                     "last_k_mean": float(np.mean(lastk)), "last_k_std": float(np.std(lastk, ddof=1)),
+                     "eval_se": float(np.mean([x["eval_se"] for x in runs]))})
+        print(rows[-1]["describe"], rows[-1]["final_std"], rows[-1]["last_k_std"], flush=True)
+    pooled = {k: float(math.sqrt(np.mean([r[k] ** 2 for r in rows]))) for k in ("final_std", "last_k_std", "eval_se")}
+    data = {"sizes": vars(a), "eval_images_per_task": counts, "students": rows, "pooled": pooled,
+            "note": "measured on a shared, busy 2-core CPU"}
+    md = [f"# Seed noise of the proxy\n\n{a.students} students x {a.seeds} seeds, {a.steps} steps at batch {a.batch} "
+          f"(the demo's short run is 150 steps at batch 64; this run is smaller: 2-core shared machine). "
+          f"Experiment: {a.config.split('/')[-1]}. Evaluation: {sum(counts[t] for t in ind_tasks)} in-distribution images over {len(ind_tasks)} tasks.\n",
+          f"| student | mean acc | seed std (final) | seed std (mean of last {a.last} evals, every {a.every}) "
+          "| eval binomial SE |", "|---|---|---|---|---|"]
+    md += [f"| {r['describe']} | {r['final_mean']:.3f} | {r['final_std']:.4f} | {r['last_k_std']:.4f} | "
+           f"{r['eval_se']:.4f} |" for r in rows]
+    md.append(f"| pooled (RMS) | | {pooled['final_std']:.4f} | {pooled['last_k_std']:.4f} | {pooled['eval_se']:.4f} |")
+    md.append(f"\nSmallest resolvable accuracy difference (1.96 x sqrt 2 x pooled seed std): final "
+              f"{1.96 * math.sqrt(2) * pooled['final_std']:.3f}, last-{a.last} mean "
+              f"{1.96 * math.sqrt(2) * pooled['last_k_std']:.3f}. Target: seed std <= 0.01.\n")
+    plt = common.plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(rows):
+        ax.scatter([i] * len(r["runs"]), [x["final"] for x in r["runs"]], c="C0", label="final" if i == 0 else None)
+        ax.scatter([i + 0.2] * len(r["runs"]), [x["last_k_mean"] for x in r["runs"]], c="C1",
+                   label=f"last-{a.last} mean" if i == 0 else None)
+    ax.set_xticks(range(len(rows)), [r["describe"][:18] for r in rows], rotation=20, fontsize=7)
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(common.RESULTS / f"{a.name}.png", dpi=100)
+    md.append(f"![]({a.name}.png)\n")
+    common.write(a.name, data, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
