@@ -157,7 +157,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="use a run directory that belongs to another experiment, or start a new study when the "
                          "settings that change a trial's result differ from the study's (the old one is kept)")
     se.add_argument("--quiet", action="store_true", help="no progress bars")
-    se.set_defaults(func=_cmd_search)
+    se.set_defaults(func=_cmd_search, worker=False)
+
+    w = sub.add_parser("worker", help="join a shared study and run its trials (one per GPU or machine)",
+                       description="Join the study of an experiment on a shared storage (PostgreSQL) and run trials "
+                       "until the study holds the requested number; start as many as you have GPUs or machines. "
+                       "Opens the teacher-feature cache read-only (build it first with `dime-nas cache`). "
+                       "Ctrl-C finishes the current trial and leaves.")
+    w.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    w.add_argument("--storage", default=None, help="the study's storage URL, e.g. postgresql://user:pw@host/db "
+                   "(default: the config's search.storage)")
+    w.add_argument("--trials", type=int, default=None, help="distinct architectures the study should hold "
+                   "(overrides the config)")
+    w.add_argument("--out", default=None, help="this machine's run directory (default: the config's out_dir)")
+    w.add_argument("--force", action="store_true", help="join even though the study was recorded with other "
+                   "settings: starts a new study")
+    w.add_argument("--quiet", action="store_true", help="no progress bars")
+    w.set_defaults(func=_cmd_search, worker=True)
 
     r = sub.add_parser("report", help="write the Pareto report of a run",
                        description="Write trials.csv, pareto.csv, selected.json, report.md, plots and report.html.")
@@ -403,7 +419,8 @@ def _cmd_search(args) -> int:
 
     from .config import load_experiment, run_dir
     from .cost.targets import get_target
-    from .pipeline import prepare_cache
+    from .errors import ConfigError
+    from .pipeline import open_shared_cache, prepare_cache
     from .search.objective import TrialContext
     from .search.report import write_report
     from .search.study import claim_run_dir, open_storage, run_search, storage_url
@@ -412,12 +429,17 @@ def _cmd_search(args) -> int:
     t0 = time.time()
     config = load_experiment(args.experiment)
     out = Path(args.out or run_dir(config))
+    if args.worker and not (args.storage or config.search.storage):
+        raise ConfigError("a worker needs the study's shared storage: pass --storage URL (or set search.storage)")
     if args.storage or config.search.storage:  # an unreachable database fails now, before anything is made
         open_storage(args.storage or config.search.storage)
     claim_run_dir(config, out, args.force)
     storage = args.storage or storage_url(config, out)
     _save_run_config(config, out, storage)
-    cache, text_cfg = prepare_cache(config, progress=not args.quiet)
+    if args.worker:  # workers share a cache built once; they never build one
+        cache, text_cfg = open_shared_cache(config)
+    else:
+        cache, text_cfg = prepare_cache(config, progress=not args.quiet)
     t_prep = time.time() - t0
     ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
                        text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=not args.quiet)

@@ -270,6 +270,10 @@ class SearchConfig:
     hv_reference: dict[str, float] | None = None
     near_budget_margin: float = 0.15  # a first latency within this fraction of a budget is re-measured
     near_budget_rounds: int = 4  # re-measurement rounds of a near-budget student (pooled median decides)
+    # database storages: a worker beats every heartbeat_s; one silent for grace_s is dead and its trial failed
+    heartbeat_s: int = 60
+    grace_s: int = 180
+    retries: int = 1  # a trial failed by a dead worker is run again this many times (on another worker)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.near_budget_margin <= 1.0:
@@ -285,6 +289,12 @@ class SearchConfig:
             raise ConfigError(f"must be >= trials ({self.trials}), got {self.max_trials}", key="search.max_trials")
         if self.trials is None and self.timeout_s is None:
             raise ConfigError("give trials or timeout_s (or both)", key="search")
+        if self.heartbeat_s < 1:
+            raise ConfigError(f"must be >= 1, got {self.heartbeat_s}", key="search.heartbeat_s")
+        if self.grace_s <= self.heartbeat_s:
+            raise ConfigError(f"must be > heartbeat_s ({self.heartbeat_s}), got {self.grace_s}", key="search.grace_s")
+        if self.retries < 0:
+            raise ConfigError(f"must be >= 0, got {self.retries}", key="search.retries")
 
 
 @dataclass

@@ -38,8 +38,11 @@ def teacher_spec(cfg: TeacherConfig, progress: bool = True):
     return TeacherSpec(model=cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, cache_dir=cfg.cache_dir)
 
 
-def shapes_world(data: DataConfig, eval_cfg: EvalConfig, progress: bool = True) -> Path | None:
-    """Write ShapesWorld's files (corpora and/or eval suite) once into the user cache."""
+def shapes_world(data: DataConfig, eval_cfg: EvalConfig, progress: bool = True, build: bool = True) -> Path | None:
+    """Write ShapesWorld's files (corpora and/or eval suite) once into the user cache.
+
+    With ``build=False`` missing files are a CacheError instead (a worker never builds).
+    """
     if data.shapes is None and eval_cfg.shapes is None:
         return None
     from .shapes.files import write_shapes_world
@@ -52,6 +55,11 @@ def shapes_world(data: DataConfig, eval_cfg: EvalConfig, progress: bool = True) 
     key = hashlib.sha256(json.dumps({**args, "v": SHAPES_FILES_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
     root = user_cache_root() / "shapes" / f"world-{key}"
     done = root / "COMPLETE"
+    if not done.exists() and not build:
+        from .data.cache import CacheError
+
+        raise CacheError(f"the ShapesWorld files are missing from {root}: run `dime-nas cache EXPERIMENT.yaml` "
+                         "with the same DIME_NAS_CACHE first")
     if not done.exists():
         write_shapes_world(root, progress=progress, **args)
         done.write_text(json.dumps(args) + "\n")
@@ -97,6 +105,48 @@ def default_cache_dir(config: ExperimentConfig) -> Path:
     return user_cache_root() / "features" / config.name
 
 
+def cache_options(config: ExperimentConfig) -> dict[str, Any]:
+    """The data settings that, with the teacher and the files, make up a cache's identity."""
+    return {"pixel_size": config.data.pixel_size, "max_images": config.data.max_images,
+            "max_sentences": config.data.max_sentences, "drop_eval_overlap": config.data.drop_eval_overlap}
+
+
+def open_shared_cache(config: ExperimentConfig):
+    """Open the experiment's complete feature cache read-only, building nothing (what a worker does).
+
+    Raises:
+        CacheError: the cache (or the teacher or data it was built from) is missing, or it was
+            built for other inputs; the message says which.
+    Returns:
+        (FeatureCache, teacher_text_cfg).
+    """
+    from .data.cache import CacheError, cache_mismatch, open_complete_cache
+    from .teacher import TeacherSpec, teacher_identity
+
+    world = shapes_world(config.data, config.eval, progress=False, build=False)
+    images, sentences = corpora(config, world)
+    suite = eval_suite(config, world)
+    t = config.teacher
+    if t.shapes is not None:
+        from .shapes.teacher import is_complete, teacher_dir
+
+        path = teacher_dir(t.shapes, user_cache_root())
+        if not is_complete(path):
+            raise CacheError(f"the demo teacher is missing from {path}: run `dime-nas cache EXPERIMENT.yaml` "
+                             "with the same DIME_NAS_CACHE first")
+        spec = TeacherSpec(checkpoint=str(path))
+    else:
+        spec = TeacherSpec(model=t.model, pretrained=t.pretrained, checkpoint=t.checkpoint, cache_dir=t.cache_dir)
+    options = cache_options(config)
+    root, identity = default_cache_dir(config), teacher_identity(spec)
+    cache = open_complete_cache(root, identity, images, sentences, suite, **options)
+    if cache is None:
+        raise CacheError(f"feature cache {root}: {cache_mismatch(root, identity, images, sentences, suite, **options)}; "
+                         "build it with `dime-nas cache EXPERIMENT.yaml` (workers never build it)")
+    cache.test_fraction = config.eval.test_fraction
+    return cache, dict(cache.manifest["text_cfg"])
+
+
 def prepare_cache(config: ExperimentConfig, *, progress: bool = True, teacher: Any = None):
     """Build (or reuse) the experiment's teacher-feature cache and open it.
 
@@ -111,8 +161,7 @@ def prepare_cache(config: ExperimentConfig, *, progress: bool = True, teacher: A
     world = shapes_world(config.data, config.eval, progress)
     images, sentences = corpora(config, world)
     suite = eval_suite(config, world)
-    options = {"pixel_size": config.data.pixel_size, "max_images": config.data.max_images,
-               "max_sentences": config.data.max_sentences, "drop_eval_overlap": config.data.drop_eval_overlap}
+    options = cache_options(config)
     if teacher is None:
         spec = teacher_spec(config.teacher, progress)
         cache = open_complete_cache(default_cache_dir(config), teacher_identity(spec), images, sentences, suite,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,25 @@ out_dir: run
     path = root / "experiment.yaml"
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server for this session, stopped at the end (skipped when none is installed)."""
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+    from pg_server import PostgresServer
+
+    try:
+        server = PostgresServer().start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot start a PostgreSQL server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh database on the session's server, for one test."""
+    import re
+
+    return postgres_server.create_database(re.sub(r"\W", "_", request.node.name.lower())[:50])

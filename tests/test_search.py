@@ -18,7 +18,7 @@ from dime_nas.cost.targets import get_target
 from dime_nas.pipeline import prepare_cache
 from dime_nas.search.objective import TrialContext
 from dime_nas.search.report import write_report
-from dime_nas.search.study import run_search, trial_counts
+from dime_nas.search.study import run_search, trial_counts, trial_status
 from dime_nas.space import SearchSpace
 
 REPORT_FILES = ("trials.csv", "pareto.csv", "selected.json", "report.md", "pareto_latency.png",
@@ -161,7 +161,10 @@ def test_killed_search_resumes_keeping_finished_trials(tmp_path, tiny_teacher_di
         assert after[number].values == values
     for number in in_flight:  # the trial the kill cut short is failed as interrupted, not lost or left running
         assert after[number].state == optuna.trial.TrialState.FAIL
-        assert after[number].user_attrs["status"] == "interrupted" and "interrupted" in after[number].user_attrs["reason"]
+        assert trial_status(after[number]) == "interrupted"
+        retries = [t for t in after.values() if t.user_attrs.get("retry_of") == number]
+        assert len(retries) == 1  # run again once, with the same architecture when it was already sampled
+        assert all(retries[0].params[k] == v for k, v in after[number].params.items())
     assert trial_counts(study)[0] == len(before) + 2  # --trials counts distinct evaluated architectures
     assert not [t for t in after.values() if t.state == optuna.trial.TrialState.RUNNING]
     assert (tmp_path / "run" / "report.md").exists()
@@ -230,7 +233,7 @@ def test_only_trials_of_dead_workers_are_marked_interrupted(tmp_path, monkeypatc
     states = {t.number: t.state for t in study.get_trials()}
     assert states[gone.number] == states[orphan.number] == optuna.trial.TrialState.FAIL
     assert states[live.number] == states[elsewhere.number] == states[fresh.number] == optuna.trial.TrialState.RUNNING
-    assert study.trials[gone.number].user_attrs["status"] == "interrupted"
+    assert trial_status(study.trials[gone.number]) == "interrupted"
 
 
 def test_a_rerun_with_different_settings_is_refused_naming_the_key_unless_forced(tmp_path, tiny_teacher_dir):

@@ -19,6 +19,7 @@ rebuilt from scratch, and the log says what changed. Readers memory-map the chun
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -85,6 +86,31 @@ def cache_identity(teacher: Any, images: ImageSource, sentences: SentenceSource,
     }
 
 
+def cache_mismatch(out_dir: str | Path, teacher_identity: dict[str, Any] | None, images: ImageSource,
+                   sentences: SentenceSource, eval_suite: EvalSuite, *, pixel_size: int,
+                   max_images: int | None = None, max_sentences: int | None = None,
+                   drop_eval_overlap: bool = False) -> str | None:
+    """Why the cache in ``out_dir`` cannot serve these inputs (missing, incomplete, built for a
+    different key), or None when it can. Needs only the teacher's identity, not the teacher."""
+    manifest = _read_manifest(Path(out_dir))
+    if manifest is None:
+        return "missing"
+    if not manifest.get("complete") or "text_cfg" not in manifest:
+        return "incomplete (a build was interrupted or is running)"
+    if teacher_identity is None:
+        return "the teacher's identity cannot be worked out without loading it"
+    recorded = manifest.get("identity", {})
+    expected = {"version": CACHE_VERSION, "teacher": teacher_identity, "images": images.identity(),
+                "sentences": sentences.identity(),
+                "eval": hashlib.sha256(json.dumps(eval_suite.identity(), sort_keys=True).encode()).hexdigest(),
+                "pixel_size": pixel_size, "max_images": max_images, "max_sentences": max_sentences,
+                "drop_eval_overlap": drop_eval_overlap}
+    for key, value in expected.items():
+        if recorded.get(key) != value:
+            return f"built for a different {key}"
+    return None
+
+
 def open_complete_cache(out_dir: str | Path, teacher_identity: dict[str, Any] | None, images: ImageSource,
                         sentences: SentenceSource, eval_suite: EvalSuite, *, pixel_size: int,
                         max_images: int | None = None, max_sentences: int | None = None,
@@ -94,16 +120,9 @@ def open_complete_cache(out_dir: str | Path, teacher_identity: dict[str, Any] | 
     Needs only the teacher's identity, not the teacher: the preprocessing and context
     length in the recorded identity follow from the teacher, so they match when it does.
     """
-    manifest = _read_manifest(Path(out_dir))
-    if not manifest or not manifest.get("complete") or teacher_identity is None or "text_cfg" not in manifest:
-        return None
-    recorded = manifest.get("identity", {})
-    expected = {"version": CACHE_VERSION, "teacher": teacher_identity, "images": images.identity(),
-                "sentences": sentences.identity(),
-                "eval": hashlib.sha256(json.dumps(eval_suite.identity(), sort_keys=True).encode()).hexdigest(),
-                "pixel_size": pixel_size, "max_images": max_images, "max_sentences": max_sentences,
-                "drop_eval_overlap": drop_eval_overlap}
-    if any(recorded.get(k) != v for k, v in expected.items()):
+    if cache_mismatch(out_dir, teacher_identity, images, sentences, eval_suite, pixel_size=pixel_size,
+                      max_images=max_images, max_sentences=max_sentences,
+                      drop_eval_overlap=drop_eval_overlap) is not None:
         return None
     return FeatureCache(out_dir)
 
@@ -114,9 +133,23 @@ def build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, ev
                 workers: int = 2, drop_eval_overlap: bool = False) -> FeatureCache:
     """Build (or resume, or reuse) the cache in ``out_dir`` and open it.
 
-    Reuse needs an identical identity; a different one wipes the folder first.
+    Reuse needs an identical identity; a different one wipes the folder first. Builds of
+    one folder by several processes take turns (a lock file beside it): the second finds
+    the first's complete cache and reuses it.
     """
     root = Path(out_dir)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.build-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_cache(teacher, images, sentences, eval_suite, root, pixel_size=pixel_size,
+                            chunk_size=chunk_size, batch_size=batch_size, max_images=max_images,
+                            max_sentences=max_sentences, progress=progress, workers=workers,
+                            drop_eval_overlap=drop_eval_overlap)
+
+
+def _build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, eval_suite: EvalSuite, root: Path,
+                 *, pixel_size: int, chunk_size: int, batch_size: int, max_images: int | None,
+                 max_sentences: int | None, progress: bool, workers: int, drop_eval_overlap: bool) -> FeatureCache:
     identity = cache_identity(teacher, images, sentences, eval_suite, pixel_size=pixel_size,
                               max_images=max_images, max_sentences=max_sentences,
                               drop_eval_overlap=drop_eval_overlap)

@@ -199,11 +199,22 @@ def _values(ctx: TrialContext, metrics: dict[str, Any]) -> float | tuple[float, 
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _find_previous(trial: optuna.Trial, key: str) -> optuna.trial.FrozenTrial | None:
-    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("arch_key") == key and t.number != trial.number:
-            return t
-    return None
+def _find_previous(trial: optuna.Trial, key: str, poll_s: float = 1.0) -> optuna.trial.FrozenTrial | None:
+    """A finished trial of the same architecture to reuse, else None.
+
+    When an earlier trial of it is still running (another worker), wait for it rather
+    than train the same student twice; the earlier one never waits for a later one.
+    """
+    while True:
+        trials = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                                optuna.trial.TrialState.RUNNING))
+        same = [t for t in trials if t.user_attrs.get("arch_key") == key and t.number != trial.number]
+        done = [t for t in same if t.state == optuna.trial.TrialState.COMPLETE]
+        if done:
+            return done[0]
+        if not [t for t in same if t.number < trial.number]:
+            return None
+        time.sleep(poll_s)
 
 
 def _reuse(trial: optuna.Trial, previous: optuna.trial.FrozenTrial) -> float | tuple[float, ...]:

@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 
 from ..config import METRICS, Budget
+from .study import trial_status
 from .pareto import (default_reference, experiment_reference, hypervolume, knee_point, non_dominated,
                      top_k_along_front)
 
@@ -59,8 +60,7 @@ class Row:
 def collect(study: optuna.Study) -> list[Row]:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        status = t.user_attrs.get("status") or {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed",
-                                                 "RUNNING": "running", "WAITING": "waiting"}[t.state.name]
+        status = trial_status(t)
         rows.append(Row(t.number, t.state.name, status, t.user_attrs.get("reason", ""), dict(t.user_attrs),
                         list(t.values) if t.values else None))
     return rows
@@ -200,12 +200,18 @@ def _space_label(source: str | None, out: Path) -> str:
     return f"{path.stem} ({path.name})"
 
 
+def _worker(w: dict[str, Any] | None) -> str:
+    """host:pid/device of the worker that ran a trial."""
+    return "" if not w else f"{w.get('host')}:{w.get('pid')}/{w.get('device', 'cpu')}"
+
+
 def _flat(r: Row) -> dict[str, Any]:
     cost, timings = r.attrs.get("cost", {}), r.attrs.get("timings", {})
     d: dict[str, Any] = {"number": r.number, "state": r.state, "status": r.status, "reason": r.reason,
                          "arch_key": r.attrs.get("arch_key"), "describe": r.attrs.get("describe"),
                          "config_json": json.dumps(r.attrs.get("config"), sort_keys=True),
-                         "reused_from": r.attrs.get("reused_from", ""),
+                         "reused_from": r.attrs.get("reused_from", ""), "retry_of": r.attrs.get("retry_of", ""),
+                         "worker": _worker(r.attrs.get("worker")),
                          "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gflops": cost.get("gflops"),
                          "latency_ms": cost.get("latency_ms"), "latency_p10_ms": cost.get("latency_p10_ms"),
                          "latency_p90_ms": cost.get("latency_p90_ms"), "latency_source": cost.get("latency_source", ""),

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import time
 import warnings
@@ -34,7 +33,9 @@ import optuna
 from ..config import ExperimentConfig, run_dir
 from ..typed_yaml import to_plain
 from ..errors import ConfigError
-from .objective import TrialContext, record_failure, run_trial
+from .objective import TrialContext
+from .storage import ClaimLock, is_database, mask_url, open_storage, retry_callback
+from .worker import work_on
 
 _log = logging.getLogger(__name__)
 RUN_MARKER = "experiment.json"
@@ -63,7 +64,7 @@ def trial_counts(study: optuna.Study) -> tuple[int, int]:
     process (status ``interrupted``): its architecture was never evaluated.
     """
     finished = study.get_trials(deepcopy=False, states=FINISHED)
-    evaluated = [t for t in finished if "reused_from" not in t.user_attrs and t.user_attrs.get("status") != "interrupted"]
+    evaluated = [t for t in finished if "reused_from" not in t.user_attrs and trial_status(t) != "interrupted"]
     return len(evaluated), len(finished)
 
 
@@ -71,27 +72,17 @@ def storage_url(config: ExperimentConfig, out: Path) -> str:
     return config.search.storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage; an unreachable database is a ConfigError naming the URL."""
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-
-            return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:  # sqlalchemy raises many kinds (OperationalError, ArgumentError, ...)
-        raise ConfigError(f"cannot open storage {url!r}: {type(exc).__name__}: {exc}", key="search.storage") from None
-
-
-def sampler_seed(seed: int, trials_in_study: int) -> int:
-    """The seed itself for a new study; for a continued one, a seed derived from it and the study's size."""
-    if trials_in_study == 0:
+def sampler_seed(seed: int, trials_in_study: int, salt: str = "") -> int:
+    """The seed itself for a new study; for a continued one (or one of several workers: ``salt``
+    names the worker), a seed derived from it and the study's size."""
+    if trials_in_study == 0 and not salt:
         return seed
-    return int(hashlib.sha256(f"{seed}:{trials_in_study}".encode()).hexdigest()[:8], 16)
+    return int(hashlib.sha256(f"{seed}:{trials_in_study}{salt}".encode()).hexdigest()[:8], 16)
 
 
-def make_sampler(config: ExperimentConfig, n_objectives: int, trials_in_study: int = 0) -> optuna.samplers.BaseSampler:
-    s = dataclasses.replace(config.search, seed=sampler_seed(config.search.seed, trials_in_study))
+def make_sampler(config: ExperimentConfig, n_objectives: int, trials_in_study: int = 0,
+                 salt: str = "") -> optuna.samplers.BaseSampler:
+    s = dataclasses.replace(config.search, seed=sampler_seed(config.search.seed, trials_in_study, salt))
     if s.sampler == "tpe":
         # multivariate + group: the space is conditional (ViT dims only for ViT towers);
         # Optuna flags both as experimental, which users need not see on every run.
@@ -151,13 +142,53 @@ def claim_run_dir(config: ExperimentConfig, out: Path, force: bool) -> None:
 
 def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None = None, trials: int | None = None,
                storage: str | None = None, force: bool = False, progress: bool = True) -> SearchOutcome:
-    """Run (or continue) the study until it holds ``trials`` finished trials or time runs out."""
+    """Create (or continue, or join) the study and take part in it until it holds ``trials``
+    distinct evaluated architectures, the cap on all trials is reached, or time runs out.
+
+    Several processes (``dime-nas worker``) may run this on one database storage at once.
+    """
     out = Path(out or run_dir(config))
     claim_run_dir(config, out, force)
     url = storage or storage_url(config, out)
+    study, storage_obj = join_study(config, ctx, url, out=out, force=force)
+    database = is_database(url)
+
+    def fail_stale(s: optuna.Study) -> None:
+        _fail_interrupted(s, heartbeat=database, retries=config.search.retries,
+                          orphan_grace_s=config.search.grace_s if database else ORPHAN_GRACE_S)
+
+    fail_stale(study)
+    distinct, already = trial_counts(study)
+    want = trials if trials is not None else config.search.trials
+    cap = config.search.max_trials or (3 * want if want is not None else None)
+    if already and progress:
+        print(f"continuing study {config.name!r}: {already} trial(s) already done ({distinct} distinct "
+              f"architectures) in {mask_url(url)}", flush=True)
+    if config.search.sampler == "grid":
+        _enqueue_grid(study, ctx)
+    start = time.time()
+    bar = _TrialBar(progress, want, distinct, study)
+    try:
+        result = work_on(study, ctx, ClaimLock(url, storage_obj, config.name), want=want, cap=cap,
+                         timeout_s=config.search.timeout_s, counts=_counts, fail_stale=fail_stale,
+                         on_trial=bar.update)
+    finally:
+        bar.close()
+    return SearchOutcome(out, study, already, result.new_trials, result.interrupted, time.time() - start,
+                         distinct=trial_counts(study)[0], capped=result.capped)
+
+
+def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, out: Path, force: bool = False
+               ) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """Open or create the experiment's study, refusing one recorded with different settings.
+
+    ``force`` starts a new study (the old one is copied to ``out/previous-<time>.db``).
+    """
     directions = [o.direction for o in ctx.objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=config.name, storage=open_storage(url), directions=directions,
+    s = config.search
+    storage = open_storage(url, heartbeat_s=s.heartbeat_s, grace_s=s.grace_s, retries=s.retries)
+    study = optuna.create_study(study_name=config.name, storage=storage, directions=directions,
                                 sampler=make_sampler(config, len(directions)), load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
     fingerprint = experiment_fingerprint(config, ctx)
@@ -165,54 +196,33 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
     if recorded is not None and recorded != fingerprint:
         key = first_difference(recorded, fingerprint)
         if not force:
-            raise ConfigError(f"the study {config.name!r} in {url} was run with {key} = {_lookup(recorded, key)!r}, "
-                              f"this experiment has {_lookup(fingerprint, key)!r}: trials of different settings "
-                              "must not mix. Use another --out, or --force to start a new study (the old one is "
-                              "kept in the run directory)", key=key)
-        study = _restart_study(study, url, out, directions, config)
+            raise ConfigError(f"the study {config.name!r} in {mask_url(url)} was run with {key} = "
+                              f"{_lookup(recorded, key)!r}, this experiment has {_lookup(fingerprint, key)!r}: "
+                              "trials of different settings must not mix. Use another --out or --storage, or "
+                              "--force to start a new study (the old one is kept in the run directory)", key=key)
+        _restart_study(study, url, out, directions, config)
+        study = optuna.load_study(study_name=config.name, storage=storage, sampler=make_sampler(config, len(directions)),
+                                  pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
     if [d.name.lower() for d in study.directions] != directions:
-        raise ConfigError(f"the study {config.name!r} in {url} has directions "
+        raise ConfigError(f"the study {config.name!r} in {mask_url(url)} has directions "
                           f"{[d.name.lower() for d in study.directions]}, this experiment asks for {directions}: "
                           "use another --out or --storage", key="objectives")
-    _fail_interrupted(study)
-    study.set_user_attr("fingerprint", fingerprint)
-    study.set_user_attr("objectives", [o.metric for o in ctx.objectives])
-    study.set_user_attr("budgets", [str(b) for b in ctx.budgets])
-    study.set_user_attr("target", ctx.target.to_dict())
-    study.set_user_attr("space", ctx.space.source)
-    study.set_user_attr("hv_reference", config.search.hv_reference)
-    study.sampler = make_sampler(config, len(directions), len(study.get_trials(deepcopy=False)))
-    distinct, already = trial_counts(study)
-    want = trials if trials is not None else config.search.trials
-    cap = config.search.max_trials or (3 * want if want is not None else None)
-    if already and progress:
-        print(f"continuing study {config.name!r}: {already} trial(s) already done ({distinct} distinct "
-              f"architectures) in {url}", flush=True)
-    if config.search.sampler == "grid":
-        _enqueue_grid(study, ctx)
-    start, stop = time.time(), _StopFlag()
-    new, capped = 0, False
-    bar = _TrialBar(progress, want, distinct, study)
-    try:
-        with stop:
-            while not stop.requested:
-                distinct, total = trial_counts(study)
-                if want is not None and distinct >= want:
-                    break
-                if cap is not None and total >= cap:
-                    capped = True
-                    _log.warning("stopped at max_trials = %d trials with %d distinct architectures (asked for %s): "
-                                 "the space may hold fewer distinct students", cap, distinct, want)
-                    break
-                if config.search.timeout_s is not None and time.time() - start >= config.search.timeout_s:
-                    break
-                _one_trial(study, ctx)
-                new += 1
-                bar.update(study)
-    finally:
-        bar.close()
-    return SearchOutcome(out, study, already, new, stop.requested, time.time() - start,
-                         distinct=trial_counts(study)[0], capped=capped)
+    if recorded is None:
+        study.set_user_attr("fingerprint", fingerprint)
+        study.set_user_attr("objectives", [o.metric for o in ctx.objectives])
+        study.set_user_attr("budgets", [str(b) for b in ctx.budgets])
+        study.set_user_attr("target", ctx.target.to_dict())
+        study.set_user_attr("space", ctx.space.source)
+        study.set_user_attr("hv_reference", config.search.hv_reference)
+    # workers sharing a database each get their own seed, or they would propose the same students
+    salt = f"{socket.gethostname()}:{os.getpid()}" if is_database(url) else ""
+    study.sampler = make_sampler(config, len(directions), len(study.get_trials(deepcopy=False)), salt)
+    return study, storage
+
+
+def _counts(study: optuna.Study) -> tuple[int, int, int]:
+    distinct, total = trial_counts(study)
+    return distinct, total, len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
 def _restart_study(study: optuna.Study, url: str, out: Path, directions: list[str],
@@ -228,51 +238,46 @@ def _restart_study(study: optuna.Study, url: str, out: Path, directions: list[st
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
 
 
-def _one_trial(study: optuna.Study, ctx: TrialContext) -> None:
-    trial = study.ask()
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
-    try:
-        values = run_trial(trial, ctx)
-    except optuna.TrialPruned:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    except KeyboardInterrupt:
-        trial.set_user_attr("status", "interrupted")
-        trial.set_user_attr("reason", "interrupted (Ctrl-C)")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    except Exception as exc:  # one bad config must not end the search
-        record_failure(trial, exc)
-        _log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    else:
-        study.tell(trial, values)
+def trial_status(trial: optuna.trial.FrozenTrial) -> str:
+    """The trial's status; a failed trial that never recorded one was cut short (``interrupted``)."""
+    status = trial.user_attrs.get("status")
+    if status and trial.state != optuna.trial.TrialState.RUNNING:
+        return status
+    return {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "interrupted", "RUNNING": "running",
+            "WAITING": "waiting"}[trial.state.name]
 
 
-def _fail_interrupted(study: optuna.Study) -> None:
-    """Trials a killed process left RUNNING become FAIL (status ``interrupted``).
+def _fail_interrupted(study: optuna.Study, *, heartbeat: bool = False, orphan_grace_s: float = ORPHAN_GRACE_S,
+                      retries: int = 1) -> None:
+    """Trials whose worker is gone become FAIL (status ``interrupted``) and are queued again.
 
-    Staleness is decided by the worker's liveness, on every storage: each trial records
-    the host and pid running it, and a RUNNING trial of this host whose process is gone
-    was interrupted. Live processes' trials (another worker on this machine) and other
-    hosts' trials are left alone. A trial that never got its worker recorded (killed
-    right after ``ask``) is stale once it is older than ``ORPHAN_GRACE_S``.
+    Database storages: by Optuna's heartbeats (``fail_stale_trials`` re-queues them).
+    Local storages: each trial records the host and pid running it, and a RUNNING trial
+    of this host whose process is gone was interrupted; live processes' trials and
+    other hosts' trials are left alone. Everywhere: a trial that never got its worker
+    recorded (killed right after ``ask``) is stale once older than ``orphan_grace_s``.
     """
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     host, now = socket.gethostname(), datetime.datetime.now()
     stale = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
         if worker is None:
             started = t.datetime_start or now
-            if (now - started).total_seconds() > ORPHAN_GRACE_S:
+            if (now - started).total_seconds() > orphan_grace_s:
                 stale.append(t)
-        elif worker.get("host") == host and not _alive(worker.get("pid", -1)):
+        elif not heartbeat and worker.get("host") == host and not _alive(worker.get("pid", -1)):
             stale.append(t)
+    retry = retry_callback(retries)
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
-        study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted (the process running it stopped)")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if retries:
+            retry(study, t)
     if stale:
-        _log.warning("marked %d interrupted trial(s) as failed", len(stale))
+        _log.warning("marked %d interrupted trial(s) as failed%s", len(stale), " and queued them again" if retries else "")
 
 
 def _alive(pid: int) -> bool:
@@ -291,34 +296,6 @@ def _enqueue_grid(study: optuna.Study, ctx: TrialContext) -> None:
     for config, params in ctx.space.grid_params(ctx.cache.embed_dim):
         if config.arch_key not in seen and json.dumps(params, sort_keys=True) not in queued:
             study.enqueue_trial(params, skip_if_exists=True)
-
-
-class _StopFlag:
-    """First Ctrl-C: finish the current trial, then stop. Second: stop now."""
-
-    def __init__(self):
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self):
-        self._old = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            print("\nstopping after the current trial (Ctrl-C again to stop now)", flush=True)
-
-        try:
-            signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: keep the default behaviour
-            self._old = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
 
 
 class _TrialBar:
