@@ -126,7 +126,8 @@ def main() -> None:
     if not a.skip_vitb32:
         vitb = open_clip.create_model("ViT-B-32", pretrained=None).eval()
         small = StudentConfig.from_dict({"embed_dim": 512, "vision": {"kind": "vit", "layers": 4, "width": 192,
-                                                                       "heads": 3, "patch_size": 16, "image_size": 224},
+                                                                       "heads": 3, "mlp_ratio": 4.0, "patch_size": 16,
+                                                                       "image_size": 224},
                                          "text": {"kind": "teacher"}})
         px = torch.randn(b, 3, 224, 224)
         tok = torch.randint(1, 1000, (b, 77))
