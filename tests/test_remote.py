@@ -186,16 +186,19 @@ def test_trial_records_the_device_of_each_measurement(agent, tmp_path):
 
 
 def test_unreachable_agent_fails_the_trial_not_the_study(monkeypatch, tmp_path):
-    from dime_nas.search.study import _one_trial
+    from dime_nas.search.storage import ClaimLock
+    from dime_nas.search.study import _counts
+    from dime_nas.search.worker import work_on
 
     monkeypatch.setattr(remote, "BACKOFF_S", 0.01)
     monkeypatch.setenv("BOARD_TOKEN", "x" * 20)
     target = Target(name="board", description="gone", backend="remote", urls=("http://127.0.0.1:9",),
                     token_env="BOARD_TOKEN", runs=3, warmup=1)
     ctx = _trial_context(target, tmp_path)
+    ctx.experiment.distill = SimpleNamespace(device="cpu")
     study = optuna.create_study(directions=["maximize", "minimize"])
-    for _ in range(2):
-        _one_trial(study, ctx)
+    work_on(study, ctx, ClaimLock("memory", None, "s"), want=2, cap=4, timeout_s=None, counts=_counts,
+            fail_stale=lambda s: None)  # each failed trial is recorded and the search goes on
     trials = study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
     assert all("agent http://127.0.0.1:9 unreachable" in t.user_attrs["reason"] for t in trials)
