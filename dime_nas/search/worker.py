@@ -110,7 +110,7 @@ def work_on(study: optuna.Study, ctx: TrialContext, lock: ClaimLock, *, want: in
     with ctrl_c:
         try:
             if may_start():
-                study.optimize(objective, catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
+                study.optimize(objective, catch=(Exception,), callbacks=[after_trial], gc_after_trial=False)
         finally:
             lock.release()
     return WorkResult(state["new"], ctrl_c.requested, state["capped"])
