@@ -14,6 +14,12 @@ from typing import Any
 EPILOG = "Every sub-command has --help. Docs: README.md."
 
 
+# what the `search` extra installs (setup.cfg); a device install with only the agent lacks them
+SEARCH_EXTRA_MODULES = frozenset({"torch", "torchvision", "open_clip", "timm", "optuna", "fvcore", "onnxscript",
+                                  "scipy", "PIL", "tqdm", "webdataset", "safetensors", "pyarrow", "matplotlib",
+                                  "plotly", "httpx", "sklearn"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -29,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in SEARCH_EXTRA_MODULES:
+            command = args.func.__name__.removeprefix("_cmd_").replace("_", " ")
+            print(f"dime-nas: error: `dime-nas {command}` needs the search tools, which this install lacks "
+                  f"(no module named {exc.name!r}): pip install 'dime-nas[search]'", file=sys.stderr)
+            return 2
         from .errors import ConfigError
 
         user_error = isinstance(exc, (ConfigError, FileNotFoundError)) or type(exc).__name__ in (
