@@ -495,6 +495,10 @@ def _cmd_distill(args) -> int:
     config, storage = _load_run(args.run_dir)
     results = distill_selected(config, Path(args.run_dir), args.select, steps=args.steps, progress=not args.quiet,
                                export=not args.no_export)
+    from .distill.trainer import is_main_process
+
+    if not is_main_process():  # torchrun: the other ranks trained; rank 0 reports
+        return 0
     rewrite_report(Path(args.run_dir), storage)
     for r in results:
         print(f"trial {r['trial']} {r['arch_key']} {r['describe']}: {r['steps']} steps; proxy accuracy "

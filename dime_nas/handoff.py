@@ -106,13 +106,16 @@ def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, st
         student = StudentConfig.from_dict(pick["config"])
         work = run_dir / "full" / student.arch_key
         towers, run = distill(student, cache, settings, checkpoint_dir=work, resume=True, progress=progress)
+        if not run.is_main:  # under torchrun, rank 0 alone measures, evaluates and writes
+            continue
         cost = measure_cost(student, ctx)
         full = {**run.metrics, "latency_ms": cost["latency_ms"], "gmacs": cost["gmacs"], "params_m": cost["params_m"]}
         # the held-out test split: seen by no trial and no selection, so free of selection bias
         test = evaluate_student(towers.visual, cache, student.vision.image_size, towers.text,
                                 student.text.context_length if towers.text is not None else None, split="test")
         entry = {"trial": pick["trial"], "arch_key": student.arch_key, "describe": student.describe(),
-                 "steps": run.steps, "seconds": run.seconds, "device": run.device, "proxy": pick["metrics"],
+                 "steps": run.steps, "seconds": run.seconds, "device": run.device,
+                 "processes": run.processes, "proxy": pick["metrics"],
                  "full": full, "test": {k: v for k, v in test.items() if not k.startswith("teacher/")},
                  "checkpoint": str(work / "checkpoint.pt")}
         if export:

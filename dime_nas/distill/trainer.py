@@ -60,6 +60,8 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # final evaluation
     steps_per_second: float = 0.0
     device: str = "cpu"  # where it trained
+    processes: int = 1  # ranks that trained it (torchrun world size)
+    is_main: bool = True  # False on the other ranks of a torchrun job: they hold no evaluation
 
 
 class _Stream:
@@ -244,7 +246,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
             log.close()
     result.seconds = elapsed0 + time.time() - start
     result.steps_per_second = result.steps / result.seconds if result.seconds > 0 else 0.0
-    result.device = device
+    result.device, result.processes, result.is_main = device, dist.world, dist.is_main
     if ckpt is not None and dist.is_main:
         _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
     if model.text is not None:
@@ -315,6 +317,11 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 
     return tqdm(total=total, initial=initial, desc="distill", unit="step", disable=not enabled, leave=False,
                 dynamic_ncols=True)
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0 (the rank that evaluates and writes)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class _Distributed:
