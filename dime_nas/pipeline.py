@@ -8,14 +8,12 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from .config import DataConfig, EvalConfig, ExperimentConfig, TeacherConfig
 from .fs import user_cache_root, write_atomic
 
-_log = logging.getLogger(__name__)
 SHAPES_FILES_VERSION = 1  # bump when write_shapes_world's output changes
 
 
