@@ -34,6 +34,7 @@ from ..student import StudentConfig, build_image_tower, build_text_tower
 from .losses import check_finite, dime_fm_losses, feature_distill_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LOG_EVERY = 10  # steps between loss-curve points (and log.jsonl lines)
 
 
 class StudentTowers(nn.Module):
@@ -118,8 +119,7 @@ def resolve_device(requested: str | None = None) -> str:
 def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
             evaluate: Callable[[StudentTowers], dict[str, Any]] | None = None, final_eval: bool = True,
-            on_eval: Callable[[int, dict[str, Any]], None] | None = None, model: StudentTowers | None = None,
-            log_every: int = 10) -> tuple[StudentTowers, RunResult]:
+            on_eval: Callable[[int, dict[str, Any]], None] | None = None) -> tuple[StudentTowers, RunResult]:
     """Distil ``config`` from ``cache`` under ``settings`` (a DistillConfig).
 
     Args:
@@ -142,7 +142,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
     device = resolve_device(device or getattr(settings, "device", None))
     dist = _Distributed.from_env()
     torch.manual_seed(settings.seed)
-    model = model or StudentTowers(config)
+    model = StudentTowers(config)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     state = None
     if resume and ckpt is not None and ckpt.is_file():
@@ -204,7 +204,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
             optimizer.step()
             scheduler.step()
             result.steps = step + 1
-            if step % log_every == 0 or result.steps == settings.steps:
+            if step % LOG_EVERY == 0 or result.steps == settings.steps:
                 result.curve.append({"step": step, "lr": scheduler.get_last_lr()[0],
                                      **{k: float(v.detach()) for k, v in losses.items()}})
                 if log is not None:
