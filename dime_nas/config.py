@@ -413,18 +413,15 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
             if not torch.cuda.is_available():
                 raise ConfigError(f"device {device!r} asked for, but CUDA is not available here", file=file,
                                   key=f"{section}.device")
-    from .cost.targets import load_targets
+    from .cost.targets import get_target
 
-    targets = load_targets(config.targets_file)
-    if config.target not in targets:
-        raise ConfigError(f"unknown target {config.target!r}" + did_you_mean(config.target, targets)
-                          + f"; known: {', '.join(targets)}", file=file, key="target")
+    target = get_target(config.target, config.targets_file, source=file)
     from .cost.latency import check_target_usable
 
-    problem = check_target_usable(targets[config.target])
+    problem = check_target_usable(target)
     if problem:
         raise ConfigError(problem, file=file, key="target")
-    from .data.corpora import expand_paths
+    from .data.corpus_base import expand_paths
 
     for key, p in [("data.images", config.data.images), ("data.sentences", config.data.sentences),
                    ("teacher.checkpoint", config.teacher.checkpoint)]:

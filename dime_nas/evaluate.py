@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distill.inputs import fit_context, to_student_input
 from .distill.losses import LOGIT_SCALE
+from .preprocess import fit_context, to_model_input
+from .zero_shot import prompt_ensemble, top_k_accuracy
 
 
 @torch.no_grad()
@@ -24,7 +25,7 @@ def embed_images(image_tower: torch.nn.Module, pixels: np.ndarray, image_size: i
                  batch_size: int = 256) -> torch.Tensor:
     """Normalised student embeddings of uint8 pixels (computed on the tower's device, returned on the CPU)."""
     device = _device_of(image_tower)
-    out = [image_tower(to_student_input(pixels[i:i + batch_size], image_size, mean, std).to(device)).cpu()
+    out = [image_tower(to_model_input(pixels[i:i + batch_size], image_size, mean, std).to(device)).cpu()
            for i in range(0, len(pixels), batch_size)]
     return F.normalize(torch.cat(out).float(), dim=-1)
 
@@ -33,26 +34,26 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters(), torch.empty(0)).device
 
 
-@torch.no_grad()
 def embed_tokens(text_tower: torch.nn.Module, tokens: np.ndarray, context_length: int,
                  batch_size: int = 256) -> torch.Tensor:
+    """Normalised student embeddings of token ids (computed on the tower's device, returned on the CPU)."""
+    return F.normalize(_text_outputs(text_tower, tokens, context_length, batch_size).float(), dim=-1)
+
+
+@torch.no_grad()
+def _text_outputs(text_tower: torch.nn.Module, tokens: np.ndarray, context_length: int,
+                  batch_size: int = 256) -> torch.Tensor:
     device = _device_of(text_tower)
-    out = [text_tower(fit_context(tokens[i:i + batch_size], context_length).to(device)).cpu()
-           for i in range(0, len(tokens), batch_size)]
-    return F.normalize(torch.cat(out).float(), dim=-1)
+    return torch.cat([text_tower(fit_context(tokens[i:i + batch_size], context_length).to(device)).cpu()
+                      for i in range(0, len(tokens), batch_size)])
 
 
 def _class_embeddings(task: Any, text_tower: torch.nn.Module | None, context_length: int | None) -> torch.Tensor:
     if text_tower is None:
         return torch.from_numpy(task.class_emb).float()
     c, t, length = task.prompt_tokens.shape
-    e = embed_tokens(text_tower, task.prompt_tokens.reshape(c * t, length), context_length).view(c, t, -1)
-    return F.normalize(e.mean(dim=1), dim=-1)
-
-
-def _topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+    prompts = _text_outputs(text_tower, task.prompt_tokens.reshape(c * t, length), context_length)
+    return prompt_ensemble(prompts.view(c, t, -1))
 
 
 def _recall(sims: torch.Tensor, k: int) -> float:
@@ -87,12 +88,13 @@ def evaluate_student(image_tower: torch.nn.Module, cache: Any, image_size: int, 
         s_logits = LOGIT_SCALE * s_img @ _class_embeddings(task, text_tower, context_length).T
         t_img = F.normalize(torch.from_numpy(task.image_emb).float(), dim=-1)
         t_logits = LOGIT_SCALE * t_img @ torch.from_numpy(task.class_emb).float().T
-        top1 = _topk(s_logits, labels, 1)
+        top1 = top_k_accuracy(s_logits, labels, 1)
         same = (s_logits.argmax(1) == t_logits.argmax(1)).float().mean().item()
         kl = F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), reduction="batchmean",
                       log_target=True).item()
-        out.update({f"task/{task.name}/top1": top1, f"task/{task.name}/top5": _topk(s_logits, labels, 5),
-                    f"task/{task.name}/agreement": same, f"teacher/{task.name}/top1": _topk(t_logits, labels, 1)})
+        out.update({f"task/{task.name}/top1": top1, f"task/{task.name}/top5": top_k_accuracy(s_logits, labels, 5),
+                    f"task/{task.name}/agreement": same,
+                    f"teacher/{task.name}/top1": top_k_accuracy(t_logits, labels, 1)})
         (shifted if task.shifted else ind).append(top1)
         agree.append(same)
         kls.append(kl)
@@ -115,3 +117,13 @@ def evaluate_student(image_tower: torch.nn.Module, cache: Any, image_size: int, 
         if m is not None:
             m.train(mode)
     return out
+
+
+def evaluate_towers(towers: torch.nn.Module, cache: Any, split: str = "val") -> dict[str, Any]:
+    """``evaluate_student`` of a trainer's ``StudentTowers`` (``visual``, ``text`` or None, ``config``).
+
+    ``functools.partial(evaluate_towers, cache=cache)`` is the evaluation a distillation run takes.
+    """
+    text = towers.text
+    return evaluate_student(towers.visual, cache, towers.config.vision.image_size, text,
+                            towers.config.text.context_length if text is not None else None, split=split)

@@ -8,6 +8,7 @@ and the report is rewritten to show them.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, st
     import dataclasses
 
     from .distill.trainer import distill
-    from .evaluate import evaluate_student
+    from .evaluate import evaluate_student, evaluate_towers
     from .pipeline import prepare_cache, teacher_spec
     from .cost.targets import get_target
     from .search.objective import TrialContext, measure_cost
@@ -105,7 +106,8 @@ def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, st
     for pick in picks:
         student = StudentConfig.from_dict(pick["config"])
         work = run_dir / "full" / student.arch_key
-        towers, run = distill(student, cache, settings, checkpoint_dir=work, resume=True, progress=progress)
+        towers, run = distill(student, cache, settings, checkpoint_dir=work, resume=True, progress=progress,
+                              evaluate=functools.partial(evaluate_towers, cache=cache))
         if not run.is_main:  # under torchrun, rank 0 alone measures, evaluates and writes
             continue
         cost = measure_cost(student, ctx)

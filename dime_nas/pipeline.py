@@ -8,23 +8,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from .config import DataConfig, EvalConfig, ExperimentConfig, TeacherConfig
+from .fs import user_cache_root, write_atomic
 
-_log = logging.getLogger(__name__)
 SHAPES_FILES_VERSION = 1  # bump when write_shapes_world's output changes
-
-
-def user_cache_root() -> Path:
-    """``$DIME_NAS_CACHE``, else ``$XDG_CACHE_HOME/dime_nas``, else ``~/.cache/dime_nas``."""
-    if os.environ.get("DIME_NAS_CACHE"):
-        return Path(os.environ["DIME_NAS_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dime_nas"
 
 
 def teacher_spec(cfg: TeacherConfig, progress: bool = True):
@@ -62,7 +52,7 @@ def shapes_world(data: DataConfig, eval_cfg: EvalConfig, progress: bool = True, 
                          "with the same DIME_NAS_CACHE first")
     if not done.exists():
         write_shapes_world(root, progress=progress, **args)
-        done.write_text(json.dumps(args) + "\n")
+        write_atomic(done, json.dumps(args) + "\n")
     return root
 
 

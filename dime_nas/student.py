@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tokens import VOCAB_SIZE
+
 VISION_KINDS = ("vit", "timm")
 TEXT_KINDS = ("teacher", "transformer")
-# open_clip's default tokenizer (the CLIP BPE); student text towers share it with the teacher.
-DEFAULT_VOCAB_SIZE = 49408
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class TextTowerConfig:
     heads: int | None = None  # attention heads
     context_length: int | None = None  # tokens per sentence
     mlp_ratio: float = 4.0  # MLP hidden size / width
-    vocab_size: int = DEFAULT_VOCAB_SIZE  # the teacher's tokenizer vocabulary
+    vocab_size: int = VOCAB_SIZE  # the teacher's tokenizer vocabulary (text towers share it)
 
     def __post_init__(self) -> None:
         if self.kind not in TEXT_KINDS:
@@ -218,21 +218,49 @@ def _build_dataclass(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 # ---- builders ---------------------------------------------------------------------------
+# The towers are built from open_clip's public classes with the arguments its CLIP passes
+# for a float32 model without QuickGELU, so a student tower is the tower of the CLIP that
+# ``build_student`` (and ``open_clip.create_model`` on the exported config) builds.
+_VIT_ARGS = ("image_size", "patch_size", "width", "layers", "mlp_ratio", "ls_init_value", "patch_dropout",
+             "attentional_pool", "attn_pooler_queries", "attn_pooler_heads", "pos_embed_type", "no_ln_pre",
+             "final_ln_after_pool", "pool_type", "output_tokens", "block_type", "qk_norm", "scaled_cosine_attn",
+             "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc")
+_TEXT_ARGS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "embed_cls",
+              "no_causal_mask", "pad_id", "eos_id", "pool_type", "proj_type", "proj_bias", "output_tokens",
+              "block_type", "qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn",
+              "scale_fc")
+
 
 def build_image_tower(config: StudentConfig):
     """The student's image tower alone (what a search trial trains): images -> (B, embed_dim)."""
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from open_clip.model import CLIPVisionCfg
 
-    return _build_vision_tower(config.embed_dim, CLIPVisionCfg(**config.vision_cfg()))
+    cfg = CLIPVisionCfg(**config.vision_cfg())
+    if config.vision.kind == "timm":
+        from open_clip.timm_model import TimmModel
+
+        return TimmModel(cfg.timm_model_name, embed_dim=config.embed_dim, image_size=cfg.image_size,
+                         pool=cfg.timm_pool, proj=cfg.timm_proj, proj_bias=cfg.timm_proj_bias, drop=cfg.timm_drop,
+                         drop_path=cfg.timm_drop_path, patch_drop=cfg.patch_dropout or None,
+                         pretrained=cfg.timm_model_pretrained)
+    from open_clip.transformer import LayerNorm, VisionTransformer
+    from torch import nn
+
+    return VisionTransformer(**{k: getattr(cfg, k) for k in _VIT_ARGS}, heads=cfg.width // cfg.head_width,
+                             output_dim=config.embed_dim, act_layer=nn.GELU, norm_layer=LayerNorm)
 
 
 def build_text_tower(config: StudentConfig):
     """The student's own text tower (tokens -> (B, embed_dim)); only for kind 'transformer'."""
-    from open_clip.model import CLIPTextCfg, _build_text_tower
+    from open_clip.model import CLIPTextCfg
+    from open_clip.transformer import LayerNorm, TextTransformer
+    from torch import nn
 
     if config.text.kind != "transformer":
         raise ValueError("this student reuses the teacher's text tower; it has no text tower of its own")
-    return _build_text_tower(config.embed_dim, CLIPTextCfg(**config.text_cfg()))
+    cfg = CLIPTextCfg(**config.text_cfg())
+    return TextTransformer(**{k: getattr(cfg, k) for k in _TEXT_ARGS}, output_dim=config.embed_dim,
+                           act_layer=nn.GELU, norm_layer=LayerNorm)
 
 
 def build_student(config: StudentConfig, teacher_text_cfg: dict[str, Any] | None = None):
@@ -241,20 +269,15 @@ def build_student(config: StudentConfig, teacher_text_cfg: dict[str, Any] | None
     For ``text: teacher`` the text tower is built from ``teacher_text_cfg`` (its weights
     are copied from the teacher at export time).
     """
-    import open_clip
-
-    return open_clip.model.CLIP(**_clip_kwargs(config.open_clip_config(teacher_text_cfg)))
+    return build_clip(config.open_clip_config(teacher_text_cfg))
 
 
-def _clip_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+def build_clip(model_cfg: dict[str, Any]):
+    """An ``open_clip.model.CLIP`` (random init) from an open_clip model-config dict."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    return {
-        "embed_dim": cfg["embed_dim"],
-        "vision_cfg": CLIPVisionCfg(**cfg["vision_cfg"]),
-        "text_cfg": CLIPTextCfg(**cfg["text_cfg"]),
-        "quick_gelu": cfg.get("quick_gelu", False),
-    }
+    return CLIP(embed_dim=model_cfg["embed_dim"], vision_cfg=CLIPVisionCfg(**model_cfg["vision_cfg"]),
+                text_cfg=CLIPTextCfg(**model_cfg["text_cfg"]), quick_gelu=model_cfg.get("quick_gelu", False))
 
 
 def write_open_clip_config(config: StudentConfig, path: str | Path,

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, did_you_mean
+from .fs import atomic_path, write_atomic
 
 _FORWARDS = 0
 OFFLINE_HELP = (
@@ -220,12 +221,9 @@ def save_checkpoint_dir(model: torch.nn.Module, model_cfg: dict[str, Any], out_d
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}, **(extra or {})}
-    tmp_w, tmp_c = out / ".weights.tmp", out / ".config.tmp"
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp_w))
-    tmp_c.write_text(json.dumps(config, indent=2) + "\n")
-    tmp_w.replace(out / "open_clip_model.safetensors")
-    tmp_c.replace(out / "open_clip_config.json")
+    with atomic_path(out / "open_clip_model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_atomic(out / "open_clip_config.json", json.dumps(config, indent=2) + "\n")
     return out

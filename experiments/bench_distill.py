@@ -17,15 +17,18 @@ import dataclasses
 import os
 import platform
 import time
+from functools import partial
 
 import numpy as np
 import torch
 
 from dime_nas.config import LossConfig, load_experiment
-from dime_nas.distill.inputs import to_student_input
 from dime_nas.distill.losses import dime_fm_losses
-from dime_nas.distill.trainer import StudentTowers, distill, param_groups
+from dime_nas.distill.trainer import StudentTowers, distill
+from dime_nas.evaluate import evaluate_towers
+from dime_nas.optim import param_groups
 from dime_nas.pipeline import prepare_cache, teacher_spec
+from dime_nas.preprocess import to_model_input
 from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
 from dime_nas.teacher import load_teacher
 
@@ -44,7 +47,8 @@ def compare_objectives(cache, settings, config: StudentConfig) -> None:
     rows = {}
     for name, losses in variants.items():
         t0 = time.time()
-        _, result = distill(config, cache, dataclasses.replace(settings, losses=losses), progress=True)
+        _, result = distill(config, cache, dataclasses.replace(settings, losses=losses), progress=True,
+                            evaluate=partial(evaluate_towers, cache=cache))
         rows[name] = result.metrics
         print(f"  trained {name}: {result.steps} steps in {time.time() - t0:.0f} s", flush=True)
     tasks = sorted(k.split("/")[1] for k in next(iter(rows.values())) if k.startswith("task/") and k.endswith("/top1"))
@@ -71,9 +75,9 @@ def online_teacher_steps(config: StudentConfig, cache, teacher, settings, steps:
         idx_i = rng.choice(cache.n_images, settings.batch_size, replace=False)
         idx_t = rng.choice(cache.n_texts, settings.text_batch_size, replace=False)
         pixels = cache.pixels.take(idx_i)
-        t_img = teacher.encode_images(to_student_input(pixels, teacher.image_size, mean, std))
+        t_img = teacher.encode_images(to_model_input(pixels, teacher.image_size, mean, std))
         t_txt = teacher.encode_tokens(torch.from_numpy(tokens_all.take(idx_t).astype(np.int64)))
-        s_img = model.visual(to_student_input(pixels, config.vision.image_size, mean, std))
+        s_img = model.visual(to_model_input(pixels, config.vision.image_size, mean, std))
         loss = dime_fm_losses(s_img, t_img, t_txt)["total"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,7 +89,7 @@ def compare_throughput(cache, teacher, settings, config: StudentConfig, steps: i
     short = dataclasses.replace(settings, steps=steps + 2, warmup_steps=1)
     rounds = []
     for _ in range(2):  # interleaved, so machine noise hits both sides alike
-        _, r = distill(config, cache, short, evaluate=False)
+        _, r = distill(config, cache, short)
         cached = r.seconds / r.steps
         online = online_teacher_steps(config, cache, teacher, settings, steps)
         rounds.append((cached, online))

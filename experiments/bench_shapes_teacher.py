@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from dime_nas.config import ShapesTeacherConfig
-from dime_nas.distill import compact_vocab
-from dime_nas.distill.trainer import param_groups
+from dime_nas import compact_vocab
+from dime_nas.optim import param_groups
 from dime_nas.shapes import teacher as shapes_teacher
 
 # The recipe before the demo teacher was made cheaper: 64 px input, 1,000 steps at lr 1e-3.

@@ -37,12 +37,13 @@ def make_tiny_clip(embed_dim: int = 64, image_size: int = 32, context_length: in
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory):
     """An open_clip checkpoint folder holding a tiny random-init CLIP."""
+    from dime_nas.preprocess import CLIP_MEAN, CLIP_STD
     from dime_nas.teacher import save_checkpoint_dir
 
     model, cfg = make_tiny_clip()
     out = tmp_path_factory.mktemp("tiny_teacher")
-    preprocess = {"size": [32, 32], "mean": [0.48145466, 0.4578275, 0.40821073],
-                  "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest"}
+    preprocess = {"size": [32, 32], "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic",
+                  "resize_mode": "shortest"}
     return save_checkpoint_dir(model, cfg, out, preprocess)
 
 

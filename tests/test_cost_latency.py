@@ -110,12 +110,24 @@ def test_get_target_suggests_close_names():
         get_target("local-cpu-2t")
 
 
-def test_unknown_target_on_the_command_line_exits_2_with_one_line(capsys):
+def test_unknown_target_on_the_command_line_exits_2_naming_it_and_the_known_ones(capsys):
     from dime_nas.cli import main
 
-    assert main(["latency", "ViT-B-32", "--target", "local-cpu-2t"]) == 2
+    assert main(["latency", "ViT-B-32", "--target", "nowhere"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "unknown target 'local-cpu-2t'" in err and len(err.splitlines()) == 1
+    assert "unknown target 'nowhere'" in err and len(err.splitlines()) == 1
+    assert "known: " + ", ".join(load_targets()) in err
+
+
+def test_a_bad_targets_file_on_the_command_line_exits_2_naming_file_and_target(tmp_path, capsys):
+    from dime_nas.cli import main
+
+    path = tmp_path / "boards.yaml"
+    path.write_text("board:\n  description: x\n  runs: 0\n")
+    assert main(["targets", "--file", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and "'board'" in err and "runs must be a positive integer" in err
+    assert len(err.splitlines()) == 1
 
 
 # ---- the shared conformance test every backend runs ----------------------------------------------

@@ -23,8 +23,7 @@ VIT = VisionTowerConfig(kind="vit", image_size=32, layers=1, width=64, heads=2, 
 def test_exported_student_loads_in_plain_open_clip_with_the_same_embeddings(small_cache, tiny_teacher_dir, tmp_path,
                                                                              text):
     config = StudentConfig(64, VIT, text)
-    towers, _ = distill(config, small_cache, DistillConfig(steps=3, batch_size=16, text_batch_size=16),
-                        evaluate=False)
+    towers, _ = distill(config, small_cache, DistillConfig(steps=3, batch_size=16, text_batch_size=16))
     teacher = load_teacher(TeacherSpec(checkpoint=str(tiny_teacher_dir)))
     card = export_student(config, towers, tmp_path / "export", preprocess_cfg=small_cache.manifest["preprocess"],
                           teacher=teacher)

@@ -2,6 +2,8 @@
 learns from the cache alone."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from dime_nas.config import DistillConfig
@@ -10,6 +12,7 @@ from dime_nas.data.corpora import open_image_corpus, open_sentence_corpus
 from dime_nas.data.eval_sets import EvalSuite, load_folder_task
 from dime_nas.shapes.files import write_shapes_world
 from dime_nas.distill.trainer import distill
+from dime_nas.evaluate import evaluate_towers
 from dime_nas.student import StudentConfig, VisionTowerConfig
 from dime_nas.teacher import TeacherSpec, load_teacher, teacher_forward_count
 
@@ -32,9 +35,11 @@ def shapes_cache(tmp_path_factory, tiny_shapes_teacher):
 
 def test_short_distillation_from_the_cache_beats_chance_by_far(shapes_cache):
     before = teacher_forward_count()
-    _, untrained = distill(STUDENT, shapes_cache, DistillConfig(steps=0, batch_size=64, text_batch_size=64))
+    evaluate = partial(evaluate_towers, cache=shapes_cache)
+    _, untrained = distill(STUDENT, shapes_cache, DistillConfig(steps=0, batch_size=64, text_batch_size=64),
+                           evaluate=evaluate)
     _, trained = distill(STUDENT, shapes_cache, DistillConfig(steps=300, batch_size=64, text_batch_size=64,
-                                                              lr=3e-3, warmup_steps=20))
+                                                              lr=3e-3, warmup_steps=20), evaluate=evaluate)
     assert teacher_forward_count() == before  # the student learnt from cached features only
     chance = 1 / 8
     teacher = trained.metrics["teacher/colour/top1"]

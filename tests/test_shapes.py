@@ -372,7 +372,7 @@ def test_write_shapes_world(tmp_path: Path, image_format: str) -> None:
             assert len(pngs) == 2 and Image.open(pngs[0]).size == (32, 32)
     records = [json.loads(line) for line in files.retrieval_captions.read_text().splitlines()]
     assert len(records) == 5 and all((files.retrieval_captions.parent / r["image"]).is_file() for r in records)
-    assert not list(tmp_path.rglob("*.partial")), "temporary files left behind"
+    assert not list(tmp_path.rglob(".*.tmp")), "temporary files left behind"
 
 
 def test_write_is_reproducible_and_validated(tmp_path: Path) -> None:

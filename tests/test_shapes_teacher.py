@@ -11,6 +11,7 @@ import torch
 from dime_nas.shapes import teacher as shapes_teacher
 from dime_nas.shapes.teacher import (EXTRA_KEY, TeacherReport, ensure_shapes_teacher, teacher_dir,
                                      train_shapes_teacher)
+from dime_nas.tokens import VOCAB_SIZE
 
 from conftest import tiny_shapes_teacher_config
 
@@ -71,7 +72,7 @@ def test_trained_rows_are_exactly_the_caption_token_ids(built):
     torch.manual_seed(TINY.seed)
     init = shapes_teacher.build_model(TINY).token_embedding.weight
     trained = _state(out)["token_embedding.weight"]
-    assert trained.shape == init.shape == (shapes_teacher.VOCAB_SIZE, TINY.text_width)
+    assert trained.shape == init.shape == (VOCAB_SIZE, TINY.text_width)
     changed = torch.nonzero((trained != init).any(dim=1)).ravel()
     _, texts = shapes_teacher.training_pool(TINY)
     used = torch.unique(shapes_teacher._tokenizer(TINY)([t for ts in texts for t in ts]))

@@ -160,3 +160,23 @@ def test_student_reusing_teacher_text_needs_its_config():
     teacher_text = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
     model = build_student(c, teacher_text)
     assert model.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+
+
+@pytest.mark.parametrize("vision", [
+    VisionTowerConfig(kind="vit", image_size=32, layers=2, width=64, heads=2, mlp_ratio=2.0, patch_size=8),
+    VisionTowerConfig(kind="timm", image_size=32, timm_model="test_convnext2"),
+])
+def test_towers_are_the_towers_of_the_open_clip_model(vision):
+    """The towers a trial trains are the ones open_clip's CLIP builds from the exported config."""
+    c = StudentConfig(64, vision, TextTowerConfig(kind="transformer", layers=1, width=32, heads=2, context_length=12))
+    torch.manual_seed(0)
+    image = build_image_tower(c)
+    torch.manual_seed(0)  # CLIP builds its image tower first: the same seed gives the same weights
+    clip = build_student(c)
+    assert repr(image) == repr(clip.visual)
+    for (name, mine), (_, theirs) in zip(image.state_dict().items(), clip.visual.state_dict().items(), strict=True):
+        assert torch.equal(mine, theirs), name
+    text = {k: v.shape for k, v in build_text_tower(c).state_dict().items()}
+    clip_text = {k: v.shape for k, v in clip.state_dict().items() if not k.startswith("visual.") and k != "logit_scale"}
+    assert text == clip_text and sum(p.numel() for p in build_text_tower(c).parameters()) == \
+        sum(p.numel() for k, p in clip.named_parameters() if not k.startswith("visual.") and k != "logit_scale")

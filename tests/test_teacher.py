@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from dime_nas.errors import ConfigError
+from dime_nas.preprocess import CLIP_MEAN
 from dime_nas.teacher import (TeacherLoadError, TeacherSpec, load_teacher, save_checkpoint_dir,
                               teacher_forward_count)
+from dime_nas.tokens import EOT_TOKEN, SOT_TOKEN, VOCAB_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +27,8 @@ def test_vit_b32_checkpoint_loads_frozen_with_its_tokenizer_and_preprocessing(vi
     assert teacher.embed_dim == 512 and teacher.image_size == 224 and teacher.context_length == 77
     assert not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters())
     tokens = teacher.tokenize(["a photo of a dog"])
-    assert tokens.shape == (1, 77) and tokens[0, 0] == 49406  # the CLIP BPE start token
-    assert teacher.preprocess_cfg["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert tokens.shape == (1, 77) and tokens[0, 0] == SOT_TOKEN
+    assert tuple(teacher.preprocess_cfg["mean"]) == pytest.approx(CLIP_MEAN)
     from PIL import Image
 
     pixels = teacher.preprocess(Image.new("RGB", (300, 200), (10, 200, 30))).unsqueeze(0)
@@ -87,3 +89,10 @@ def test_checkpoint_folder_without_weights(tmp_path):
     (tmp_path / "open_clip_config.json").write_text('{"model_cfg": {}}')
     with pytest.raises(TeacherLoadError, match="no weights"):
         load_teacher(TeacherSpec(checkpoint=str(tmp_path)))
+
+
+def test_the_token_ids_are_those_of_open_clips_tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer()
+    assert (tokenizer.sot_token_id, tokenizer.eot_token_id, tokenizer.vocab_size) == (SOT_TOKEN, EOT_TOKEN, VOCAB_SIZE)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import torch
 
 from dime_nas.config import DistillConfig
 from dime_nas.distill.losses import NonFiniteLossError
-from dime_nas.distill.trainer import CHECKPOINT_NAME, StudentTowers, distill, param_groups
+from dime_nas.distill.trainer import CHECKPOINT_NAME, StudentTowers, distill
+from dime_nas.evaluate import evaluate_towers
+from dime_nas.optim import param_groups
 from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
 from dime_nas.teacher import teacher_forward_count
 
@@ -29,7 +32,7 @@ def _state(model):
 
 def test_short_run_trains_without_the_teacher(small_cache):
     before = teacher_forward_count()
-    model, result = distill(STUDENT, small_cache, SETTINGS)
+    model, result = distill(STUDENT, small_cache, SETTINGS, evaluate=partial(evaluate_towers, cache=small_cache))
     assert teacher_forward_count() == before
     assert result.steps == 12 and result.stopped_by == "steps"
     assert {"vl", "pvl", "udist", "text_vl", "text_pvl", "total"} <= set(result.curve[0])
@@ -38,20 +41,19 @@ def test_short_run_trains_without_the_teacher(small_cache):
 
 
 def test_seconds_budget_stops_the_run(small_cache):
-    _, result = distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, steps=10_000, seconds=1.0),
-                        evaluate=False)
+    _, result = distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, steps=10_000, seconds=1.0))
     assert result.stopped_by == "seconds" and 0 < result.steps < 10_000
 
 
 def test_same_seed_same_model(small_cache):
-    a, _ = distill(STUDENT, small_cache, SETTINGS, evaluate=False)
-    b, _ = distill(STUDENT, small_cache, SETTINGS, evaluate=False)
+    a, _ = distill(STUDENT, small_cache, SETTINGS)
+    b, _ = distill(STUDENT, small_cache, SETTINGS)
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(v, w), k
 
 
 def test_resume_matches_an_uninterrupted_run_bit_for_bit(small_cache, tmp_path):
-    full, full_result = distill(STUDENT, small_cache, SETTINGS, checkpoint_dir=tmp_path / "a", evaluate=False)
+    full, full_result = distill(STUDENT, small_cache, SETTINGS, checkpoint_dir=tmp_path / "a")
 
     class Interrupted(Exception):
         pass
@@ -61,11 +63,10 @@ def test_resume_matches_an_uninterrupted_run_bit_for_bit(small_cache, tmp_path):
 
     with pytest.raises(Interrupted):  # dies right after the step-6 checkpoint
         distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, eval_every=6), checkpoint_dir=tmp_path / "b",
-                on_eval=crash_at_6, evaluate=False)
+                evaluate=partial(evaluate_towers, cache=small_cache), final_eval=False, on_eval=crash_at_6)
     saved = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)
     assert saved["result"].steps == 6
-    resumed, result = distill(STUDENT, small_cache, SETTINGS, checkpoint_dir=tmp_path / "b", resume=True,
-                              evaluate=False)
+    resumed, result = distill(STUDENT, small_cache, SETTINGS, checkpoint_dir=tmp_path / "b", resume=True)
     assert result.steps == 12
     for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v, w), k
@@ -99,7 +100,7 @@ def test_nan_stops_the_run_naming_step_and_term_and_keeps_checkpoints(small_cach
             return Take()
 
     with pytest.raises(NonFiniteLossError) as info:
-        distill(STUDENT, Poisoned(small_cache), SETTINGS, checkpoint_dir=tmp_path, evaluate=False)
+        distill(STUDENT, Poisoned(small_cache), SETTINGS, checkpoint_dir=tmp_path)
     assert info.value.step == 7 and info.value.term in {"vl", "text_vl", "text_pvl", "total"}
     assert "step 7" in str(info.value)
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["result"].steps == 6
@@ -122,7 +123,7 @@ from dime_nas.config import DistillConfig
 from dime_nas.data.cache import FeatureCache
 from dime_nas.distill.trainer import distill
 from test_trainer import STUDENT, SETTINGS
-model, result = distill(STUDENT, FeatureCache({cache!r}), SETTINGS, evaluate=False)
+model, result = distill(STUDENT, FeatureCache({cache!r}), SETTINGS)
 if int(os.environ.get("RANK", "0")) == 0:
     torch.save({{"state": model.state_dict(), "curve": result.curve}}, {out!r})
 """
@@ -157,7 +158,7 @@ def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
 def test_compact_vocabulary_trains_exactly_like_the_full_embedding():
     import copy
 
-    from dime_nas.distill.compact_vocab import compact, expand
+    from dime_nas.compact_vocab import compact, expand
     from dime_nas.student import build_text_tower
 
     torch.manual_seed(0)
@@ -201,7 +202,8 @@ def test_average_last_evals_config_needs_eval_every():
 
 def test_distill_reports_the_averaged_score(small_cache):
     base = dataclasses.replace(SETTINGS, eval_every=2, steps=6)
-    _, plain = distill(STUDENT, small_cache, base)
-    _, averaged = distill(STUDENT, small_cache, dataclasses.replace(base, average_last_evals=3))
+    evaluate = partial(evaluate_towers, cache=small_cache)
+    _, plain = distill(STUDENT, small_cache, base, evaluate=evaluate)
+    _, averaged = distill(STUDENT, small_cache, dataclasses.replace(base, average_last_evals=3), evaluate=evaluate)
     points = [e["agreement"] for e in plain.evals[-2:]] + [plain.metrics["agreement"]]
     assert averaged.metrics["agreement"] == pytest.approx(sum(points) / 3)

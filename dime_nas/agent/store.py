@@ -6,11 +6,11 @@ pattern, and the server recomputes it from the bytes it received.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+from ..fs import atomic_path
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -31,15 +31,13 @@ def check_hash(sha256: str) -> str:
 
 
 class ModelStore:
-    """ONNX files under ``root/models/<sha256>.onnx``; uploads are staged in ``root/incoming``."""
+    """ONNX files under ``root/models/<sha256>.onnx``, each appearing only once checked."""
 
     def __init__(self, root: str | Path, max_bytes: int) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.models = self.root / "models"
-        self.incoming = self.root / "incoming"
-        for d in (self.models, self.incoming):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.models.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path(self, sha256: str) -> Path:
         return self.models / f"{check_hash(sha256)}.onnx"
@@ -58,9 +56,8 @@ class ModelStore:
         if declared_length is not None and declared_length > self.max_bytes:
             raise UploadError(413, f"model of {declared_length} bytes is over the {self.max_bytes}-byte limit", 0)
         digest, size = hashlib.sha256(), 0
-        fd, staged = tempfile.mkstemp(dir=self.incoming, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        with atomic_path(final) as staged:  # a refused or broken upload leaves nothing behind
+            with open(staged, "wb") as fh:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > self.max_bytes:
@@ -72,11 +69,7 @@ class ModelStore:
                 raise UploadError(400, f"hash mismatch: the body's SHA-256 is {digest.hexdigest()}, "
                                        f"not {sha256}", size)
             check_onnx(staged)
-            os.replace(staged, final)
-            return final
-        finally:
-            if os.path.exists(staged):
-                os.unlink(staged)
+        return final
 
 
 def check_onnx(path: str | Path) -> None:

@@ -11,42 +11,15 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-
+from typing import Any
 
 from dime_nas.agent.timing import latency_stats, session_options, timed_calls
+from dime_nas.cost.backend import LatencyBackend, LatencyMeasurement
 from dime_nas.cost.onnx_export import ExportedTower, export_tower
+from dime_nas.cost.remote import RemoteBackend
 from dime_nas.cost.targets import Target
 from dime_nas.cost.towers import Tower
-
-
-@dataclass
-class LatencyMeasurement:
-    """Timing statistics of one tower on one target (milliseconds per call)."""
-
-    tower: str
-    target: str
-    backend: str
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    cv: float  # std / mean: the run-to-run spread
-    runs: int
-    warmup: int
-    batch: int
-    threads: int
-    providers: list[str]  # what actually ran (onnxruntime's session.get_providers())
-    precision: str
-    machine: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @functools.cache
@@ -85,27 +58,6 @@ def _cpu_model() -> str:
 
 # ---- backends -------------------------------------------------------------------------------
 
-class LatencyBackend(ABC):
-    """Measures the latency of an exported tower on a target.
-
-    Call order: ``measure_target`` exports each tower the target counts (an fp32 ONNX
-    file, parity-checked against torch, plus its int8 variant when the target's
-    precision is int8), then calls ``measure(exported, target)`` once per tower.
-
-    Invariants every implementation keeps (checked by the shared conformance test):
-    it runs the file of ``target.precision`` at ``target.batch_size`` on a fixed input,
-    ``target.warmup`` untimed calls then exactly ``target.runs`` timed ones; it returns
-    finite positive statistics, the providers that actually ran (non-empty) and the
-    machine facts; it leaves the files untouched and holds no state between calls.
-    """
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def measure(self, exported: ExportedTower, target: Target) -> LatencyMeasurement:
-        """Time ``exported`` on ``target``."""
-
-
 class OnnxRuntimeBackend(LatencyBackend):
     """onnxruntime on this machine: intra-op threads from the target, inter-op 1."""
 
@@ -134,7 +86,9 @@ class OnnxRuntimeBackend(LatencyBackend):
         )
 
 
-LATENCY_BACKENDS: dict[str, type[LatencyBackend]] = {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+# The backend of each Target.backend value measured from ONNX files ("torch" times eager modules instead).
+LATENCY_BACKENDS: dict[str, type[LatencyBackend]] = {OnnxRuntimeBackend.name: OnnxRuntimeBackend,
+                                                     RemoteBackend.name: RemoteBackend}
 # What to install for an execution provider that is missing here.
 PROVIDER_PACKAGES = {"CUDAExecutionProvider": "onnxruntime-gpu", "TensorrtExecutionProvider": "onnxruntime-gpu",
                      "OpenVINOExecutionProvider": "onnxruntime-openvino",
@@ -164,12 +118,6 @@ def check_target_usable(target: Target) -> str | None:
     return (f"target {target.name!r} needs execution provider(s) {', '.join(missing)}, not available here "
             f"(available: {', '.join(available)}); install {' or '.join(install)} in place of onnxruntime, "
             "or choose another target")
-
-
-def register_backend(cls: type[LatencyBackend]) -> type[LatencyBackend]:
-    """Make a backend available to targets whose ``backend`` is ``cls.name`` (usable as a decorator)."""
-    LATENCY_BACKENDS[cls.name] = cls
-    return cls
 
 
 def torch_eager_latency(tower: Tower, threads: int = 2, batch: int = 1, warmup: int = 10,
@@ -240,6 +188,3 @@ def measure_target(towers: dict[str, Tower], target: Target, workdir: str | Path
         "convention": (f"ms per call on a batch of {target.batch_size}, median of {target.runs} timed calls "
                        f"after {target.warmup} warm-up calls; total = sum of tower medians"),
     }
-
-
-from dime_nas.cost import remote as _remote  # noqa: E402,F401  registers the "remote" backend

@@ -19,7 +19,7 @@ from typing import Any
 
 from dime_nas.agent.timing import latency_stats
 from dime_nas.cost.onnx_export import ExportedTower
-from dime_nas.cost.latency import LatencyBackend, LatencyMeasurement, register_backend
+from dime_nas.cost.backend import LatencyBackend, LatencyMeasurement
 from dime_nas.cost.targets import Target
 
 RETRIES = 3  # attempts per agent after the first, on lost connections and 503 (busy)
@@ -133,7 +133,6 @@ def next_agents(target: Target) -> list[str]:
     return urls[start:] + urls[:start]
 
 
-@register_backend
 class RemoteBackend(LatencyBackend):
     """onnxruntime on the target device, through ``dime-nas agent`` (see module docstring)."""
 

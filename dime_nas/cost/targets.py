@@ -7,12 +7,12 @@ key is an error that names the key, the target and the file.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
+from ..typed_yaml import load_yaml_mapping
 
 SHIPPED_TARGETS = Path(__file__).with_name("targets.yaml")
 # "remote": measured by agents on the device (`dime-nas agent`, client in cost/remote.py).
@@ -42,46 +42,46 @@ class Target:
     def __post_init__(self) -> None:
         where = f"target {self.name!r}"
         if self.backend not in BACKENDS:
-            raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise ConfigError(f"{where}: backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError(f"{where}: precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.backend == "torch" and self.precision != "fp32":
-            raise ValueError(f"{where}: the torch (eager) backend measures fp32 only")
+            raise ConfigError(f"{where}: the torch (eager) backend measures fp32 only")
         if not self.towers or any(t not in TOWERS for t in self.towers) or len(set(self.towers)) != len(self.towers):
-            raise ValueError(f"{where}: towers must be distinct names from {TOWERS}, got {list(self.towers)}")
+            raise ConfigError(f"{where}: towers must be distinct names from {TOWERS}, got {list(self.towers)}")
         if not self.providers or not all(isinstance(p, str) and p for p in self.providers):
-            raise ValueError(f"{where}: providers must be a non-empty list of names")
+            raise ConfigError(f"{where}: providers must be a non-empty list of names")
         for name in ("intra_op_threads", "batch_size", "runs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
         if self.backend == "remote":
             if not self.urls or not all(isinstance(u, str) and u.startswith(("http://", "https://"))
                                         for u in self.urls):
-                raise ValueError(f"{where}: a remote target needs url (or urls): http(s)://HOST:PORT of its agents")
+                raise ConfigError(f"{where}: a remote target needs url (or urls): http(s)://HOST:PORT of its agents")
             if (self.token_env is None) == (self.token_file is None):
-                raise ValueError(f"{where}: a remote target needs exactly one of token_env or token_file")
+                raise ConfigError(f"{where}: a remote target needs exactly one of token_env or token_file")
         elif self.urls or self.token_env or self.token_file:
-            raise ValueError(f"{where}: url, urls, token_env and token_file are for backend: remote")
+            raise ConfigError(f"{where}: url, urls, token_env and token_file are for backend: remote")
         if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
-            raise ValueError(f"{where}: warmup must be a non-negative integer, got {self.warmup!r}")
+            raise ConfigError(f"{where}: warmup must be a non-negative integer, got {self.warmup!r}")
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any], source: str = "<dict>") -> Target:
-        """Build a target from its YAML fields; errors name the key, target and source."""
+        """Build a target from its YAML fields; a ConfigError names the source, the target and the key."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: target {name!r} must be a mapping of fields")
+            raise ConfigError(f"target {name!r} must be a mapping of fields", file=source)
         known = ({f.name for f in dataclasses.fields(cls)} - {"name"}) | {"url"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: target {name!r} has unknown key(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(known))})")
+            raise ConfigError(f"target {name!r} has unknown key(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(known))})", file=source)
         if "description" not in data:
-            raise ValueError(f"{source}: target {name!r} needs a description")
+            raise ConfigError(f"target {name!r} needs a description", file=source)
         kwargs = dict(data)
         if "url" in kwargs:
             if "urls" in kwargs:
-                raise ValueError(f"{source}: target {name!r}: give url or urls, not both")
+                raise ConfigError(f"target {name!r}: give url or urls, not both", file=source)
             kwargs["urls"] = kwargs.pop("url")
         for key in ("providers", "towers", "urls"):
             if key in kwargs:
@@ -89,8 +89,8 @@ class Target:
                 kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
         try:
             return cls(name=name, **kwargs)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from err
+        except ConfigError as err:
+            raise ConfigError(err.problem, file=source) from None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -99,22 +99,24 @@ class Target:
 
 
 def load_targets(path: str | Path | None = None) -> dict[str, Target]:
-    """Targets from a YAML file (default: the shipped ``targets.yaml``)."""
-    import yaml
-
+    """Targets from a YAML file (default: the shipped ``targets.yaml``); bad input is a ConfigError."""
     path = Path(path) if path is not None else SHIPPED_TARGETS
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: expected a mapping of target name -> fields")
+    data = load_yaml_mapping(path)
+    if not data:
+        raise ConfigError("expected a mapping of target name -> fields", file=path)
     return {str(name): Target.from_dict(str(name), fields, str(path)) for name, fields in data.items()}
 
 
-def get_target(name: str, path: str | Path | None = None) -> Target:
-    """One target by name; an unknown name is a ConfigError listing the close matches."""
+def get_target(name: str, path: str | Path | None = None, *, source: str | Path | None = None) -> Target:
+    """One target by name from ``load_targets(path)``.
+
+    Raises:
+        ConfigError: an unknown name (key ``target``, in ``source`` when given: the file
+            that named it); the message lists the close matches and the known targets.
+    """
     targets = load_targets(path)
     if name not in targets:
-        close = difflib.get_close_matches(name, list(targets), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(targets)}."
-        raise ConfigError(f"unknown target {name!r}.{hint}", key="target")
+        raise ConfigError(f"unknown target {name!r}{did_you_mean(name, targets)}; known: {', '.join(targets)}",
+                          file=source, key="target")
     return targets[name]
 

@@ -23,11 +23,10 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..fs import atomic_path, write_atomic
+from ..zero_shot import prompt_ensemble
+from .corpus_base import SkipLog
 from .eval_sets import EvalSuite, read_image
 from .image_corpus import ImageSource, decode_image
 from .sentence_corpus import SentenceSource
@@ -293,11 +295,9 @@ class _Builder:
     def evaluation(self, suite: EvalSuite) -> None:
         if self.m["eval"] is not None:
             return
-        from .corpora import SkipLog
-
         t0, log, tasks = time.time(), SkipLog(), []
         for i, task in enumerate(suite.tasks):
-            pixels, embeds, labels = self._eval_images([p for p, _ in task.files], log)
+            pixels, embeds = self._eval_images([p for p, _ in task.files], log)
             keep = [j for j, e in enumerate(embeds) if e is not None]
             prompts = [[t.format(c) for t in task.templates] for c in task.classnames]
             tokens = self.teacher.tokenize([p for ps in prompts for p in ps])
@@ -307,7 +307,7 @@ class _Builder:
                       pixels=np.stack([pixels[j] for j in keep]),
                       image_emb=np.stack([embeds[j] for j in keep]).astype(np.float16),
                       labels=np.array([task.files[j][1] for j in keep], dtype=np.int64),
-                      class_emb=_class_embeddings(prompt_emb).astype(np.float32),
+                      class_emb=prompt_ensemble(torch.from_numpy(prompt_emb)).numpy(),
                       prompt_tokens=tokens.numpy().astype(np.int32).reshape(len(task.classnames),
                                                                            len(task.templates), -1))
             tasks.append({"file": f"task-{i:03d}.npz", "name": task.name, "classnames": task.classnames,
@@ -315,7 +315,7 @@ class _Builder:
         retrieval = None
         if suite.retrieval is not None:
             r = suite.retrieval
-            pixels, embeds, _ = self._eval_images(r.files, log)
+            pixels, embeds = self._eval_images(r.files, log)
             keep = [j for j, e in enumerate(embeds) if e is not None]
             tokens = self.teacher.tokenize([r.captions[j] for j in keep])
             _save_npz(self.root / "eval" / "retrieval.npz", split_score=split_scores([r.files[j] for j in keep]),
@@ -328,7 +328,7 @@ class _Builder:
         self.m["seconds"]["eval"] = time.time() - t0
         _write_manifest(self.root, self.m)
 
-    def _eval_images(self, paths: list[Path], log) -> tuple[list, list, None]:
+    def _eval_images(self, paths: list[Path], log) -> tuple[list, list]:
         pixels, embeds = [None] * len(paths), [None] * len(paths)
         for s in range(0, len(paths), self.batch_size):
             batch = [(j, read_image(paths[j], log)) for j in range(s, min(s + self.batch_size, len(paths)))]
@@ -338,7 +338,7 @@ class _Builder:
             emb = self.teacher.encode_images(torch.stack([self.teacher.preprocess(im) for _, im in batch])).numpy()
             for (j, im), e in zip(batch, emb):
                 pixels[j], embeds[j] = to_pixel_store(im, self.pixel_size), e
-        return pixels, embeds, None
+        return pixels, embeds
 
     def _encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         return np.concatenate([self.teacher.encode_tokens(tokens[i:i + self.batch_size]).numpy()
@@ -355,13 +355,6 @@ def split_scores(paths: list[Path]) -> np.ndarray:
     return np.array([int(hashlib.sha256(k.encode()).hexdigest()[:8], 16) / 2 ** 32 for k in keys], dtype=np.float64)
 
 
-def _class_embeddings(prompt_emb: np.ndarray) -> np.ndarray:
-    """CLIP prompt ensembling: mean of the normalised template embeddings, renormalised."""
-    e = prompt_emb / np.linalg.norm(prompt_emb, axis=-1, keepdims=True)
-    e = e.mean(axis=1)
-    return e / np.linalg.norm(e, axis=-1, keepdims=True)
-
-
 def to_pixel_store(image: Image.Image, size: int) -> np.ndarray:
     """Resize the short side to ``size`` (bicubic) and centre-crop: (size, size, 3) uint8."""
     w, h = image.size
@@ -376,29 +369,18 @@ def to_pixel_store(image: Image.Image, size: int) -> np.ndarray:
 
 # ---- files ---------------------------------------------------------------------------------
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-    _atomic(path, write)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    _atomic(path, write)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _save_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    write_atomic(path, text)
 
 
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
@@ -517,9 +499,10 @@ class FeatureCache:
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        from ..preprocess import CLIP_MEAN, CLIP_STD
+
         p = self.manifest["preprocess"]
-        return tuple(p.get("mean", (0.48145466, 0.4578275, 0.40821073))), tuple(
-            p.get("std", (0.26862954, 0.26130258, 0.27577711)))
+        return tuple(p.get("mean", CLIP_MEAN)), tuple(p.get("std", CLIP_STD))
 
     @property
     def n_images(self) -> int:

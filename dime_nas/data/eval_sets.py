@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .corpora import SkipLog
-from .image_corpus import IMAGE_EXTENSIONS, _walk, decode_image  # _walk: the folder reader's own listing
+from .corpus_base import SkipLog
+from .image_corpus import IMAGE_EXTENSIONS, decode_image, walk_images
 
 
 @dataclass
@@ -75,7 +75,7 @@ def load_folder_task(folder: str | Path, name: str | None = None, templates: lis
     names.update(classnames or {})
     label = {d: i for i, d in enumerate(subdirs)}
     files = [(root / key, label[key.split("/", 1)[0]])
-             for key, _ in _walk(root, IMAGE_EXTENSIONS) if "/" in key and key.split("/", 1)[0] in label]
+             for key, _ in walk_images(root, IMAGE_EXTENSIONS) if "/" in key and key.split("/", 1)[0] in label]
     if max_images is not None:
         files = _balanced_head(files, max_images)
     is_shifted = bool(meta.get("shifted", meta.get("shift") is not None)) if shifted is None else shifted

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from PIL import Image
 
-from dime_nas.data.corpora import READER_VERSION, PathSpec, SkipLog, digest8, expand_paths, file_stamp, has_pattern
+from .corpus_base import READER_VERSION, PathSpec, SkipLog, digest8, expand_paths, file_stamp, has_pattern
 
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 LIST_SUFFIXES = (".lst", ".txt")
@@ -94,7 +94,7 @@ def _read_bytes(path: str | Path, key: str, log: SkipLog) -> bytes | None:
     return None
 
 
-def _walk(root: Path, extensions: tuple[str, ...]) -> Iterator[tuple[str, os.DirEntry]]:
+def walk_images(root: Path, extensions: tuple[str, ...]) -> Iterator[tuple[str, os.DirEntry]]:
     """Image files under root as (relative posix path, entry), names sorted at every
     level; streams (memory is one directory), skips dot-files, survives symlink loops."""
     seen: set[tuple[int, int]] = set()
@@ -132,17 +132,17 @@ class ImageFolder(ImageSource):
         self.extensions = _norm_exts(extensions)
 
     def iter_raw(self, start: int = 0) -> Iterator[RawImage]:
-        for index, (key, entry) in enumerate(_walk(self.root, self.extensions)):
+        for index, (key, entry) in enumerate(walk_images(self.root, self.extensions)):
             if index >= start and (data := _read_bytes(entry.path, key, self.log)) is not None:
                 yield RawImage(index, key, data)
 
     def count(self) -> int:
-        return sum(1 for _ in _walk(self.root, self.extensions))
+        return sum(1 for _ in walk_images(self.root, self.extensions))
 
     def identity(self) -> dict[str, Any]:
         # A digest, not the list: the identity of 100k files stays a few hundred bytes.
         h, n, total = hashlib.blake2b(digest_size=16), 0, 0
-        for key, entry in _walk(self.root, self.extensions):
+        for key, entry in walk_images(self.root, self.extensions):
             size, mtime = file_stamp(Path(entry.path))
             h.update(os.fsencode(key) + b"\0%d\0%d\n" % (size, mtime))
             n, total = n + 1, total + max(size, 0)

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
-from dime_nas.data.corpora import READER_VERSION, PathSpec, SkipLog, digest8, expand_paths, file_stamp
+from .corpus_base import READER_VERSION, PathSpec, SkipLog, digest8, expand_paths, file_stamp
 
 SENTENCE_FORMATS = (".csv", ".jsonl", ".parquet", ".tsv", ".txt")
 

@@ -15,7 +15,6 @@ sentence stream cycles independently, as in DIME-FM. The teacher never runs here
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -27,12 +26,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import compact_vocab
+from ..fs import atomic_path
+from ..optim import param_groups, warmup_cosine
+from ..preprocess import fit_context, to_model_input
 from ..student import StudentConfig, build_image_tower, build_text_tower
-from . import compact_vocab
-from .inputs import fit_context, to_student_input
 from .losses import check_finite, dime_fm_losses, feature_distill_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LOG_EVERY = 10  # steps between loss-curve points (and log.jsonl lines)
 
 
 class StudentTowers(nn.Module):
@@ -94,26 +96,6 @@ class _Stream:
         self._perm = self._permutation()
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on 1-D parameters, biases and embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith(".bias") or "embedding" in name or "cls_token" in name
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def resolve_device(requested: str | None = None) -> str:
     """The device to train on: as requested, else the GPU when CUDA is available, else the CPU.
 
@@ -138,17 +120,20 @@ def resolve_device(requested: str | None = None) -> str:
 
 def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
-            on_eval: Callable[[int, dict[str, Any]], None] | None = None, evaluate: bool = True,
-            model: StudentTowers | None = None, log_every: int = 10) -> tuple[StudentTowers, RunResult]:
+            evaluate: Callable[[StudentTowers], dict[str, Any]] | None = None, final_eval: bool = True,
+            on_eval: Callable[[int, dict[str, Any]], None] | None = None) -> tuple[StudentTowers, RunResult]:
     """Distil ``config`` from ``cache`` under ``settings`` (a DistillConfig).
 
     Args:
         checkpoint_dir: full runs: where resumable checkpoints go (every
             ``settings.checkpoint_every`` steps and at the end); None for short runs.
         resume: continue from ``checkpoint_dir``'s checkpoint if there is one.
+        evaluate: scores the student (towers -> metrics, e.g. ``partial(evaluate_towers,
+            cache=cache)``) every ``settings.eval_every`` steps and, with ``final_eval``,
+            at the end into ``RunResult.metrics``; None: no evaluation.
+        final_eval: evaluate at the end too (off when the caller scores the result itself).
         on_eval: called with (step, metrics) after each intermediate evaluation; it
             may raise (e.g. ``optuna.TrialPruned``) to stop the run.
-        evaluate: run the final evaluation into ``RunResult.metrics``.
 
         device: overrides ``settings.device`` (see ``resolve_device``).
 
@@ -156,12 +141,10 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
         NonFiniteLossError: a loss term became NaN/inf; names the step and the term.
             Checkpoints already written are left untouched.
     """
-    from ..evaluate import evaluate_student
-
     device = resolve_device(device or getattr(settings, "device", None))
     dist = _Distributed.from_env()
     torch.manual_seed(settings.seed)
-    model = model or StudentTowers(config)
+    model = StudentTowers(config)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     state = None
     if resume and ckpt is not None and ckpt.is_file():
@@ -204,7 +187,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
             idx_i = images.take(settings.batch_size)
             idx_t = texts.take(settings.text_batch_size)
             mine = dist.my_slice(len(idx_i))
-            x = to_student_input(cache.pixels.take(idx_i[mine]), image_size, mean, std,
+            x = to_model_input(cache.pixels.take(idx_i[mine]), image_size, mean, std,
                                  augment=settings.augment, generator=augment_rng).to(device)
             t_img = torch.from_numpy(cache.image_emb.take(idx_i).astype(np.float32)).to(device)
             t_txt = torch.from_numpy(cache.text_emb.take(idx_t).astype(np.float32)).to(device)
@@ -223,7 +206,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
             optimizer.step()
             scheduler.step()
             result.steps = step + 1
-            if step % log_every == 0 or result.steps == settings.steps:
+            if step % LOG_EVERY == 0 or result.steps == settings.steps:
                 result.curve.append({"step": step, "lr": scheduler.get_last_lr()[0],
                                      **{k: float(v.detach()) for k, v in losses.items()}})
                 if log is not None:
@@ -234,8 +217,9 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
             if ckpt is not None and dist.is_main and result.steps % settings.checkpoint_every == 0:
                 result.seconds = elapsed0 + time.time() - start
                 _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
-            if settings.eval_every and result.steps % settings.eval_every == 0 and result.steps < settings.steps:
-                metrics = evaluate_student(model.visual, cache, image_size, model.text, ctx)
+            if (evaluate is not None and settings.eval_every and result.steps % settings.eval_every == 0
+                    and result.steps < settings.steps):
+                metrics = evaluate(model)
                 result.evals.append({"step": result.steps, **metrics})
                 if on_eval is not None:
                     on_eval(result.steps, metrics)
@@ -251,9 +235,8 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
         _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
     if model.text is not None:
         compact_vocab.expand(model.text)
-    if evaluate and dist.is_main:
-        result.metrics = average_last_evals(result.evals, evaluate_student(model.visual, cache, image_size, model.text,
-                                                                           ctx), settings.average_last_evals)
+    if evaluate is not None and final_eval and dist.is_main:
+        result.metrics = average_last_evals(result.evals, evaluate(model), settings.average_last_evals)
     return model, result
 
 
@@ -302,14 +285,12 @@ def _open_log(folder: Path, resumed_at: int):
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, images, texts, augment_rng, result) -> None:
-    """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": compact_vocab.full_state_dict(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "images": images.state(), "texts": texts.state(),
-                "augment_rng": augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
-                "config": model.config.to_dict(), "result": result}, tmp)
-    os.replace(tmp, path)
+    """Atomic: a kill while saving leaves the previous checkpoint in place."""
+    with atomic_path(path) as tmp:
+        torch.save({"model": compact_vocab.full_state_dict(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "images": images.state(), "texts": texts.state(),
+                    "augment_rng": augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                    "config": model.config.to_dict(), "result": result}, tmp)
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

@@ -13,6 +13,7 @@ a trial), and ``reused_from`` for duplicates.
 """
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import time
@@ -114,6 +115,7 @@ def _decide_latency(ctx: TrialContext, first_ms: float, remeasure: Any, workdir:
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ...]:
     """The Optuna objective. Raises TrialPruned, or any error (the study records it)."""
     from ..distill.trainer import average_last_evals, distill
+    from ..evaluate import evaluate_towers
 
     timings: dict[str, float] = {}
     config = ctx.space.suggest(trial, embed_dim=ctx.cache.embed_dim)
@@ -157,15 +159,13 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
                 raise optuna.TrialPruned()
 
     t0 = time.time()
+    evaluate = functools.partial(evaluate_towers, cache=ctx.cache)
     model, result = distill(config, ctx.cache, ctx.experiment.distill, progress=ctx.progress, on_eval=on_eval,
-                            evaluate=False)
+                            evaluate=evaluate, final_eval=False)
     ctx.train_steps_run += result.steps
     timings["train_s"] = time.time() - t0
     t0 = time.time()
-    from ..evaluate import evaluate_student
-
-    scores = evaluate_student(model.visual, ctx.cache, config.vision.image_size, model.text,
-                              config.text.context_length if model.text is not None else None)
+    scores = evaluate(model)
     scores = average_last_evals(result.evals, scores, ctx.experiment.distill.average_last_evals)
     timings["eval_s"] = time.time() - t0
     metrics.update(scores)

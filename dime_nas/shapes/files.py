@@ -22,6 +22,7 @@ for the same arguments (tar members carry fixed metadata).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -32,6 +33,7 @@ from typing import Iterable, Sequence
 from PIL import Image
 from tqdm import tqdm
 
+from ..fs import atomic_path, write_atomic
 from .render import SHIFTS
 from .streams import image_stream, sentence_stream
 from .tasks import EvalTask, eval_suite, retrieval_set
@@ -52,12 +54,6 @@ class WorldFiles:
     retrieval_captions: Path
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -74,7 +70,7 @@ def _write_folder(images: Iterable[Image.Image], root: Path, shard_size: int, ba
     for i, img in enumerate(images):
         path = root / f"{i // shard_size:04d}" / f"{i:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, _png(img))
+        write_atomic(path, _png(img))
         paths.append(path)
         bar.update()
     return paths
@@ -83,32 +79,17 @@ def _write_folder(images: Iterable[Image.Image], root: Path, shard_size: int, ba
 def _write_shards(images: Iterable[Image.Image], root: Path, shard_size: int, bar: tqdm) -> list[Path]:
     root.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    tar, tmp = None, None
-
-    def finish() -> None:
-        tar.close()
-        os.replace(tmp, paths[-1])
-
-    try:
-        for i, img in enumerate(images):
-            if i % shard_size == 0:
-                if tar is not None:
-                    finish()
-                paths.append(root / f"shard-{i // shard_size:06d}.tar")
-                tmp = paths[-1].with_name(paths[-1].name + ".partial")
-                tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
-            data = _png(img)
-            info = tarfile.TarInfo(f"{i:08d}.png")  # fixed metadata: reproducible shards
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-            bar.update()
-    except BaseException:
-        if tar is not None:  # drop the unfinished shard; finished ones are complete
-            tar.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    if tar is not None:
-        finish()
+    numbered = enumerate(images)
+    for first in numbered:  # each pass writes one shard: this image and up to shard_size - 1 more
+        path = root / f"shard-{first[0] // shard_size:06d}.tar"
+        with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for i, img in itertools.chain([first], itertools.islice(numbered, shard_size - 1)):
+                data = _png(img)
+                info = tarfile.TarInfo(f"{i:08d}.png")  # fixed metadata: reproducible shards
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+                bar.update()
+        paths.append(path)
     return paths
 
 
@@ -125,10 +106,10 @@ def write_eval_task(task: EvalTask, root: Path) -> Path:
         path = task_dir / folders[label] / f"{counts[label]:06d}.png"
         counts[label] += 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, _png(img))
+        write_atomic(path, _png(img))
     meta = {"name": task.name, "shift": task.shift, "classnames": list(task.classnames),
             "folders": folders, "templates": list(task.templates)}
-    _write_atomic(task_dir / "task.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_atomic(task_dir / "task.json", (json.dumps(meta, indent=2) + "\n").encode())
     return task_dir
 
 
@@ -169,7 +150,7 @@ def write_shapes_world(out_dir: str | os.PathLike, *, n_images: int, n_sentences
 
     sentences = root / "sentences.txt"
     lines = tqdm(sentence_stream(seed, n_sentences), total=n_sentences, desc="sentences", disable=not show)
-    _write_atomic(sentences, "".join(s + "\n" for s in lines).encode())
+    write_atomic(sentences, "".join(s + "\n" for s in lines).encode())
 
     eval_dirs = []
     for shift in (None, *shifts):
@@ -183,8 +164,8 @@ def write_shapes_world(out_dir: str | os.PathLike, *, n_images: int, n_sentences
         rset = retrieval_set(seed, n_retrieval, image_size)
         for i, (img, text) in enumerate(zip(rset.images, rset.captions)):
             rel = f"images/{i:06d}.png"
-            _write_atomic(rdir / rel, _png(img))
+            write_atomic(rdir / rel, _png(img))
             records.append(json.dumps({"image": rel, "caption": text}) + "\n")
     captions = rdir / "captions.jsonl"
-    _write_atomic(captions, "".join(records).encode())
+    write_atomic(captions, "".join(records).encode())
     return WorldFiles(root, tuple(images), sentences, tuple(eval_dirs), rdir / "images", captions)

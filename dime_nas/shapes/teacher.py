@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -34,12 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import compact_vocab
 from ..config import ShapesTeacherConfig
 from ..config import TEACHER_GROUP_SIZE as GROUP_SIZE
-from ..distill import compact_vocab
-from ..distill.inputs import to_student_input
-from ..distill.trainer import param_groups, warmup_cosine
+from ..fs import user_cache_root
+from ..optim import param_groups, warmup_cosine
+from ..preprocess import CLIP_MEAN, CLIP_STD, to_model_input
+from ..student import build_clip
 from ..teacher import save_checkpoint_dir
+from ..tokens import VOCAB_SIZE
+from ..zero_shot import prompt_ensemble, top_k_accuracy
 from .captions import caption
 from .render import SHIFTS, render_batch
 from .scene import COLOURS, SHAPES, SIZES, Scene, sample_scene
@@ -47,9 +50,6 @@ from .tasks import EvalTask, eval_suite
 
 # Bump whenever the recipe below changes what a given config builds: it keys the cache.
 CODE_VERSION = 4
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VOCAB_SIZE = 49408  # open_clip's default CLIP BPE tokenizer
 CAPTIONS_PER_IMAGE = 4  # true captions drawn per pooled image; each epoch uses a different one
 # Rows of the token embedding the captions use start far apart (open_clip: 0.02), or
 # word identity starts too faint for the contrastive loss to pick up; other rows keep 0.02.
@@ -121,11 +121,7 @@ def preprocess_config(cfg: ShapesTeacherConfig) -> dict[str, Any]:
 
 def build_model(cfg: ShapesTeacherConfig) -> torch.nn.Module:
     """A freshly initialised ``open_clip.model.CLIP`` (seeded by the caller)."""
-    from open_clip.model import CLIP
-
-    from ..student import _clip_kwargs
-
-    return CLIP(**_clip_kwargs(model_config(cfg)))
+    return build_clip(model_config(cfg))
 
 
 def _tokenizer(cfg: ShapesTeacherConfig):
@@ -137,7 +133,7 @@ def _tokenizer(cfg: ShapesTeacherConfig):
 
 def _to_input(pixels: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), as the loader's transform does."""
-    return to_student_input(pixels, pixels.shape[1], CLIP_MEAN, CLIP_STD)
+    return to_model_input(pixels, pixels.shape[1], CLIP_MEAN, CLIP_STD)
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -293,22 +289,17 @@ def zero_shot_accuracy(model: torch.nn.Module, tokenizer: Any, tasks: list[EvalT
     out = {}
     for task in tasks:
         prompts = task.prompts()
-        emb = F.normalize(model.encode_text(tokenizer([p for ps in prompts for p in ps])).float(), dim=-1)
-        classes = F.normalize(emb.view(len(prompts), len(prompts[0]), -1).mean(dim=1), dim=-1)
+        emb = model.encode_text(tokenizer([p for ps in prompts for p in ps]))
+        classes = prompt_ensemble(emb.view(len(prompts), len(prompts[0]), -1))
         pixels = np.stack([np.asarray(im.convert("RGB")) for im in task.images])
         feats = torch.cat([model.encode_image(_to_input(pixels[i:i + batch_size]))
                            for i in range(0, len(pixels), batch_size)])
-        pred = (F.normalize(feats.float(), dim=-1) @ classes.T).argmax(dim=1).numpy()
-        out[task.key] = float((pred == task.labels).mean())
+        scores = F.normalize(feats.float(), dim=-1) @ classes.T
+        out[task.key] = top_k_accuracy(scores, torch.as_tensor(task.labels), 1)
     return out
 
 
 # ---- cached build ---------------------------------------------------------------------------
-
-def default_cache_root() -> Path:
-    """``$DIME_NAS_CACHE``, else ``~/.cache/dime_nas``."""
-    return Path(os.environ.get("DIME_NAS_CACHE") or Path.home() / ".cache" / "dime_nas").expanduser()
-
 
 def config_key(cfg: ShapesTeacherConfig) -> str:
     """Short hash of the config and ``CODE_VERSION``: names the cached teacher."""
@@ -318,7 +309,7 @@ def config_key(cfg: ShapesTeacherConfig) -> str:
 
 def teacher_dir(cfg: ShapesTeacherConfig, cache_root: str | Path | None = None) -> Path:
     """Where ``ensure_shapes_teacher`` keeps the teacher built from ``cfg``."""
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    root = Path(cache_root) if cache_root is not None else user_cache_root()
     return root / "teachers" / f"shapes-{config_key(cfg)}"
 
 

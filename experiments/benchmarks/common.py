@@ -63,10 +63,13 @@ def settings(base, **overrides):
 
 def run(student, cache, distill_cfg) -> dict[str, Any]:
     """One distillation; its final metrics plus steps, seconds and loss curve head."""
+    from functools import partial
+
     from dime_nas.distill.trainer import distill
+    from dime_nas.evaluate import evaluate_towers
 
     t0 = time.time()
-    _, result = distill(student, cache, distill_cfg, evaluate=True)
+    _, result = distill(student, cache, distill_cfg, evaluate=partial(evaluate_towers, cache=cache))
     out = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     out.update(steps=result.steps, train_s=result.seconds, wall_s=time.time() - t0,
                first_losses=[c["total"] for c in result.curve[:3]], evals=result.evals)

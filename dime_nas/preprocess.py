@@ -1,17 +1,22 @@
-"""Turning cached data into student inputs: uint8 pixels -> normalised tensors at the
-student's resolution, and cached token ids -> the student's context length."""
+"""Model inputs from stored data, for students and teachers alike: uint8 pixels ->
+normalised tensors at a model's resolution, and token ids -> a model's context length."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-EOT_TOKEN = 49407  # CLIP BPE end-of-text id; open_clip pools the text tower at the largest id
+from .tokens import EOT_TOKEN
+
+# The pixel normalisation of OpenAI's CLIP, which open_clip's models use by default.
+CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_DATASET_MEAN)
+CLIP_STD: tuple[float, float, float] = tuple(OPENAI_DATASET_STD)
 
 
-def to_student_input(pixels: np.ndarray, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                     augment: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> (N, 3, image_size, image_size) float, normalised like the teacher's inputs."""
+def to_model_input(pixels: np.ndarray, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                   augment: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, 3, image_size, image_size) float, normalised by ``mean`` and ``std``."""
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
     if augment:
         x = _random_resized_crop_flip(x, generator)

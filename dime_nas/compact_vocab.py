@@ -1,4 +1,4 @@
-"""Train a student text tower on only the token rows its data uses.
+"""Train a text tower (a student's, or the demo teacher's) on only the token rows its data uses.
 
 The CLIP vocabulary has 49,408 tokens; a corpus uses a few thousand (ShapesWorld: a
 few dozen). A full embedding makes every step allocate, clip and update a dense
