@@ -14,7 +14,8 @@ from typing import Any, Literal
 import optuna
 
 Status = Literal["ok", "infeasible", "failed", "pruned", "interrupted", "running", "waiting"]
-_BY_STATE: dict[str, Status] = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "interrupted", "RUNNING": "running", "WAITING": "waiting"}
+_BY_STATE: dict[str, Status] = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "interrupted", "RUNNING": "running",
+                                "WAITING": "waiting"}
 
 
 @dataclass
