@@ -46,6 +46,9 @@ def test_search_runs_trials_and_writes_the_report(tmp_path, tiny_teacher_dir):
     assert run.load_config().name == "t" and run.storage == outcome.storage
     assert outcome.new_trials == len(trials) and outcome.already_done == 0 and not outcome.interrupted
     assert outcome.train_steps == 4 * 4 and outcome.prepare_seconds + outcome.search_seconds <= outcome.seconds
+    # the report again, with one more budget: the selection names it
+    again = api.report(run, budgets=["params_m <= 1"], top_k=1)
+    assert any("best accuracy with params_m <= 1" in why for p in again["selected"] for why in p["why"])
     header = run.trials_csv.read_text().splitlines()[0].split(",")
     for column in ("number", "state", "reason", "arch_key", "config_json", "params_m", "gmacs", "gflops",
                    "image_latency_median_ms", "image_latency_p90_ms", "accuracy", "cost_s", "train_s", "eval_s"):
