@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 EPILOG = "Every sub-command has --help. Docs: README.md."
@@ -394,112 +393,51 @@ def _cmd_train_shapes(args) -> int:
 
 
 def _cmd_cache(args) -> int:
-    from .config import load_experiment
-    from .pipeline import prepare_cache
+    from .api import build_cache
 
-    config = load_experiment(args.experiment)
-    cache, _ = prepare_cache(config)
-    s = cache.summary()
+    s = build_cache(args.experiment).summary()
     print(json.dumps({k: s[k] for k in ("root", "images", "sentences", "images_skipped", "sentences_dropped",
                                         "eval_tasks", "seconds")}, indent=1))
     return 0
 
 
-def _save_run_config(config, out: Path, storage: str) -> None:
-    from .typed_yaml import to_plain
-
-    (out / "experiment_config.json").write_text(json.dumps({"storage": storage, "config": to_plain(config)},
-                                                           indent=1) + "\n")
-
-
-def _load_run(run_dir: str):
-    from .config import ExperimentConfig
-    from .errors import ConfigError
-    from .typed_yaml import from_mapping
-
-    path = Path(run_dir) / "experiment_config.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a dime-nas run directory (no experiment_config.json)")
-    data = json.loads(path.read_text())
-    config = from_mapping(ExperimentConfig, data["config"], file=path)
-    return config, data["storage"]
-
-
 def _cmd_search(args) -> int:
-    import time
+    from .api import search
 
-    from .config import load_experiment, run_dir
-    from .cost.targets import get_target
-    from .errors import ConfigError
-    from .pipeline import open_shared_cache, prepare_cache
-    from .search.objective import TrialContext
-    from .search.report import write_report
-    from .search.study import claim_run_dir, open_storage, run_search, storage_url
-    from .space import SearchSpace
-
-    t0 = time.time()
-    config = load_experiment(args.experiment)
-    out = Path(args.out or run_dir(config))
-    if args.worker and not (args.storage or config.search.storage):
-        raise ConfigError("a worker needs the study's shared storage: pass --storage URL (or set search.storage)")
-    if args.storage or config.search.storage:  # an unreachable database fails now, before anything is made
-        open_storage(args.storage or config.search.storage)
-    claim_run_dir(config, out, args.force)
-    storage = args.storage or storage_url(config, out)
-    _save_run_config(config, out, storage)
-    if args.worker:  # workers share a cache built once; they never build one
-        cache, text_cfg = open_shared_cache(config)
-    else:
-        cache, text_cfg = prepare_cache(config, progress=not args.quiet)
-    t_prep = time.time() - t0
-    ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
-                       text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=not args.quiet)
-    outcome = run_search(config, ctx, out=out, trials=args.trials, storage=storage, force=args.force,
-                         progress=not args.quiet)
-    summary = write_report(outcome.study, out)
-    c = summary["counts"]
-    print(f"\n{'stopped early' if outcome.interrupted else 'done'}: {outcome.new_trials} new trial(s), "
-          f"{outcome.already_done} already done before this run; {c['distinct']} distinct architectures: "
+    o = search(args.experiment, out=args.out, trials=args.trials, storage=args.storage, force=args.force,
+               progress=not args.quiet, worker=args.worker)
+    c = o.summary["counts"]
+    print(f"\n{'stopped early' if o.interrupted else 'done'}: {o.new_trials} new trial(s), "
+          f"{o.already_done} already done before this run; {c['distinct']} distinct architectures: "
           f"{c.get('ok', 0)} feasible, {c['rejected_before_training']} rejected before training, "
           f"{c.get('failed', 0)} failed; {c['reused']} repeats reused; {c['near_budget']} near-budget decisions")
-    print(f"time: {time.time() - t0:.0f} s (teacher, data and cache {t_prep:.0f} s, search {outcome.seconds:.0f} s)")
-    for p in summary["selected"]:
+    print(f"time: {o.seconds:.0f} s (teacher, data and cache {o.prepare_seconds:.0f} s, "
+          f"search {o.search_seconds:.0f} s)")
+    for p in o.summary["selected"]:
         m = p["metrics"]
         print(f"  selected trial {p['trial']} {p['arch_key']} {p['describe']}: "
               + ", ".join(f"{k} {m[k]:.4g}" for k in ("accuracy", "latency_ms", "params_m") if k in m)
               + f"  ({'; '.join(p['why'])})")
-    print(f"report: {out / 'report.md'}")
+    print(f"report: {o.run.report_md}")
     return 0
 
 
 def _cmd_report(args) -> int:
-    import optuna
+    from .api import report
+    from .run_dir import RunDir
 
-    from .config import Budget
-    from .search.report import write_report
-    from .search.study import open_storage
-
-    config, storage = _load_run(args.run_dir)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=config.name, storage=open_storage(storage))
-    summary = write_report(study, args.run_dir, extra_budgets=[Budget.parse(b) for b in args.budget], top_k=args.top)
+    summary = report(args.run_dir, budgets=args.budget, top_k=args.top)
     print(json.dumps({k: summary[k] for k in ("counts", "front", "selected") if k in summary}, indent=1,
                      default=str)[:4000])
-    print(f"report: {Path(args.run_dir) / 'report.md'}")
+    print(f"report: {RunDir(args.run_dir).report_md}")
     return 0
 
 
 def _cmd_distill(args) -> int:
-    from .handoff import distill_selected, rewrite_report
+    from .api import distill_selected
 
-    config, storage = _load_run(args.run_dir)
-    results = distill_selected(config, Path(args.run_dir), args.select, steps=args.steps, progress=not args.quiet,
+    results = distill_selected(args.run_dir, args.select, steps=args.steps, progress=not args.quiet,
                                export=not args.no_export)
-    from .distill.trainer import is_main_process
-
-    if not is_main_process():  # torchrun: the other ranks trained; rank 0 reports
-        return 0
-    rewrite_report(Path(args.run_dir), storage)
     for r in results:
         print(f"trial {r['trial']} {r['arch_key']} {r['describe']}: {r['steps']} steps; proxy accuracy "
               f"{r['proxy'].get('accuracy')}, full accuracy {r['full'].get('accuracy')}; "
@@ -508,34 +446,11 @@ def _cmd_distill(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    import torch
+    from .api import export
 
-    from .distill.trainer import StudentTowers
-    from .errors import ConfigError
-    from .deliverable import export_student
-    from .pipeline import prepare_cache, teacher_spec
-    from .student import StudentConfig
-    from .teacher import load_teacher
-
-    ckpt = Path(args.checkpoint)
-    ckpt = ckpt / "checkpoint.pt" if ckpt.is_dir() else ckpt
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt}")
-    run = next((p for p in ckpt.parents if (p / "experiment_config.json").is_file()), None)
-    if run is None:
-        raise ConfigError(f"{ckpt} is not inside a dime-nas run directory")
-    config, _ = _load_run(str(run))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    student = StudentConfig.from_dict(state["config"])
-    towers = StudentTowers(student)
-    towers.load_state_dict(state["model"])
-    teacher = load_teacher(teacher_spec(config.teacher), device="cpu")
-    cache, _ = prepare_cache(config, teacher=teacher)
-    out = Path(args.out) if args.out else ckpt.parent / "export"
-    card = export_student(student, towers, out, preprocess_cfg=cache.manifest["preprocess"], teacher=teacher,
-                          onnx=not args.no_onnx, int8=not args.no_int8,
-                          card={"checkpoint": str(ckpt), "steps": state["result"].steps})
-    print(json.dumps({"out": str(out), "files": card["files"], "cost": card["cost"]}, indent=1, default=str))
+    done = export(args.checkpoint, out=args.out, onnx=not args.no_onnx, int8=not args.no_int8)
+    print(json.dumps({"out": str(done.out), "files": done.card["files"], "cost": done.card["cost"]}, indent=1,
+                     default=str))
     return 0
 
 

@@ -2,9 +2,8 @@
 
 ``select`` picks trials from a finished study: ``knee``, ``best``, ``budget`` (the best
 student under each budget), ``top:K`` (K spread along the front) or ``trial:N``.
-Each full run checkpoints under ``RUN_DIR/full/<arch_key>/`` and resumes from there;
-results are appended to ``RUN_DIR/distill_results.json`` (proxy vs full side by side)
-and the report is rewritten to show them.
+Each full run checkpoints under ``RunDir.full_run(<arch_key>)`` and resumes from there;
+results are appended to the run's ``distill_results.json`` (proxy vs full side by side).
 """
 from __future__ import annotations
 
@@ -15,32 +14,30 @@ from typing import Any
 
 import optuna
 
-from .config import ExperimentConfig
+from .config import METRICS
 from .errors import ConfigError
+from .run_dir import RunDir
+from .search.record import TrialRecord, trial_status
+from .search.report import SelectionReason as Why
+from .search.study import load_run_study
 from .student import StudentConfig
 
 
-def choose_trials(run_dir: Path, select: str) -> list[dict[str, Any]]:
+def choose_trials(run: RunDir | Path, select: str, study: optuna.Study | None = None) -> list[dict[str, Any]]:
     """The selected.json entries (or a study trial) matching ``select``.
 
     ``knee`` (or the best student when the front has no knee), ``best``, ``budget`` (the
     best student under each budget, best overall first), ``top:K`` (the first K of the
-    top-K spread, in front order) or ``trial:N`` (any feasible finished trial).
+    top-K spread, in front order) or ``trial:N`` (any feasible finished trial, read from
+    ``study``: by default the run's recorded one).
     """
-    from .search.report import SelectionReason as Why
-
+    run = run if isinstance(run, RunDir) else RunDir(run)
     kind, n = _parse_selection(select)
-    path = run_dir / "selected.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has no selected.json: run `dime-nas report {run_dir}` first")
-    picks = json.loads(path.read_text())["selected"]
     if kind == "trial":
-        rows = list(csv_rows(run_dir / "trials.csv"))
-        row = next((r for r in rows if int(r["number"]) == n), None)
-        if row is None or row["status"] != "ok":
-            raise ConfigError(f"trial {n} is not a feasible finished trial of this run", key="--select")
-        return [{"trial": n, "arch_key": row["arch_key"], "config": json.loads(row["config_json"]),
-                 "describe": row["describe"], "metrics": _row_metrics(row), "why": [f"trial {n} by hand"]}]
+        return [_trial_pick(study or load_run_study(run), n)]
+    if not run.selected_json.is_file():
+        raise ConfigError(f"{run.path} has no selected.json: run `dime-nas report {run.path}` first")
+    picks = json.loads(run.selected_json.read_text())["selected"]
 
     def having(reason: Why) -> list[dict[str, Any]]:
         return [p for p in picks if reason.value in p.get("reasons", [])]
@@ -54,7 +51,7 @@ def choose_trials(run_dir: Path, select: str) -> list[dict[str, Any]]:
     else:  # top:K
         out = sorted(having(Why.TOP), key=lambda p: p["top_rank"])[:n] or having(Why.BEST)
     if not out:
-        raise ConfigError(f"no feasible student to select in {run_dir}", key="--select")
+        raise ConfigError(f"no feasible student to select in {run.path}", key="--select")
     return out
 
 
@@ -67,24 +64,21 @@ def _parse_selection(select: str) -> tuple[str, int | None]:
     raise ConfigError(f"unknown selection {select!r}: use knee, best, budget, top:K or trial:N", key="--select")
 
 
-def csv_rows(path: Path):
-    import csv
-
-    with open(path, newline="") as fh:
-        yield from csv.DictReader(fh)
-
-
-def _row_metrics(row: dict[str, str]) -> dict[str, float]:
-    out = {}
-    for k in ("accuracy", "shifted_accuracy", "retrieval", "agreement", "latency_ms", "gmacs", "params_m"):
-        if row.get(k):
-            out[k] = float(row[k])
-    return out
+def _trial_pick(study: optuna.Study, number: int) -> dict[str, Any]:
+    """A pick (as in selected.json) for trial ``number``, which must be feasible and finished."""
+    trials = study.get_trials(deepcopy=False)
+    trial = trials[number] if number < len(trials) else None
+    if trial is None or trial.state != optuna.trial.TrialState.COMPLETE or trial_status(trial) != "ok":
+        raise ConfigError(f"trial {number} is not a feasible finished trial of this run", key="--select")
+    record = TrialRecord.from_trial(trial)
+    return {"trial": number, "arch_key": record.arch_key, "config": record.config, "describe": record.describe,
+            "metrics": {m: float(record.metrics[m]) for m in METRICS if record.metrics.get(m) is not None},
+            "why": [f"trial {number} by hand"]}
 
 
-def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, steps: int | None = None,
-                     progress: bool = True, export: bool = True) -> list[dict[str, Any]]:
-    """Full runs of the selected students; returns (and appends) their results."""
+def distill_selected(run: RunDir, select: str, *, steps: int | None = None, progress: bool = True,
+                     export: bool = True) -> list[dict[str, Any]]:
+    """Full runs of the selected students; appends their results to the run's and returns them all."""
     import dataclasses
 
     from .distill.trainer import distill
@@ -95,50 +89,41 @@ def distill_selected(config: ExperimentConfig, run_dir: Path, select: str, *, st
     from .space import SearchSpace
     from .teacher import load_teacher
 
-    picks = choose_trials(run_dir, select)
+    config = run.load_config()
+    picks = choose_trials(run, select)
     teacher = load_teacher(teacher_spec(config.teacher, progress), device=config.teacher.device)
     cache, text_cfg = prepare_cache(config, progress=progress, teacher=teacher)
     settings = config.full_distill if steps is None else dataclasses.replace(config.full_distill, steps=steps)
     target = get_target(config.target, config.targets_file)
     ctx = TrialContext(config, SearchSpace.load(config.space), cache, target, text_cfg)
-    results_path = run_dir / "distill_results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else []
+    results = json.loads(run.distill_results.read_text()) if run.distill_results.exists() else []
     for pick in picks:
         student = StudentConfig.from_dict(pick["config"])
-        work = run_dir / "full" / student.arch_key
-        towers, run = distill(student, cache, settings, checkpoint_dir=work, resume=True, progress=progress,
-                              evaluate=functools.partial(evaluate_towers, cache=cache))
-        if not run.is_main:  # under torchrun, rank 0 alone measures, evaluates and writes
+        work = run.full_run(student.arch_key)
+        towers, result = distill(student, cache, settings, checkpoint_dir=work, resume=True, progress=progress,
+                                 evaluate=functools.partial(evaluate_towers, cache=cache))
+        if not result.is_main:  # under torchrun, rank 0 alone measures, evaluates and writes
             continue
         cost = measure_cost(student, ctx)
-        full = {**run.metrics, "latency_ms": cost["latency_ms"], "gmacs": cost["gmacs"], "params_m": cost["params_m"]}
+        full = {**result.metrics, "latency_ms": cost["latency_ms"], "gmacs": cost["gmacs"],
+                "params_m": cost["params_m"]}
         # the held-out test split: seen by no trial and no selection, so free of selection bias
         test = evaluate_student(towers.visual, cache, student.vision.image_size, towers.text,
                                 student.text.context_length if towers.text is not None else None, split="test")
         entry = {"trial": pick["trial"], "arch_key": student.arch_key, "describe": student.describe(),
-                 "steps": run.steps, "seconds": run.seconds, "device": run.device,
-                 "processes": run.processes, "proxy": pick["metrics"],
+                 "steps": result.steps, "seconds": result.seconds, "device": result.device,
+                 "processes": result.processes, "proxy": pick["metrics"],
                  "full": full, "test": {k: v for k, v in test.items() if not k.startswith("teacher/")},
                  "checkpoint": str(work / "checkpoint.pt")}
         if export:
             from .deliverable import export_student
 
-            card = export_student(student, towers, work / "export", preprocess_cfg=cache.manifest["preprocess"],
+            out = run.export_dir(student.arch_key)
+            card = export_student(student, towers, out, preprocess_cfg=cache.manifest["preprocess"],
                                   teacher=teacher, card={"metrics": full, "data": cache.summary(),
                                                          "distill": dataclasses.asdict(settings)})
-            entry["export"] = str(work / "export")
+            entry["export"] = str(out)
             entry["model_card"] = card["name"]
         results = [r for r in results if r["arch_key"] != student.arch_key] + [entry]
-        results_path.write_text(json.dumps(results, indent=1) + "\n")
+        run.distill_results.write_text(json.dumps(results, indent=1) + "\n")
     return results
-
-
-def rewrite_report(run_dir: Path, storage: str) -> None:
-    from .search.report import write_report
-    from .search.study import open_storage
-
-    summaries = optuna.study.get_all_study_summaries(open_storage(storage))
-    if len(summaries) != 1:
-        raise ConfigError(f"expected one study in {storage}, found {len(summaries)}")
-    study = optuna.load_study(study_name=summaries[0].study_name, storage=open_storage(storage))
-    write_report(study, run_dir)

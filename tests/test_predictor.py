@@ -185,25 +185,14 @@ def test_search_marks_trials_decided_by_prediction(tmp_path, tiny_teacher_dir):
     """Every candidate of the test space is predicted far over a tiny budget: all are
     decided without measuring or training, and trials.csv and the report say so."""
     from conftest import write_experiment
-    from dime_nas.config import load_experiment
-    from dime_nas.cost.targets import get_target
-    from dime_nas.pipeline import prepare_cache
-    from dime_nas.search.objective import TrialContext
-    from dime_nas.search.report import write_report
-    from dime_nas.search.study import run_search
-    from dime_nas.space import SearchSpace
+    from dime_nas import api
 
     towers = [{**t, "target": "fast-cpu"} for t in synthetic(30, seed=2)]
     fit_predictor(towers, "fast-cpu").save(tmp_path / "predictor.json")
     extra = "latency_predictor: {path: predictor.json, margin: 0.25, min_measurements: 8}"
-    config = load_experiment(write_experiment(tmp_path, tiny_teacher_dir, trials=3, budgets=["latency_ms <= 0.0001"],
-                                              extra=extra))
-    cache, text_cfg = prepare_cache(config, progress=False)
-    ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
-                       text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=False)
-    outcome = run_search(config, ctx, out=tmp_path / "run", progress=False)
-    write_report(outcome.study, tmp_path / "run")
-    assert ctx.train_steps_run == 0
+    exp = write_experiment(tmp_path, tiny_teacher_dir, trials=3, budgets=["latency_ms <= 0.0001"], extra=extra)
+    outcome = api.search(exp, out=tmp_path / "run", progress=False)
+    assert outcome.train_steps == 0
     with open(tmp_path / "run" / "trials.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if not r["reused_from"]]
     assert rows and all(r["latency_source"] == "predicted" and r["status"] == "infeasible" for r in rows)

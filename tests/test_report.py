@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from dime_nas.config import Budget
+from dime_nas.search.record import TrialRecord
 from dime_nas.search.report import write_report
 
 
@@ -18,14 +19,12 @@ def _add(study, number_key, status, latency, accuracy, *, reused_from=None, near
     if near:
         cost["latency_decision"] = {"near": True, "first_ms": latency * 1.05, "rounds_ms": [latency] * 5,
                                     "reference_ms": [0.5] * 4, "pooled_ms": latency, "feasible": status == "ok"}
-    attrs = {"arch_key": number_key, "describe": f"student {number_key}", "config": {"k": number_key},
-             "status": status, "reason": "", "cost": cost,
-             "metrics": {"latency_ms": latency, **({"accuracy": accuracy} if accuracy is not None else {})},
-             "train_steps": 0 if status == "infeasible" else 10}
-    if reused_from is not None:
-        attrs["reused_from"] = reused_from
+    record = TrialRecord(arch_key=number_key, describe=f"student {number_key}", config={"k": number_key},
+                         status=status, reason="", cost=cost, reused_from=reused_from,
+                         metrics={"latency_ms": latency, **({"accuracy": accuracy} if accuracy is not None else {})},
+                         train_steps=0 if status == "infeasible" else 10)
     values = [accuracy if accuracy is not None else 0.0, latency]
-    study.add_trial(optuna.trial.create_trial(values=values, user_attrs=attrs))
+    study.add_trial(optuna.trial.create_trial(values=values, user_attrs=record.to_attrs()))
 
 
 @pytest.fixture
@@ -100,10 +99,11 @@ def test_each_select_mode_picks_by_recorded_reason(study, tmp_path):
     assert len(knee) == 1 and "knee" in knee[0]["reasons"] and knee[0]["trial"] == summary["knee"]
     top = choose_trials(run, "top:2")
     assert [p["top_rank"] for p in top] == [1, 2] and len(choose_trials(run, "top:1")) == 1
-    assert choose_trials(run, "trial:1")[0]["arch_key"] == "b"
-    for bad in ("top:0", "top:x", "kneee", "trial:5", "trial:"):
+    by_hand = choose_trials(run, "trial:1", study=study)  # any feasible trial, read from the study
+    assert by_hand[0]["arch_key"] == "b" and by_hand[0]["metrics"] == {"accuracy": 0.70, "latency_ms": 0.20}
+    for bad in ("top:0", "top:x", "kneee", "trial:5", "trial:99", "trial:"):
         with pytest.raises(ConfigError):
-            choose_trials(run, bad)
+            choose_trials(run, bad, study=study)
 
 
 def test_hypervolume_reference_is_fixed_by_the_experiment_not_by_the_trials(study, tmp_path):

@@ -7,39 +7,25 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 
 from conftest import write_experiment
+from dime_nas import api
 from dime_nas.config import load_experiment
-from dime_nas.cost.targets import get_target
-from dime_nas.pipeline import prepare_cache
-from dime_nas.search.objective import TrialContext
-from dime_nas.search.report import write_report
-from dime_nas.search.study import run_search, trial_counts, trial_status
-from dime_nas.space import SearchSpace
-
-REPORT_FILES = ("trials.csv", "pareto.csv", "selected.json", "report.md", "pareto_latency.png",
-                "pareto_macs.png", "report.html")
-
-
-def _context(config):
-    cache, text_cfg = prepare_cache(config, progress=False)
-    return TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
-                        text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=False)
+from dime_nas.run_dir import RunDir
+from dime_nas.search.record import trial_status
+from dime_nas.search.study import trial_counts
 
 
 def _search(tmp_path, teacher_dir, **kw):
     config = load_experiment(write_experiment(tmp_path, teacher_dir, **kw))
-    ctx = _context(config)
-    outcome = run_search(config, ctx, out=tmp_path / "run", progress=False)
-    return config, ctx, outcome
+    return config, api.search(config, out=tmp_path / "run", progress=False)
 
 
 def test_search_runs_trials_and_writes_the_report(tmp_path, tiny_teacher_dir):
-    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=4)
+    config, outcome = _search(tmp_path, tiny_teacher_dir, trials=4)
     trials = outcome.study.get_trials()
     assert len({t.user_attrs["arch_key"] for t in trials}) == 4 and outcome.new_trials == len(trials)
     done = [t for t in trials if t.user_attrs.get("status") == "ok"]
@@ -50,29 +36,38 @@ def test_search_runs_trials_and_writes_the_report(tmp_path, tiny_teacher_dir):
         assert t.user_attrs["cost"]["latency_ms"] > 0 and 0 <= t.user_attrs["metrics"]["accuracy"] <= 1
         assert t.user_attrs["cost"]["per_tower"]["image"]["providers"] == ["CPUExecutionProvider"]
         assert set(t.user_attrs["timings"]) == {"cost_s", "train_s", "eval_s"}
-    summary = write_report(outcome.study, tmp_path / "run")
-    for name in REPORT_FILES:
-        assert (tmp_path / "run" / name).stat().st_size > 0, name
+    run = RunDir(tmp_path / "run")
+    assert outcome.run.path == run.path and outcome.storage == run.default_storage()
+    for path in (run.trials_csv, run.pareto_csv, run.selected_json, run.report_md, run.pareto_plot("latency_ms"),
+                 run.pareto_plot("gmacs"), run.report_html, run.config_file, run.marker, run.study_db):
+        assert path.stat().st_size > 0, path
+    summary = outcome.summary
     assert summary["selected"] and set(summary["front"]) <= {t.number for t in done}
-    header = (tmp_path / "run" / "trials.csv").read_text().splitlines()[0].split(",")
+    assert run.load_config().name == "t" and run.storage == outcome.storage
+    assert outcome.new_trials == len(trials) and outcome.already_done == 0 and not outcome.interrupted
+    assert outcome.train_steps == 4 * 4 and outcome.prepare_seconds + outcome.search_seconds <= outcome.seconds
+    # the report again, with one more budget: the selection names it
+    again = api.report(run, budgets=["params_m <= 1"], top_k=1)
+    assert any("best accuracy with params_m <= 1" in why for p in again["selected"] for why in p["why"])
+    header = run.trials_csv.read_text().splitlines()[0].split(",")
     for column in ("number", "state", "reason", "arch_key", "config_json", "params_m", "gmacs", "gflops",
                    "image_latency_median_ms", "image_latency_p90_ms", "accuracy", "cost_s", "train_s", "eval_s"):
         assert column in header
 
 
 def test_over_budget_trials_end_before_training(tmp_path, tiny_teacher_dir):
-    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=3, budgets=["params_m <= 0.001"])
-    assert ctx.train_steps_run == 0
+    config, outcome = _search(tmp_path, tiny_teacher_dir, trials=3, budgets=["params_m <= 0.001"])
+    assert outcome.train_steps == 0
     for t in outcome.study.get_trials():
         assert t.user_attrs["status"] == "infeasible" and t.user_attrs.get("train_steps", 0) == 0
         assert "params_m" in t.user_attrs["reason"] and t.constraints["params_m <= 0.001"] > 0
         assert t.user_attrs["cost"]["params_m"] > 0.001  # its measured cost is recorded
-    summary = write_report(outcome.study, tmp_path / "run")
+    summary = outcome.summary
     assert summary["counts"]["rejected_before_training"] == 3 and summary["selected"] == []
 
 
 def test_trials_count_distinct_architectures_and_repeats_are_reused_not_retrained(tmp_path, tiny_teacher_dir):
-    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=6)
+    config, outcome = _search(tmp_path, tiny_teacher_dir, trials=6)
     trials = outcome.study.get_trials()
     keys = [t.user_attrs["arch_key"] for t in trials]
     reused = [t for t in trials if "reused_from" in t.user_attrs]
@@ -81,24 +76,24 @@ def test_trials_count_distinct_architectures_and_repeats_are_reused_not_retraine
     for t in reused:
         first = outcome.study.trials[t.user_attrs["reused_from"]]
         assert first.user_attrs["arch_key"] == t.user_attrs["arch_key"] and t.values == first.values
-    assert ctx.train_steps_run == 4 * 6
-    summary = write_report(outcome.study, tmp_path / "run")
+    assert outcome.train_steps == 4 * 6
+    summary = outcome.summary
     assert summary["counts"]["distinct"] == 6 and summary["counts"]["reused"] == len(reused)
 
 
 def test_a_space_smaller_than_the_trial_count_stops_at_the_cap(tmp_path, tiny_teacher_dir):
-    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=10)  # the space has 8 configs
+    config, outcome = _search(tmp_path, tiny_teacher_dir, trials=10)  # the space has 8 configs
     trials = outcome.study.get_trials()
     assert outcome.capped and len(trials) == 30 and outcome.distinct == 8
-    assert len({t.user_attrs["arch_key"] for t in trials}) == 8 and ctx.train_steps_run == 4 * 8
+    assert len({t.user_attrs["arch_key"] for t in trials}) == 8 and outcome.train_steps == 4 * 8
 
 
 def test_a_continued_random_search_proposes_new_architectures(tmp_path, tiny_teacher_dir):
     from dime_nas.search.study import sampler_seed
 
-    config, ctx, first = _search(tmp_path, tiny_teacher_dir, trials=3)
+    config, first = _search(tmp_path, tiny_teacher_dir, trials=3)
     first_keys = [t.user_attrs["arch_key"] for t in first.study.get_trials()]
-    more = run_search(config, ctx, out=tmp_path / "run", trials=6, progress=False)
+    more = api.search(config, out=tmp_path / "run", trials=6, progress=False)
     new = more.study.get_trials()[len(first_keys):]
     # a replayed sampler would propose the first run's architectures again, all reuses
     assert [t.user_attrs["arch_key"] for t in new[:len(first_keys)]] != first_keys
@@ -118,7 +113,7 @@ def test_a_trial_that_raises_is_recorded_and_the_study_goes_on(tmp_path, tiny_te
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "distill", flaky)
-    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=3)
+    config, outcome = _search(tmp_path, tiny_teacher_dir, trials=3)
     states = [t.state for t in outcome.study.get_trials()]
     assert states[0] == optuna.trial.TrialState.FAIL and len(states) == 3
     first = outcome.study.trials[0]
@@ -170,13 +165,21 @@ def test_killed_search_resumes_keeping_finished_trials(tmp_path, tiny_teacher_di
     assert (tmp_path / "run" / "report.md").exists()
 
 
-def test_run_directory_of_another_experiment_is_refused(tmp_path, tiny_teacher_dir):
+def test_run_directory_of_another_experiment_is_refused(tmp_path, tiny_teacher_dir, capsys):
     from dime_nas.cli import main
+    from dime_nas.errors import ConfigError
 
     exp = write_experiment(tmp_path, tiny_teacher_dir, trials=1)
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "experiment.json").write_text(json.dumps({"name": "someone-else"}))
-    assert main(["search", str(exp), "--quiet", "--out", str(tmp_path / "run")]) == 2
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.marker.write_text(json.dumps({"name": "someone-else"}))
+    with pytest.raises(ConfigError, match="belongs to experiment 'someone-else'") as info:
+        api.search(exp, out=run.path, progress=False)
+    assert info.value.key == "out_dir" and not run.is_run  # refused before anything was recorded
+    assert main(["search", str(exp), "--quiet", "--out", str(run.path)]) == 2
+    assert "someone-else" in capsys.readouterr().err
+    api.search(exp, out=run.path, trials=1, force=True, progress=False)  # forced: the folder is claimed
+    assert json.loads(run.marker.read_text())["name"] == "t"
 
 
 def test_single_objective_study_prunes_on_the_intermediate_accuracy(tmp_path, tiny_teacher_dir, monkeypatch):
@@ -184,7 +187,6 @@ def test_single_objective_study_prunes_on_the_intermediate_accuracy(tmp_path, ti
     path = write_experiment(tmp_path, tiny_teacher_dir, trials=2, extra=extra)
     config = load_experiment(path)
     config.distill.eval_every = 2
-    ctx = _context(config)
     reported = []
 
     def should_prune(self):
@@ -192,7 +194,7 @@ def test_single_objective_study_prunes_on_the_intermediate_accuracy(tmp_path, ti
         return self.number == 1  # prune the second trial at its first report
 
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", should_prune)
-    outcome = run_search(config, ctx, out=tmp_path / "run", progress=False)
+    outcome = api.search(config, out=tmp_path / "run", progress=False)
     first, second = outcome.study.get_trials()
     assert first.state == optuna.trial.TrialState.COMPLETE and first.intermediate_values
     assert second.state == optuna.trial.TrialState.PRUNED and second.user_attrs["status"] == "pruned"
@@ -239,18 +241,18 @@ def test_only_trials_of_dead_workers_are_marked_interrupted(tmp_path, monkeypatc
 def test_a_rerun_with_different_settings_is_refused_naming_the_key_unless_forced(tmp_path, tiny_teacher_dir):
     from dime_nas.errors import ConfigError
 
-    config, ctx, first = _search(tmp_path, tiny_teacher_dir, trials=1)
+    config, first = _search(tmp_path, tiny_teacher_dir, trials=1)
     config.distill.steps = 5  # a trial of this setting is not comparable with the first
     with pytest.raises(ConfigError, match="distill.steps = 4.*has 5") as info:
-        run_search(config, ctx, out=tmp_path / "run", trials=2, progress=False)
+        api.search(config, out=tmp_path / "run", trials=2, progress=False)
     assert info.value.key == "distill.steps"
-    again = run_search(config, ctx, out=tmp_path / "run", trials=1, force=True, progress=False)
+    again = api.search(config, out=tmp_path / "run", trials=1, force=True, progress=False)
     assert [t.user_attrs["train_steps"] for t in again.study.get_trials()] == [5]  # a new study
     backups = list((tmp_path / "run").glob("previous-*.db"))
     old = optuna.load_study(study_name="t", storage=f"sqlite:///{backups[0]}")
     assert len(backups) == 1 and [t.user_attrs["train_steps"] for t in old.get_trials()] == [4]
     # the same settings continue the study
-    assert run_search(config, ctx, out=tmp_path / "run", trials=2, progress=False).already_done == 1
+    assert api.search(config, out=tmp_path / "run", trials=2, progress=False).already_done == 1
 
 
 def test_trials_and_selection_never_read_the_test_split(tmp_path, tiny_teacher_dir, monkeypatch):
@@ -261,6 +263,6 @@ def test_trials_and_selection_never_read_the_test_split(tmp_path, tiny_teacher_d
     monkeypatch.setattr(FeatureCache, "tasks", lambda self, split="val": asked.append(split) or real_tasks(self, split))
     monkeypatch.setattr(FeatureCache, "retrieval",
                         lambda self, split="val": asked.append(split) or real_retrieval(self, split))
-    config, ctx, outcome = _search(tmp_path, tiny_teacher_dir, trials=2)
-    write_report(outcome.study, tmp_path / "run")
+    config, outcome = _search(tmp_path, tiny_teacher_dir, trials=2)
+    api.report(outcome.run)
     assert "val" in asked and "test" not in asked

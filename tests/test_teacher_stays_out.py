@@ -31,17 +31,11 @@ def test_a_trial_in_which_the_teacher_ran_fails(tmp_path, tiny_teacher_dir, monk
     import optuna
 
     import dime_nas.search.objective as objective
-    from dime_nas.cost.targets import get_target
-    from dime_nas.search.objective import TrialContext
-    from dime_nas.search.study import run_search
-    from dime_nas.space import SearchSpace
+    from dime_nas import api
 
     config = load_experiment(write_experiment(tmp_path, tiny_teacher_dir, trials=1))
-    cache, text_cfg = prepare_cache(config, progress=False)
-    ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
-                       text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=False)
     counter = itertools.count()
     monkeypatch.setattr(objective, "teacher_forward_count", lambda: next(counter))  # moves during the trial
-    outcome = run_search(config, ctx, out=tmp_path / "run", progress=False)
+    outcome = api.search(config, out=tmp_path / "run", progress=False)
     trial = outcome.study.get_trials()[0]
     assert trial.state == optuna.trial.TrialState.FAIL and "teacher ran" in trial.user_attrs["reason"]

@@ -210,11 +210,13 @@ def load_samples(source: str | Path, target: str) -> list[dict[str, Any]]:
         if missing:
             raise ValueError(f"{source}: measurements need the fields {missing}")
         return [s for s in samples if s["target"] == target]
-    if not (source / "experiment_config.json").is_file():
+    from ..run_dir import RunDir
+
+    if not RunDir(source).is_run:
         raise FileNotFoundError(f"{source} is neither a measurements file nor a run directory")
     import optuna
 
-    storage = json.loads((source / "experiment_config.json").read_text())["storage"]
+    storage = RunDir(source).storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     samples = []
     for name in optuna.study.get_all_study_names(storage):

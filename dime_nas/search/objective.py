@@ -1,18 +1,10 @@
 """One search trial: sample -> cost (before any training) -> budgets -> short DIME-FM run
--> evaluation, with everything stored on the Optuna trial.
-
-User attributes written on every trial (the reporter reads only these):
-``arch_key``, ``config`` (StudentConfig dict), ``describe``, ``status`` (``ok`` /
-``infeasible`` / ``failed`` / ``pruned``; a repeat keeps its original's), ``reason``,
-``cost`` (params, GMACs, GFLOPs, latency median/p10/p90, the providers that ran and the
-measuring device per counted tower and in total; ``latency_decision`` when there is a
-latency budget; ``latency_source`` measured or predicted, see search/latency_gate.py),
-``metrics`` (all objectives' metrics + per-task scores), ``timings`` (seconds for cost,
-train, eval), ``train_steps``, ``teacher_forwards`` (always 0: the teacher never runs in
-a trial), and ``reused_from`` for duplicates.
+-> evaluation, with everything stored on the Optuna trial as its TrialRecord
+(search/record.py): the reporter reads only that.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import tempfile
@@ -28,6 +20,8 @@ from ..cost.targets import Target
 from ..space import SearchSpace
 from ..student import StudentConfig
 from ..teacher import teacher_forward_count
+from . import record
+from .record import TrialRecord
 
 COST_METRICS = ("latency_ms", "gmacs", "params_m")
 
@@ -119,9 +113,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
 
     timings: dict[str, float] = {}
     config = ctx.space.suggest(trial, embed_dim=ctx.cache.embed_dim)
-    trial.set_user_attr("arch_key", config.arch_key)
-    trial.set_user_attr("config", config.to_dict())
-    trial.set_user_attr("describe", config.describe())
+    # first, so that other workers see which architecture is in flight
+    record.write(trial, arch_key=config.arch_key, config=config.to_dict(), describe=config.describe())
     previous = _find_previous(trial, config.arch_key)
     if previous is not None:
         return _reuse(trial, previous)
@@ -130,8 +123,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
     t0 = time.time()
     cost = measure_cost(config, ctx)
     timings["cost_s"] = time.time() - t0
-    trial.set_user_attr("cost", cost)
-    trial.set_user_attr("timings", timings)
+    record.write(trial, cost=cost, timings=timings)
     metrics: dict[str, Any] = {m: cost[m] for m in COST_METRICS}
     cost_budgets = [b for b in ctx.budgets if b.metric in COST_METRICS]
     violated = [b for b in cost_budgets if b.violation(cost[b.metric]) > 0]
@@ -141,10 +133,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
         reason = "; ".join(f"{b.metric} = {cost[b.metric]:.4g} violates {b}" for b in violated)
         if cost.get("latency_source") == "predicted":
             reason += f" ({cost['latency_prediction']}; not measured)"
-        trial.set_user_attr("status", "infeasible")
-        trial.set_user_attr("reason", reason)
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("train_steps", 0)
+        record.write(trial, status="infeasible", reason=reason, metrics=metrics, train_steps=0)
         return _values(ctx, metrics)
 
     def on_eval(step: int, m: dict[str, Any]) -> None:
@@ -154,8 +143,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
         if value is not None:
             trial.report(value, step)
             if trial.should_prune():
-                trial.set_user_attr("status", "pruned")
-                trial.set_user_attr("reason", f"pruned at step {step}: {ctx.objectives[0].metric} = {value:.4g}")
+                record.write(trial, status="pruned",
+                             reason=f"pruned at step {step}: {ctx.objectives[0].metric} = {value:.4g}")
                 raise optuna.TrialPruned()
 
     t0 = time.time()
@@ -169,22 +158,18 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
     scores = average_last_evals(result.evals, scores, ctx.experiment.distill.average_last_evals)
     timings["eval_s"] = time.time() - t0
     metrics.update(scores)
-    trial.set_user_attr("timings", timings)
-    trial.set_user_attr("train_steps", result.steps)
-    trial.set_user_attr("train_stopped_by", result.stopped_by)
-    trial.set_user_attr("train_device", result.device)
-    trial.set_user_attr("loss_curve", [{"step": c["step"], "total": c["total"]} for c in result.curve])
     forwards = teacher_forward_count() - forwards0
-    trial.set_user_attr("teacher_forwards", forwards)
+    record.write(trial, timings=timings, train_steps=result.steps, train_stopped_by=result.stopped_by,
+                 train_device=result.device, teacher_forwards=forwards,
+                 loss_curve=[{"step": c["step"], "total": c["total"]} for c in result.curve])
     if forwards:  # the cache makes the teacher unnecessary in a trial: a forward pass here is a bug
         raise RuntimeError(f"the teacher ran {forwards} forward pass(es) inside trial {trial.number}")
-    trial.set_user_attr("metrics", _jsonable(metrics))
     quality = [b for b in ctx.budgets if b.metric not in COST_METRICS]
     for b in quality:
         trial.set_constraint(str(b), b.violation(metrics.get(b.metric, math.nan)))
     bad = [b for b in quality if b.violation(metrics.get(b.metric, math.nan)) > 0]
-    trial.set_user_attr("status", "infeasible" if bad else "ok")
-    trial.set_user_attr("reason", "; ".join(f"{b.metric} = {metrics[b.metric]:.4g} violates {b}" for b in bad))
+    record.write(trial, metrics=_jsonable(metrics), status="infeasible" if bad else "ok",
+                 reason="; ".join(f"{b.metric} = {metrics[b.metric]:.4g} violates {b}" for b in bad))
     return _values(ctx, metrics)
 
 
@@ -208,7 +193,7 @@ def _find_previous(trial: optuna.Trial, key: str, poll_s: float = 1.0) -> optuna
     while True:
         trials = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                 optuna.trial.TrialState.RUNNING))
-        same = [t for t in trials if t.user_attrs.get("arch_key") == key and t.number != trial.number]
+        same = [t for t in trials if TrialRecord.from_trial(t).arch_key == key and t.number != trial.number]
         done = [t for t in same if t.state == optuna.trial.TrialState.COMPLETE]
         if done:
             return done[0]
@@ -219,12 +204,11 @@ def _find_previous(trial: optuna.Trial, key: str, poll_s: float = 1.0) -> optuna
 
 def _reuse(trial: optuna.Trial, previous: optuna.trial.FrozenTrial) -> float | tuple[float, ...]:
     """A configuration already evaluated in this study: copy its result, train nothing."""
-    for k, v in previous.user_attrs.items():
-        if k not in ("status", "reused_from"):
-            trial.set_user_attr(k, v)
-    trial.set_user_attr("status", previous.user_attrs.get("status", "ok"))
-    trial.set_user_attr("reused_from", previous.user_attrs.get("reused_from", previous.number))
-    trial.set_user_attr("train_steps", 0)
+    first = TrialRecord.from_trial(previous)
+    # worker and retry_of describe this trial, not the result it copies: they stay as written
+    reused = dataclasses.replace(first, status=first.status or "ok", train_steps=0, worker=None, retry_of=None,
+                                 reused_from=first.reused_from if first.is_repeat else previous.number)
+    record.write(trial, **reused.to_attrs())
     for k, v in previous.constraints.items():
         trial.set_constraint(k, v)
     return previous.values[0] if len(previous.values) == 1 else tuple(previous.values)
@@ -232,9 +216,8 @@ def _reuse(trial: optuna.Trial, previous: optuna.trial.FrozenTrial) -> float | t
 
 def record_failure(trial: optuna.Trial, exc: BaseException) -> None:
     """Store why a trial failed (the study then marks it FAIL and goes on)."""
-    trial.set_user_attr("status", "failed")
-    trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
-    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+    record.write(trial, status="failed", reason=f"{type(exc).__name__}: {exc}"[:2000],
+                 traceback=traceback.format_exc()[-4000:])
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import numpy as np
 import optuna
 
 from ..config import METRICS, Budget
-from .study import trial_status
+from ..run_dir import RunDir
+from .record import TrialRecord, trial_status
 from .pareto import (default_reference, experiment_reference, hypervolume, knee_point, non_dominated,
                      top_k_along_front)
 
@@ -45,12 +46,12 @@ class Row:
     state: str
     status: str
     reason: str
-    attrs: dict[str, Any]
+    record: TrialRecord
     values: list[float] | None
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return self.attrs.get("metrics", {})
+        return self.record.metrics
 
     def get(self, metric: str) -> float | None:
         v = self.metrics.get(metric)
@@ -60,8 +61,8 @@ class Row:
 def collect(study: optuna.Study) -> list[Row]:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        status = trial_status(t)
-        rows.append(Row(t.number, t.state.name, status, t.user_attrs.get("reason", ""), dict(t.user_attrs),
+        record = TrialRecord.from_trial(t)
+        rows.append(Row(t.number, t.state.name, trial_status(t), record.reason or "", record,
                         list(t.values) if t.values else None))
     return rows
 
@@ -70,7 +71,7 @@ def front(rows: list[Row], objectives: list[str], directions: list[str]) -> tupl
     """Feasible unique rows, their objective matrix, and the non-dominated subset."""
     seen, feasible = set(), []
     for r in rows:
-        key = r.attrs.get("arch_key")
+        key = r.record.arch_key
         if r.state == "COMPLETE" and r.status == "ok" and key not in seen and all(
                 r.get(m) is not None for m in objectives):
             seen.add(key)
@@ -88,8 +89,8 @@ def select(feasible: list[Row], points: np.ndarray, objectives: list[str], direc
     def add(row: Row, reason: SelectionReason, why: str, top_rank: int | None = None) -> None:
         pick = next((p for p in picks if p["trial"] == row.number), None)
         if pick is None:
-            pick = {"trial": row.number, "arch_key": row.attrs.get("arch_key"), "why": [], "reasons": [],
-                    "describe": row.attrs.get("describe"), "config": row.attrs.get("config"),
+            pick = {"trial": row.number, "arch_key": row.record.arch_key, "why": [], "reasons": [],
+                    "describe": row.record.describe, "config": row.record.config,
                     "metrics": {m: row.get(m) for m in METRICS if row.get(m) is not None}}
             picks.append(pick)
         pick["why"].append(why)
@@ -119,11 +120,11 @@ def select(feasible: list[Row], points: np.ndarray, objectives: list[str], direc
     return picks
 
 
-def write_report(study: optuna.Study, out: str | Path, *, extra_budgets: list[Budget] | None = None,
+def write_report(study: optuna.Study, out: RunDir | str | Path, *, extra_budgets: list[Budget] | None = None,
                  top_k: int = 3, title: str | None = None) -> dict[str, Any]:
-    """Write every report file into ``out``; returns the summary (also in selected.json)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every report file into the run folder ``out``; returns the summary (also in selected.json)."""
+    run = out if isinstance(out, RunDir) else RunDir(out)
+    run.path.mkdir(parents=True, exist_ok=True)
     objectives = study.user_attrs.get("objectives") or ["value"]
     directions = [d.name.lower() for d in study.directions]
     budgets = [Budget.parse(b) for b in study.user_attrs.get("budgets", [])]
@@ -146,39 +147,37 @@ def write_report(study: optuna.Study, out: str | Path, *, extra_budgets: list[Bu
             summary["knee"] = feasible[nd[knee_point(points[nd], directions)]].number
     summary["selected"] = select(feasible, points, objectives, directions, budgets, extra_budgets or [], quality,
                                  top_k)
-    _write_trials_csv(out / "trials.csv", rows)
-    _write_trials_csv(out / "pareto.csv", nd_rows)
-    (out / "selected.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plots = {}
+    _write_trials_csv(run.trials_csv, rows)
+    _write_trials_csv(run.pareto_csv, nd_rows)
+    run.selected_json.write_text(json.dumps(summary, indent=1) + "\n")
     for x in ("latency_ms", "gmacs"):
-        path = out / f"pareto_{'latency' if x == 'latency_ms' else 'macs'}.png"
-        plots[x] = _plot(path, rows, nd_rows, x, quality, budgets, summary["counts"])
-    _write_html(out / "report.html", rows, nd_rows, quality)
-    _write_markdown(out / "report.md", study, summary, rows, nd_rows, quality, title, out)
+        _plot(run.pareto_plot(x), rows, nd_rows, x, quality, budgets, summary["counts"])
+    _write_html(run.report_html, rows, nd_rows, quality)
+    _write_markdown(run, study, summary, rows, nd_rows, quality, title)
     return summary
 
 
 def _counts(rows: list[Row]) -> dict[str, int]:
     """Trial counts; every status count is over distinct architectures (repeats are counted as reused)."""
-    distinct = [r for r in rows if "reused_from" not in r.attrs]
+    distinct = [r for r in rows if not r.record.is_repeat]
     counts: dict[str, int] = {"trials": len(rows), "distinct": len(distinct),
                               "reused": len(rows) - len(distinct)}
     for r in distinct:
         counts[r.status] = counts.get(r.status, 0) + 1
     counts["rejected_before_training"] = sum(1 for r in distinct if r.status == "infeasible"
-                                             and r.attrs.get("train_steps", 0) == 0)
+                                             and not r.record.train_steps)
     counts["near_budget"] = sum(1 for r in distinct if _decision(r).get("near"))
-    counts["latency_predicted"] = sum(1 for r in distinct if r.attrs.get("cost", {}).get("latency_source") == "predicted")
+    counts["latency_predicted"] = sum(1 for r in distinct if r.record.cost.get("latency_source") == "predicted")
     return counts
 
 
 def _decision(r: Row) -> dict[str, Any]:
-    return r.attrs.get("cost", {}).get("latency_decision") or {}
+    return r.record.cost.get("latency_decision") or {}
 
 
 def _latency_with_spread(r: Row) -> str:
     """"median [p10-p90]" of the counted towers; a near-budget decision is marked."""
-    cost = r.attrs.get("cost", {})
+    cost = r.record.cost
     if cost.get("latency_ms") is None:
         return ""
     text = f"{cost['latency_ms']:.3f}"
@@ -206,12 +205,14 @@ def _worker(w: dict[str, Any] | None) -> str:
 
 
 def _flat(r: Row) -> dict[str, Any]:
-    cost, timings = r.attrs.get("cost", {}), r.attrs.get("timings", {})
+    rec = r.record
+    cost, timings = rec.cost, rec.timings
     d: dict[str, Any] = {"number": r.number, "state": r.state, "status": r.status, "reason": r.reason,
-                         "arch_key": r.attrs.get("arch_key"), "describe": r.attrs.get("describe"),
-                         "config_json": json.dumps(r.attrs.get("config"), sort_keys=True),
-                         "reused_from": r.attrs.get("reused_from", ""), "retry_of": r.attrs.get("retry_of", ""),
-                         "worker": _worker(r.attrs.get("worker")),
+                         "arch_key": rec.arch_key, "describe": rec.describe,
+                         "config_json": json.dumps(rec.config, sort_keys=True),
+                         "reused_from": "" if rec.reused_from is None else rec.reused_from,
+                         "retry_of": "" if rec.retry_of is None else rec.retry_of,
+                         "worker": _worker(rec.worker),
                          "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gflops": cost.get("gflops"),
                          "latency_ms": cost.get("latency_ms"), "latency_p10_ms": cost.get("latency_p10_ms"),
                          "latency_p90_ms": cost.get("latency_p90_ms"), "latency_source": cost.get("latency_source", ""),
@@ -231,7 +232,7 @@ def _flat(r: Row) -> dict[str, Any]:
         if k.startswith(("task/", "retrieval/")) and not k.endswith("agreement"):
             d[k] = v
     d.update({"cost_s": timings.get("cost_s"), "train_s": timings.get("train_s"), "eval_s": timings.get("eval_s"),
-              "train_steps": r.attrs.get("train_steps")})
+              "train_steps": rec.train_steps})
     return d
 
 
@@ -260,8 +261,8 @@ def _plot(path: Path, rows: list[Row], nd_rows: list[Row], x: str, y: str, budge
         pts = [(r.get(x), r.get(y)) for r in rs if r.get(x) is not None and r.get(y) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    ok = [r for r in rows if r.status == "ok" and "reused_from" not in r.attrs]
-    infeasible = [r for r in rows if r.status == "infeasible" and "reused_from" not in r.attrs]
+    ok = [r for r in rows if r.status == "ok" and not r.record.is_repeat]
+    infeasible = [r for r in rows if r.status == "infeasible" and not r.record.is_repeat]
     ax.scatter(*xy(ok), s=28, c="#8aa1c1", label="feasible trials", zorder=2)
     bad = [r for r in infeasible if r.get(x) is not None]
     if bad:  # rejected before training have no accuracy: drawn on the x axis
@@ -299,24 +300,24 @@ def _write_html(path: Path, rows: list[Row], nd_rows: list[Row], y: str) -> None
         fig.add_trace(go.Scatter(
             x=[r.get("latency_ms") for r in rs], y=[r.get(y) if r.get(y) is not None else 0.0 for r in rs],
             mode="markers", name=label, marker={"symbol": symbol, "size": 10},
-            text=[f"trial {r.number} ({r.attrs.get('arch_key')})<br>{r.attrs.get('describe')}<br>"
+            text=[f"trial {r.number} ({r.record.arch_key})<br>{r.record.describe}<br>"
                   f"params {r.get('params_m') or 0:.2f} M, {r.get('gmacs') or 0:.3f} GMACs<br>"
-                  f"{json.dumps(r.attrs.get('config'))}" for r in rs], hoverinfo="text+x+y"))
+                  f"{json.dumps(r.record.config)}" for r in rs], hoverinfo="text+x+y"))
     fig.update_layout(title=f"{y} vs latency (hover for each trial's config)",
                       xaxis_title="latency_ms (median, counted towers)", yaxis_title=y, template="plotly_white")
     fig.write_html(path, include_plotlyjs=True, full_html=True)
 
 
 def _pred(r: Row) -> str:
-    return " *pred.*" if r.attrs.get("cost", {}).get("latency_source") == "predicted" else ""
+    return " *pred.*" if r.record.cost.get("latency_source") == "predicted" else ""
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
     return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], rows: list[Row], nd_rows: list[Row],
-                    quality: str, title: str | None, out: Path) -> None:
+def _write_markdown(run: RunDir, study: optuna.Study, summary: dict[str, Any], rows: list[Row], nd_rows: list[Row],
+                    quality: str, title: str | None) -> None:
     c = summary["counts"]
     target = summary.get("target") or {}
     lines = [f"# {title or 'dime_nas search report'}: {study.study_name}", "",
@@ -324,7 +325,7 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
              f"- objectives: {', '.join(f'{o} ({d})' for o, d in zip(summary['objectives'], summary['directions']))}",
              f"- budgets: {', '.join(summary['budgets']) or 'none'}",
              f"- latency target: `{target.get('name')}` - {target.get('description', '')}",
-             f"- search space: `{_space_label(study.user_attrs.get('space'), out)}`",
+             f"- search space: `{_space_label(study.user_attrs.get('space'), run.path)}`",
              f"- trials: {c['trials']}, of which {c['distinct']} distinct architectures ({c.get('ok', 0)} feasible, "
              f"{c.get('infeasible', 0)} over budget of which {c['rejected_before_training']} rejected before "
              f"training, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed) and {c['reused']} repeats that "
@@ -340,9 +341,9 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
     lines += ["## Pareto front", "", "| trial | architecture | params (M) | GMACs | latency (ms) median [p10-p90] | "
               f"{quality} | key |", "|---|---|---|---|---|---|---|"]
     for r in sorted(nd_rows, key=lambda r: r.get("latency_ms") or 0.0):
-        lines.append(f"| {r.number} | {r.attrs.get('describe')} | {_fmt(r.get('params_m'), 2)} | "
+        lines.append(f"| {r.number} | {r.record.describe} | {_fmt(r.get('params_m'), 2)} | "
                      f"{_fmt(r.get('gmacs'), 4)} | {_latency_with_spread(r)}{_pred(r)} | {_fmt(r.get(quality))} | "
-                     f"`{r.attrs.get('arch_key')}` |")
+                     f"`{r.record.arch_key}` |")
     lines += ["", "![accuracy vs latency](pareto_latency.png)", "", "![accuracy vs MACs](pareto_macs.png)", "",
               "Interactive version (hover shows each trial's config): [report.html](report.html).", "",
               "## Selected students", ""]
@@ -353,9 +354,8 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
                      f"{_fmt(m.get('params_m'), 2)} M params - {'; '.join(p['why'])}")
     if not summary["selected"]:
         lines.append("No feasible trial yet.")
-    full = out / "distill_results.json"
-    if full.exists():
-        results = json.loads(full.read_text())
+    if run.distill_results.exists():
+        results = json.loads(run.distill_results.read_text())
         lines += ["", "## Full distillation (short-run proxy vs full run)", "",
                   f"The headline is **{quality} on the held-out test split**: no trial and no selection saw it. "
                   "The proxy and the full run's validation score are on the validation split that chose these "
@@ -382,4 +382,4 @@ def _write_markdown(path: Path, study: optuna.Study, summary: dict[str, Any], ro
               "over distinct architectures: a repeat reuses the earlier result. `trials.csv` has every trial "
               "(config, cost, per-task scores, timings); `pareto.csv` only the front; `selected.json` the "
               "picks with reasons.", ""]
-    path.write_text("\n".join(lines))
+    run.report_md.write_text("\n".join(lines))

@@ -30,15 +30,16 @@ from typing import Any
 
 import optuna
 
-from ..config import ExperimentConfig, run_dir
-from ..typed_yaml import to_plain
+from ..config import ExperimentConfig
 from ..errors import ConfigError
+from ..run_dir import RunDir
+from ..typed_yaml import to_plain
 from .objective import TrialContext
+from .record import TrialRecord, trial_status
 from .storage import ClaimLock, is_database, mask_url, open_storage, retry_callback
 from .worker import work_on
 
 _log = logging.getLogger(__name__)
-RUN_MARKER = "experiment.json"
 ORPHAN_GRACE_S = 120  # a RUNNING trial with no worker recorded after this long was orphaned by a kill
 
 
@@ -46,15 +47,16 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, op
 
 
 @dataclass
-class SearchOutcome:
-    run_dir: Path
+class StudyRun:
+    """What one call of :func:`run_search` did."""
+
     study: optuna.Study
     already_done: int  # finished trials found when the search started
     new_trials: int  # trials finished by this call
-    interrupted: bool
+    interrupted: bool  # stopped by Ctrl-C
     seconds: float
-    distinct: int = 0  # distinct architectures evaluated in the study (what ``trials`` counts)
-    capped: bool = False  # stopped by max_trials before reaching the distinct count asked for
+    distinct: int  # distinct architectures evaluated in the study (what ``trials`` counts)
+    capped: bool  # stopped by max_trials before reaching the distinct count asked for
 
 
 def trial_counts(study: optuna.Study) -> tuple[int, int]:
@@ -64,12 +66,8 @@ def trial_counts(study: optuna.Study) -> tuple[int, int]:
     process (status ``interrupted``): its architecture was never evaluated.
     """
     finished = study.get_trials(deepcopy=False, states=FINISHED)
-    evaluated = [t for t in finished if "reused_from" not in t.user_attrs and trial_status(t) != "interrupted"]
+    evaluated = [t for t in finished if not TrialRecord.from_trial(t).is_repeat and trial_status(t) != "interrupted"]
     return len(evaluated), len(finished)
-
-
-def storage_url(config: ExperimentConfig, out: Path) -> str:
-    return config.search.storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
 
 def sampler_seed(seed: int, trials_in_study: int, salt: str = "") -> int:
@@ -127,30 +125,15 @@ def _lookup(d: Any, key: str) -> Any:
     return d
 
 
-def claim_run_dir(config: ExperimentConfig, out: Path, force: bool) -> None:
-    """Refuse a run directory that belongs to a different experiment (unless forced)."""
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / RUN_MARKER
-    mine = {"name": config.name, "source": config.source}
-    if marker.exists() and not force:
-        theirs = json.loads(marker.read_text())
-        if theirs.get("name") != config.name:
-            raise ConfigError(f"run directory {out} belongs to experiment {theirs.get('name')!r}, not "
-                              f"{config.name!r}: choose another --out, or pass --force", key="out_dir")
-    marker.write_text(json.dumps(mine, indent=1) + "\n")
-
-
-def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None = None, trials: int | None = None,
-               storage: str | None = None, force: bool = False, progress: bool = True) -> SearchOutcome:
-    """Create (or continue, or join) the study and take part in it until it holds ``trials``
-    distinct evaluated architectures, the cap on all trials is reached, or time runs out.
+def run_search(config: ExperimentConfig, ctx: TrialContext, run: RunDir, url: str, *, trials: int | None = None,
+               force: bool = False, progress: bool = True) -> StudyRun:
+    """Create (or continue, or join) the study at ``url`` and take part in it until it holds
+    ``trials`` distinct evaluated architectures, the cap on all trials is reached, or time runs out.
 
     Several processes (``dime-nas worker``) may run this on one database storage at once.
+    The caller has claimed ``run`` (see ``dime_nas.api.search``).
     """
-    out = Path(out or run_dir(config))
-    claim_run_dir(config, out, force)
-    url = storage or storage_url(config, out)
-    study, storage_obj = join_study(config, ctx, url, out=out, force=force)
+    study, storage_obj = join_study(config, ctx, url, run=run, force=force)
     database = is_database(url)
 
     def fail_stale(s: optuna.Study) -> None:
@@ -174,15 +157,25 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, *, out: Path | None 
                          on_trial=bar.update)
     finally:
         bar.close()
-    return SearchOutcome(out, study, already, result.new_trials, result.interrupted, time.time() - start,
-                         distinct=trial_counts(study)[0], capped=result.capped)
+    return StudyRun(study, already, result.new_trials, result.interrupted, time.time() - start,
+                    distinct=trial_counts(study)[0], capped=result.capped)
 
 
-def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, out: Path, force: bool = False
+def load_run_study(run: RunDir) -> optuna.Study:
+    """The study a run folder recorded (by the experiment's name, in the recorded storage)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = run.load_config().name
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(run.storage))
+    except KeyError:
+        raise ConfigError(f"{run.path}: no study {name!r} in {mask_url(run.storage)}") from None
+
+
+def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, run: RunDir, force: bool = False
                ) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     """Open or create the experiment's study, refusing one recorded with different settings.
 
-    ``force`` starts a new study (the old one is copied to ``out/previous-<time>.db``).
+    ``force`` starts a new study (the old one is copied to ``run.previous_study(<time>)``).
     """
     directions = [o.direction for o in ctx.objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -200,7 +193,7 @@ def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, out: Pa
                               f"{_lookup(recorded, key)!r}, this experiment has {_lookup(fingerprint, key)!r}: "
                               "trials of different settings must not mix. Use another --out or --storage, or "
                               "--force to start a new study (the old one is kept in the run directory)", key=key)
-        _restart_study(study, url, out, directions, config)
+        _restart_study(study, url, run, directions, config)
         study = optuna.load_study(study_name=config.name, storage=storage, sampler=make_sampler(config, len(directions)),
                                   pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
     if [d.name.lower() for d in study.directions] != directions:
@@ -225,10 +218,10 @@ def _counts(study: optuna.Study) -> tuple[int, int, int]:
     return distinct, total, len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
-def _restart_study(study: optuna.Study, url: str, out: Path, directions: list[str],
+def _restart_study(study: optuna.Study, url: str, run: RunDir, directions: list[str],
                    config: ExperimentConfig) -> optuna.Study:
-    """Keep a copy of the study in ``out/previous-<time>.db``, then start it afresh under the same name."""
-    backup = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}.db"
+    """Keep a copy of the study in the run folder, then start it afresh under the same name."""
+    backup = run.previous_study(time.strftime('%Y%m%d-%H%M%S'))
     optuna.copy_study(from_study_name=study.study_name, from_storage=open_storage(url),
                       to_storage=f"sqlite:///{backup.resolve()}")
     optuna.delete_study(study_name=study.study_name, storage=open_storage(url))
@@ -236,15 +229,6 @@ def _restart_study(study: optuna.Study, url: str, out: Path, directions: list[st
     return optuna.create_study(study_name=config.name, storage=open_storage(url), directions=directions,
                                sampler=make_sampler(config, len(directions)),
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
-
-
-def trial_status(trial: optuna.trial.FrozenTrial) -> str:
-    """The trial's status; a failed trial that never recorded one was cut short (``interrupted``)."""
-    status = trial.user_attrs.get("status")
-    if status and trial.state != optuna.trial.TrialState.RUNNING:
-        return status
-    return {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "interrupted", "RUNNING": "running",
-            "WAITING": "waiting"}[trial.state.name]
 
 
 def _fail_interrupted(study: optuna.Study, *, heartbeat: bool = False, orphan_grace_s: float = ORPHAN_GRACE_S,
@@ -264,7 +248,7 @@ def _fail_interrupted(study: optuna.Study, *, heartbeat: bool = False, orphan_gr
     host, now = socket.gethostname(), datetime.datetime.now()
     stale = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = TrialRecord.from_trial(t).worker
         if worker is None:
             started = t.datetime_start or now
             if (now - started).total_seconds() > orphan_grace_s:
@@ -290,7 +274,7 @@ def _alive(pid: int) -> bool:
 
 def _enqueue_grid(study: optuna.Study, ctx: TrialContext) -> None:
     """Grid sampler: every configuration of the space once (skipping ones already queued or run)."""
-    seen = {t.user_attrs.get("arch_key") for t in study.get_trials(deepcopy=False)}
+    seen = {TrialRecord.from_trial(t).arch_key for t in study.get_trials(deepcopy=False)}
     queued = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
     for config, params in ctx.space.grid_params(ctx.cache.embed_dim):
@@ -312,7 +296,7 @@ class _TrialBar:
         if advance:  # the bar counts distinct architectures, as ``trials`` does
             self.bar.update(trial_counts(study)[0] - self.bar.n)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        feasible = [t for t in complete if t.user_attrs.get("status") in ("ok",)]
+        feasible = [t for t in complete if TrialRecord.from_trial(t).status == "ok"]
         post = {"feasible": len(feasible), "failed": len(study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))}
         if feasible:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import optuna
 
+from . import record
 from .objective import TrialContext, record_failure, run_trial
 from .storage import ClaimLock, retried_trial_number, with_retries
 
@@ -83,9 +84,8 @@ def work_on(study: optuna.Study, ctx: TrialContext, lock: ClaimLock, *, want: in
 
     def objective(trial: optuna.Trial) -> Any:
         try:
-            trial.set_user_attr("worker", me)
             retry_of = retried_trial_number(study.get_trials(deepcopy=False)[trial.number])
-            trial.set_user_attr("retry_of", retry_of)
+            record.write(trial, worker=me, retry_of=retry_of)
         finally:
             lock.release()  # the trial is claimed: others now count it in flight
         try:
@@ -93,8 +93,7 @@ def work_on(study: optuna.Study, ctx: TrialContext, lock: ClaimLock, *, want: in
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("status", "interrupted")
-            trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+            record.write(trial, status="interrupted", reason="interrupted (Ctrl-C)")
             raise
         except Exception as exc:  # one bad config must not end the search: recorded, then caught by optimize
             record_failure(trial, exc)

@@ -1,0 +1,187 @@
+"""The toolkit's public functions: one per job, each the whole pipeline of a ``dime-nas`` command.
+
+    outcome = search("experiments/demo.yaml", trials=8)       # teacher, cache, study, report
+    report(outcome.run)                                       # rewrite the report (e.g. other budgets)
+    results = distill_selected(outcome.run, "knee")           # full runs of the picks, exported
+    exported = export(outcome.run.full_run(key))              # again, elsewhere
+
+Heavy libraries (torch, optuna) are imported inside the functions, so importing this
+module (and ``dime_nas``) stays instant.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .run_dir import RunDir
+
+if TYPE_CHECKING:
+    import optuna
+
+    from .config import Budget, ExperimentConfig
+
+
+@dataclass
+class SearchOutcome:
+    """What :func:`search` did and where its results are."""
+
+    run: RunDir  # the run folder (report, study, config)
+    study: optuna.Study
+    storage: str  # the study's storage URL
+    already_done: int  # finished trials found when the search started
+    new_trials: int  # trials finished by this call
+    distinct: int  # distinct architectures evaluated in the study (what ``trials`` counts)
+    interrupted: bool  # stopped by Ctrl-C
+    capped: bool  # stopped by max_trials before reaching the distinct count asked for
+    train_steps: int  # optimiser steps this call's trials took
+    prepare_seconds: float  # teacher, data and feature cache
+    search_seconds: float  # the trials
+    seconds: float  # the whole call, report included
+    summary: dict[str, Any]  # the report's summary: counts, front, selected (as in selected.json)
+
+
+@dataclass
+class Exported:
+    """What :func:`export` wrote."""
+
+    out: Path  # the deliverable's folder
+    card: dict[str, Any]  # its model card (files, cost, metrics)
+
+
+def load(experiment: str | Path | ExperimentConfig) -> ExperimentConfig:
+    """An experiment config from a YAML path (validated), or the config itself."""
+    from .config import ExperimentConfig, load_experiment
+
+    return experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment)
+
+
+def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None = None, trials: int | None = None,
+           storage: str | None = None, force: bool = False, progress: bool = True,
+           worker: bool = False) -> SearchOutcome:
+    """Run (or continue) an experiment's search and write its report.
+
+    Builds what the trials need first (the demo teacher, data, the teacher-feature cache), then
+    runs the Optuna study until it holds ``trials`` distinct architectures.
+
+    Args:
+        experiment: a YAML path or a loaded config.
+        out: the run folder (default: the config's ``out_dir``); one of another experiment is
+            refused unless ``force``.
+        trials: distinct architectures wanted (default: ``search.trials``).
+        storage: the study's storage URL (default: ``search.storage``, else ``study.db`` in the run folder).
+        force: also start a new study when the recorded one was run with other settings.
+        worker: join a shared study as one of several workers: needs a database ``storage`` and
+            a cache built beforehand (``dime-nas cache``), which is opened read-only.
+
+    Raises:
+        ConfigError: bad config, a run folder or study of other settings, an unreachable storage.
+        CacheError: (workers) no complete cache for this experiment.
+    """
+    from .cost.targets import get_target
+    from .errors import ConfigError
+    from .pipeline import open_shared_cache, prepare_cache
+    from .search.objective import TrialContext
+    from .search.report import write_report
+    from .search.storage import open_storage
+    from .search.study import run_search
+    from .space import SearchSpace
+
+    t0 = time.time()
+    config = load(experiment)
+    run = RunDir.of(config, out)
+    if worker and not (storage or config.search.storage):
+        raise ConfigError("a worker needs the study's shared storage: pass --storage URL (or set search.storage)")
+    if storage or config.search.storage:  # an unreachable database fails now, before anything is made
+        open_storage(storage or config.search.storage)
+    url = run.storage_for(config, storage)
+    run.claim(config, force)
+    run.record(config, url)
+    # workers share a cache built once; they never build one
+    cache, text_cfg = open_shared_cache(config) if worker else prepare_cache(config, progress=progress)
+    prepared = time.time() - t0
+    ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
+                       text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=progress)
+    result = run_search(config, ctx, run, url, trials=trials, force=force, progress=progress)
+    summary = write_report(result.study, run)
+    return SearchOutcome(run=run, study=result.study, storage=url, already_done=result.already_done,
+                         new_trials=result.new_trials, distinct=result.distinct, interrupted=result.interrupted,
+                         capped=result.capped, train_steps=ctx.train_steps_run, prepare_seconds=prepared,
+                         search_seconds=result.seconds, seconds=time.time() - t0, summary=summary)
+
+
+def report(run_dir: str | Path | RunDir, *, budgets: Sequence[str | Budget] = (), top_k: int = 3
+           ) -> dict[str, Any]:
+    """(Re)write a run's report; ``budgets`` (e.g. ``"latency_ms <= 3"``) add selections.
+
+    Returns the summary (counts, front, selected), also written to ``selected.json``.
+    """
+    from .config import Budget
+    from .search.report import write_report
+    from .search.study import load_run_study
+
+    run = _run(run_dir)
+    extra = [b if isinstance(b, Budget) else Budget.parse(b) for b in budgets]
+    return write_report(load_run_study(run), run, extra_budgets=extra, top_k=top_k)
+
+
+def distill_selected(run_dir: str | Path | RunDir, select: str = "knee", *, steps: int | None = None,
+                     progress: bool = True, export: bool = True) -> list[dict[str, Any]]:
+    """Fully distil the students ``select`` picks (``knee``, ``best``, ``budget``, ``top:K``,
+    ``trial:N``), re-measure and export them, and add them to the report.
+
+    Resumable: a pick distilled before continues from its checkpoint. Returns every full
+    run of the folder (``distill_results.json``), this call's included. Under torchrun every
+    rank trains, rank 0 alone measures and writes; the other ranks return an empty list.
+    """
+    from . import handoff
+    from .distill.trainer import is_main_process
+
+    run = _run(run_dir)
+    results = handoff.distill_selected(run, select, steps=steps, progress=progress, export=export)
+    if not is_main_process():
+        return []
+    report(run)
+    return results
+
+
+def export(checkpoint: str | Path, *, out: str | Path | None = None, onnx: bool = True,
+           int8: bool = True) -> Exported:
+    """Export a fully distilled student (``RUN_DIR/full/<key>`` or its ``checkpoint.pt``): open_clip
+    checkpoint and config, ONNX towers (fp32, int8), model card; by default into ``<its folder>/export``."""
+    import torch
+
+    from .deliverable import export_student
+    from .distill.trainer import StudentTowers
+    from .pipeline import prepare_cache, teacher_spec
+    from .student import StudentConfig
+    from .teacher import load_teacher
+
+    ckpt = Path(checkpoint)
+    ckpt = ckpt / "checkpoint.pt" if ckpt.is_dir() else ckpt
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}")
+    config = RunDir.enclosing(ckpt.parent).load_config()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    student = StudentConfig.from_dict(state["config"])
+    towers = StudentTowers(student)
+    towers.load_state_dict(state["model"])
+    teacher = load_teacher(teacher_spec(config.teacher), device="cpu")
+    cache, _ = prepare_cache(config, teacher=teacher)
+    folder = Path(out) if out else ckpt.parent / "export"
+    card = export_student(student, towers, folder, preprocess_cfg=cache.manifest["preprocess"], teacher=teacher,
+                          onnx=onnx, int8=int8, card={"checkpoint": str(ckpt), "steps": state["result"].steps})
+    return Exported(folder, card)
+
+
+def build_cache(experiment: str | Path | ExperimentConfig, *, progress: bool = True) -> Any:
+    """Build (or reuse) an experiment's teacher-feature cache; returns the opened FeatureCache."""
+    from .pipeline import prepare_cache
+
+    cache, _ = prepare_cache(load(experiment), progress=progress)
+    return cache
+
+
+def _run(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
