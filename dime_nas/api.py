@@ -83,6 +83,7 @@ def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None 
     from .errors import ConfigError
     from .pipeline import open_shared_cache, prepare_cache
     from .search.objective import TrialContext
+    from .search.local_workers import LocalWorkers, TimingGate, threads_each, torch_threads
     from .search.report import write_report
     from .search.storage import open_storage
     from .search.study import run_search
@@ -103,7 +104,14 @@ def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None 
     prepared = time.time() - t0
     ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
                        text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=progress)
-    result = run_search(config, ctx, run, url, trials=trials, force=force, progress=progress)
+    n = 1 if worker else config.search.local_workers
+    if config.search.local_workers > 1:  # this process and its local workers share the machine's cores
+        ctx.timing_gate = TimingGate(run.path / "timing.lock")
+    with LocalWorkers(config.source, url, run.path, n - 1, threads_each(n), trials=trials) as helpers, \
+            torch_threads(threads_each(n) if n > 1 else None):
+        result = run_search(config, ctx, run, url, trials=trials, force=force, progress=progress)
+        if result.interrupted:
+            helpers.interrupt()
     summary = write_report(result.study, run)
     return SearchOutcome(run=run, study=result.study, storage=url, already_done=result.already_done,
                          new_trials=result.new_trials, distinct=result.distinct, interrupted=result.interrupted,

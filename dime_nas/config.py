@@ -274,6 +274,8 @@ class SearchConfig:
     heartbeat_s: int = 60
     grace_s: int = 180
     retries: int = 1  # a trial failed by a dead worker is run again this many times (on another worker)
+    # processes on this machine that share the search, each with its share of the cores (CPU searches)
+    local_workers: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.near_budget_margin <= 1.0:
@@ -295,6 +297,8 @@ class SearchConfig:
             raise ConfigError(f"must be > heartbeat_s ({self.heartbeat_s}), got {self.grace_s}", key="search.grace_s")
         if self.retries < 0:
             raise ConfigError(f"must be >= 0, got {self.retries}", key="search.retries")
+        if self.local_workers < 1:
+            raise ConfigError(f"must be >= 1, got {self.local_workers}", key="search.local_workers")
 
 
 @dataclass

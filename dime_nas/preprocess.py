@@ -2,6 +2,9 @@
 normalised tensors at a model's resolution, and token ids -> a model's context length."""
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any, Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,37 @@ def to_model_input(pixels: np.ndarray, image_size: int, mean: tuple[float, ...],
     m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+# Whole corpora converted once per resolution (the demo's: 37-147 MB each), least recently used dropped
+_CONVERTED: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+CONVERTED_KEEP = 3
+CONVERTED_MAX_BYTES = 512 * 2**20
+
+
+def corpus_inputs(cache: Any, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                  augment: bool = False, generator: torch.Generator | None = None
+                  ) -> Callable[[np.ndarray], torch.Tensor]:
+    """A function from corpus indices to model inputs, as ``to_model_input`` would give them.
+
+    Without augmentation a small corpus is converted once at ``image_size`` and kept for the
+    trials that follow (the same values: each image is resized on its own); a large one, or
+    an augmented run, converts each batch as it is drawn.
+    """
+    n = len(cache.pixels)
+    if augment or n * 3 * image_size * image_size * 4 > CONVERTED_MAX_BYTES:
+        return lambda idx: to_model_input(cache.pixels.take(idx), image_size, mean, std, augment, generator)
+    key = (str(getattr(cache, "root", id(cache))), n, image_size, tuple(mean), tuple(std))
+    table = _CONVERTED.get(key)
+    if table is None:
+        table = torch.empty(n, 3, image_size, image_size)
+        for i in range(0, n, 256):
+            table[i:i + 256] = to_model_input(cache.pixels.take(np.arange(i, min(n, i + 256))), image_size, mean, std)
+        _CONVERTED[key] = table
+        while len(_CONVERTED) > CONVERTED_KEEP:
+            _CONVERTED.popitem(last=False)
+    _CONVERTED.move_to_end(key)
+    return lambda idx: table[torch.from_numpy(np.asarray(idx, dtype=np.int64))]
 
 
 def _random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

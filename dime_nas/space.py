@@ -474,7 +474,7 @@ def shipped_spaces_dir() -> Path:
 def resolve_space_path(name_or_path: str | Path) -> Path:
     """A path as given, or the name of a shipped space (``tiny`` -> dime_nas/search_spaces/tiny.yaml)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         return path
     candidate = shipped_spaces_dir() / f"{name_or_path}.yaml"
     return candidate if candidate.exists() else path

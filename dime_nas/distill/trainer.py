@@ -29,7 +29,7 @@ import torch.nn as nn
 from .. import compact_vocab
 from ..fs import atomic_path
 from ..optim import param_groups, warmup_cosine
-from ..preprocess import fit_context, to_model_input
+from ..preprocess import corpus_inputs, fit_context
 from ..student import StudentConfig, build_image_tower, build_text_tower
 from .losses import check_finite, dime_fm_losses, feature_distill_loss
 
@@ -121,7 +121,8 @@ def resolve_device(requested: str | None = None) -> str:
 def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
             evaluate: Callable[[StudentTowers], dict[str, Any]] | None = None, final_eval: bool = True,
-            on_eval: Callable[[int, dict[str, Any]], None] | None = None) -> tuple[StudentTowers, RunResult]:
+            on_eval: Callable[[int, dict[str, Any]], None] | None = None,
+            before_step: Callable[[], None] | None = None) -> tuple[StudentTowers, RunResult]:
     """Distil ``config`` from ``cache`` under ``settings`` (a DistillConfig).
 
     Args:
@@ -134,6 +135,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
         final_eval: evaluate at the end too (off when the caller scores the result itself).
         on_eval: called with (step, metrics) after each intermediate evaluation; it
             may raise (e.g. ``optuna.TrialPruned``) to stop the run.
+        before_step: called before each optimiser step (e.g. to wait while a latency is timed).
 
         device: overrides ``settings.device`` (see ``resolve_device``).
 
@@ -177,6 +179,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
         wrapped = torch.compile(wrapped)
     log = _open_log(Path(checkpoint_dir), result.steps) if checkpoint_dir and dist.is_main else None
     bar = _progress_bar(progress and dist.is_main, settings.steps, result.steps)
+    student_inputs = corpus_inputs(cache, image_size, mean, std, settings.augment, augment_rng)
     start, elapsed0 = time.time(), result.seconds
     try:
         while result.steps < settings.steps:
@@ -184,11 +187,12 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
                 result.stopped_by = "seconds"
                 break
             step = result.steps
+            if before_step is not None:
+                before_step()
             idx_i = images.take(settings.batch_size)
             idx_t = texts.take(settings.text_batch_size)
             mine = dist.my_slice(len(idx_i))
-            x = to_model_input(cache.pixels.take(idx_i[mine]), image_size, mean, std,
-                                 augment=settings.augment, generator=augment_rng).to(device)
+            x = student_inputs(idx_i[mine]).to(device)
             t_img = torch.from_numpy(cache.image_emb.take(idx_i).astype(np.float32)).to(device)
             t_txt = torch.from_numpy(cache.text_emb.take(idx_t).astype(np.float32)).to(device)
             tokens = None

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -39,6 +40,7 @@ class TrialContext:
     budgets: list[Budget] = field(default_factory=list)
     progress: bool = True
     train_steps_run: int = 0  # over all trials of this process (tests check infeasible trials add none)
+    timing_gate: Any = None  # TimingGate when local workers share this machine: none trains while one times
 
     @property
     def multi_objective(self) -> bool:
@@ -73,7 +75,8 @@ def measure_cost(config: StudentConfig, ctx: TrialContext) -> dict[str, Any]:
         return {**out, **decided}
     timed = {n: towers[n] for n in counted}
     exports: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="dime_nas_trial_") as tmp:
+    timing = ctx.timing_gate.timing() if ctx.timing_gate is not None else contextlib.nullcontext()
+    with timing, tempfile.TemporaryDirectory(prefix="dime_nas_trial_") as tmp:
         lat = measure_target(timed, ctx.target, tmp, exports)
         out["latency_ms"], out["latency_source"] = lat["total_median_ms"], "measured"
         out["latency_p10_ms"], out["latency_p90_ms"] = lat["total_p10_ms"], lat["total_p90_ms"]
@@ -150,7 +153,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
     t0 = time.time()
     evaluate = functools.partial(evaluate_towers, cache=ctx.cache)
     model, result = distill(config, ctx.cache, ctx.experiment.distill, progress=ctx.progress, on_eval=on_eval,
-                            evaluate=evaluate, final_eval=False)
+                            evaluate=evaluate, final_eval=False,
+                            before_step=ctx.timing_gate.step if ctx.timing_gate is not None else None)
     ctx.train_steps_run += result.steps
     timings["train_s"] = time.time() - t0
     t0 = time.time()

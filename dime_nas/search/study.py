@@ -208,7 +208,8 @@ def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, run: Ru
         study.set_user_attr("space", ctx.space.source)
         study.set_user_attr("hv_reference", config.search.hv_reference)
     # workers sharing a database each get their own seed, or they would propose the same students
-    salt = f"{socket.gethostname()}:{os.getpid()}" if is_database(url) else ""
+    shared = is_database(url) or config.search.local_workers > 1
+    salt = f"{socket.gethostname()}:{os.getpid()}" if shared else ""
     study.sampler = make_sampler(config, len(directions), len(study.get_trials(deepcopy=False)), salt)
     return study, storage
 
