@@ -154,3 +154,11 @@ def test_shipped_spaces_load_and_enumerate(name):
     space = SearchSpace.load(resolve_space_path(name))
     grid = space.grid()
     assert len(grid) == len({c.arch_key for c in grid}) > 10
+
+
+def test_a_folder_named_like_a_shipped_space_does_not_shadow_it(tmp_path, monkeypatch):
+    from dime_nas.space import resolve_space_path, shipped_spaces_dir
+
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_space_path("tiny") == shipped_spaces_dir() / "tiny.yaml"
