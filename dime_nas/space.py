@@ -94,7 +94,7 @@ class Dimension:
         if self.step is not None:
             n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
             return tuple(round(self.low + i * self.step, 10) for i in range(n))
-        raise ValueError(f"{self.name} is a continuous range and has no finite value list")
+        raise ConfigError(f"{self.name} is a continuous range and has no finite value list")
 
     def suggest(self, trial: Any, allowed: tuple | None = None) -> Any:
         """Sample through Optuna's trial API; ``allowed`` narrows a discrete dimension."""
@@ -122,7 +122,7 @@ class Constraint:
         try:
             self._tree = ast.parse(text, mode="eval").body
         except SyntaxError as exc:
-            raise ValueError(f"cannot parse constraint {text!r}: {exc.msg}") from None
+            raise ConfigError(f"cannot parse constraint {text!r}: {exc.msg}") from None
         self.names: set[str] = set()
         self._collect(self._tree)
 
@@ -134,7 +134,7 @@ class Constraint:
         allowed = (ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.BinOp, ast.Compare,
                    ast.Constant, ast.Tuple, ast.List, *self._BINOPS, *self._CMPOPS)
         if not isinstance(node, allowed):
-            raise ValueError(f"constraint {self.text!r} uses unsupported syntax {type(node).__name__}")
+            raise ConfigError(f"constraint {self.text!r} uses unsupported syntax {type(node).__name__}")
         for child in ast.iter_child_nodes(node):
             self._collect(child)
 

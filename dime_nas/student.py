@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .tokens import VOCAB_SIZE
 
 VISION_KINDS = ("vit", "timm")
@@ -42,20 +43,20 @@ class VisionTowerConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
-            raise ValueError(f"vision.kind must be one of {VISION_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"vision.kind must be one of {VISION_KINDS}, got {self.kind!r}")
         if self.image_size <= 0:
-            raise ValueError(f"vision.image_size must be positive, got {self.image_size}")
+            raise ConfigError(f"vision.image_size must be positive, got {self.image_size}")
         if self.kind == "vit":
             missing = [n for n in ("layers", "width", "heads", "mlp_ratio", "patch_size") if getattr(self, n) is None]
             if missing:
-                raise ValueError(f"a ViT image tower needs {', '.join(missing)}")
+                raise ConfigError(f"a ViT image tower needs {', '.join(missing)}")
             if self.width % self.heads:
-                raise ValueError(f"vision.width {self.width} is not divisible by vision.heads {self.heads}")
+                raise ConfigError(f"vision.width {self.width} is not divisible by vision.heads {self.heads}")
             if self.image_size % self.patch_size:
-                raise ValueError(
+                raise ConfigError(
                     f"vision.image_size {self.image_size} is not divisible by vision.patch_size {self.patch_size}")
         elif not self.timm_model:
-            raise ValueError("a timm image tower needs timm_model")
+            raise ConfigError("a timm image tower needs timm_model")
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,13 @@ class TextTowerConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in TEXT_KINDS:
-            raise ValueError(f"text.kind must be one of {TEXT_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"text.kind must be one of {TEXT_KINDS}, got {self.kind!r}")
         if self.kind == "transformer":
             missing = [n for n in ("layers", "width", "heads", "context_length") if getattr(self, n) is None]
             if missing:
-                raise ValueError(f"a transformer text tower needs {', '.join(missing)}")
+                raise ConfigError(f"a transformer text tower needs {', '.join(missing)}")
             if self.width % self.heads:
-                raise ValueError(f"text.width {self.width} is not divisible by text.heads {self.heads}")
+                raise ConfigError(f"text.width {self.width} is not divisible by text.heads {self.heads}")
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,9 @@ class StudentConfig:
     def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
         unknown = set(data) - {"embed_dim", "vision", "text"}
         if unknown:
-            raise ValueError(f"unknown StudentConfig key(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown StudentConfig key(s): {', '.join(sorted(unknown))}")
         if "embed_dim" not in data:
-            raise ValueError("StudentConfig needs embed_dim")
+            raise ConfigError("StudentConfig needs embed_dim")
         return cls(
             embed_dim=int(data["embed_dim"]),
             vision=_build_dataclass(VisionTowerConfig, data.get("vision", {}), "vision"),
@@ -209,7 +210,7 @@ def _build_dataclass(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"unknown {where} key(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown {where} key(s): {', '.join(sorted(unknown))}")
     kwargs = dict(data)
     for name in ("mlp_ratio",):
         if kwargs.get(name) is not None:

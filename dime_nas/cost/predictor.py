@@ -211,6 +211,7 @@ def load_samples(source: str | Path, target: str) -> list[dict[str, Any]]:
             raise ValueError(f"{source}: measurements need the fields {missing}")
         return [s for s in samples if s["target"] == target]
     from ..run_dir import RunDir
+    from ..search.record import TrialRecord
 
     if not RunDir(source).is_run:
         raise FileNotFoundError(f"{source} is neither a measurements file nor a run directory")
@@ -225,9 +226,9 @@ def load_samples(source: str | Path, target: str) -> list[dict[str, Any]]:
         if info.get("name") != target:
             continue
         for t in study.get_trials(deepcopy=False):
-            cost = t.user_attrs.get("cost")
-            if cost and cost.get("latency_source", "measured") == "measured" and "reused_from" not in t.user_attrs:
-                samples += samples_from_cost(t.user_attrs.get("config", {}), cost, info)
+            r = TrialRecord.from_trial(t)
+            if r.cost and r.cost.get("latency_source", "measured") == "measured" and r.reused_from is None:
+                samples += samples_from_cost(r.config or {}, r.cost, info)
     return samples
 
 
