@@ -63,3 +63,24 @@ def test_ratio_at_and_trials_to_reach_hand_checked():
     assert bench_stats.trials_to_reach([1.0, 2.0], 4.0, 0.95) is None
     with pytest.raises(ValueError):
         bench_stats.ratio_at(curves, 4.0, 4)
+
+
+def test_replay_counts_distinct_architectures_and_ends_at_the_exhaustive_hypervolume():
+    import search_efficiency
+
+    from dime_nas.search.pareto import default_reference, hypervolume
+    from dime_nas.space import SearchSpace
+
+    space = SearchSpace({"name": "t", "embed_dim": 16, "image": {"kind": ["vit"], "vit": {
+        "layers": {"low": 1, "high": 2}, "width": [32, 64], "heads": [2], "mlp_ratio": [2.0], "patch_size": [8],
+        "image_size": [32]}}, "text": {"kind": ["teacher"]}})
+    grid = space.grid(embed_dim=16)
+    table = {s.arch_key: (0.1 * s.vision.layers + 0.001 * s.vision.width, s.vision.layers * s.vision.width)
+             for s in grid}
+    points = np.array(list(table.values()))
+    ref = default_reference(points, search_efficiency.DIRECTIONS)
+    out = search_efficiency.replay(space, 16, table, "random", 0, ref)
+    assert len(out["keys"]) == len(set(out["keys"])) == 4 and not out["capped"]
+    assert out["raw_trials"] >= 4  # repeats are asked but not counted
+    assert np.all(np.diff(out["hv"]) >= 0)
+    assert out["hv"][-1] == pytest.approx(hypervolume(points, search_efficiency.DIRECTIONS, ref))
