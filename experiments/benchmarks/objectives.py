@@ -27,7 +27,7 @@ OBJECTIVES = {
 }
 KEYS = {"VL only": "vl-only", "DIME-FM (0.7 VL + 0.3 P-VL)": "dime-fm", "DIME-FM + UDist 0.3": "dime-fm+udist0.3",
         "feature (cosine)": "feature-cosine"}
-STUDENTS = ["vit L1 W64 H2 mlp4 p16 @32px + text=teacher", "vit L1 W128 H2 mlp4 p8 @32px + text=teacher",
+STUDENTS = ["vit L1 W64 H2 mlp4 p16 @32px + text=teacher", "vit L2 W64 H2 mlp4 p16 @32px + text=teacher",
             "timm test_byobnet @32px + text=teacher"]
 METRICS = ["accuracy", "retrieval", "agreement"]
 
