@@ -88,6 +88,9 @@ def run(student, cache, distill_cfg, splits: tuple[str, ...] = ()) -> dict[str, 
     out.update(steps=result.steps, train_s=result.seconds, wall_s=time.time() - t0,
                first_losses=[c["total"] for c in result.curve[:3]],
                evals=[{k: v for k, v in e.items() if not k.startswith(("task/", "teacher/"))} for e in result.evals])
+    k = distill_cfg.average_last_evals if distill_cfg.eval_every else 1
+    points = [e["accuracy"] for e in result.evals[-(k - 1):]] if k > 1 and result.evals else []
+    out["final_accuracy"] = (len(points) + 1) * out["accuracy"] - sum(points)  # the last evaluation alone
     ctx = student.text.context_length if model.text is not None else None
     for split in splits:
         m = evaluate_student(model.visual, cache, student.vision.image_size, model.text, ctx, split=split)

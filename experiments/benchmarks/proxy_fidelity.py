@@ -80,6 +80,9 @@ def main() -> None:
     p.add_argument("--short-steps", type=int, default=None, help="override the short run's steps (smoke runs)")
     p.add_argument("--store", default=str(common.ROOT / "runs" / "benchmarks" / "runs.jsonl"),
                    help="resumable store of finished runs (shared with objectives.py)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate the short runs every N steps (compares readings of the proxy: final, mean of the "
+                        "last evaluations, ...); the long runs are the same")
     p.add_argument("--name", default="proxy_fidelity")
     a = p.parse_args()
     from dime_nas.search.stats import kendall_tau, rank_agreement, spearman_rho
@@ -89,18 +92,22 @@ def main() -> None:
     config, cache, _, _ = common.load(a.config)
     picks = resolve(STUDENTS[: a.limit], cache.embed_dim)
     short_cfg = config.distill if a.short_steps is None else common.settings(config.distill, steps=a.short_steps)
+    tag = ""
+    if a.eval_every:
+        short_cfg = common.settings(short_cfg, eval_every=a.eval_every)
+        tag = f"|eval{a.eval_every}"
     jobs = []
     for s, _ in picks:
         jobs.append(common.job(common.long_key(s, a.long, 0, "dime-fm"), s, common.long_settings(config, a.long, 0),
                                splits=("test", "all")))
     for k in range(a.seeds):
         for s, _ in picks:
-            jobs.append(common.job(f"{s.arch_key}|short{short_cfg.steps}|seed{k}", s, common.settings(short_cfg, seed=k)))
+            jobs.append(common.job(f"{s.arch_key}|short{short_cfg.steps}{tag}|seed{k}", s, common.settings(short_cfg, seed=k)))
     results = common.run_jobs(jobs, a.config, a.store, a.workers, a.threads)
 
     students = []
     for s, space in picks:
-        short = [results[f"{s.arch_key}|short{short_cfg.steps}|seed{k}"] for k in range(a.seeds)]
+        short = [results[f"{s.arch_key}|short{short_cfg.steps}{tag}|seed{k}"] for k in range(a.seeds)]
         full = results[common.long_key(s, a.long, 0, "dime-fm")]
         macs, params = image_cost(s)
         finals = [2 * r["accuracy"] - r["evals"][-1]["accuracy"] if r["evals"] else r["accuracy"] for r in short]
@@ -146,6 +153,30 @@ def main() -> None:
         "proxy_vs_full_val_tau": kendall_tau(by_seed.mean(1), [r["full_val"] for r in students]),
         "proxy_vs_full_all_tau": kendall_tau(by_seed.mean(1), [r["full_all"] for r in students]),
     }
+    # readings of the same short runs: which evaluation points the score averages
+    steps = short_cfg.steps
+
+    def points(r):
+        pts = {e["step"]: e["accuracy"] for e in r["evals"]}
+        pts[steps] = r.get("final_accuracy", 2 * r["accuracy"] - r["evals"][-1]["accuracy"] if r["evals"] else r["accuracy"])
+        return pts
+
+    pts = [[points(r) for r in st["short_runs"]] for st in students]
+    available = set.intersection(*(set(p) for row in pts for p in row))
+    candidates = {f"step {steps} only": (steps,), f"mean of steps {steps // 2}, {steps}": (steps // 2, steps),
+                  f"mean of steps {steps * 2 // 3}, {steps}": (steps * 2 // 3, steps),
+                  f"mean of steps {steps * 5 // 6}, {steps}": (steps * 5 // 6, steps),
+                  f"mean of steps {steps * 2 // 3}-{steps}": tuple(x for x in sorted(available) if x >= steps * 2 // 3),
+                  f"step {steps // 2} only": (steps // 2,)}
+    readings = {}
+    for label, at in candidates.items():
+        if not at or not set(at) <= available or any(v["steps"] == list(at) for v in readings.values()):
+            continue
+        m = np.array([[np.mean([p[x] for x in at]) for p in row] for row in pts])
+        readings[label] = {"steps": list(at), **rank_agreement(m.mean(1), full),
+                           "tau_single_seed": [kendall_tau(m[:, k], full) for k in range(m.shape[1])],
+                           "seed_std_pooled": bench_stats.pooled_std(m) if m.shape[1] > 1 else float("nan"),
+                           "self_tau": bench_stats.seed_agreement(kendall_tau, m)["mean"] if m.shape[1] > 1 else None}
     subsets = {}
     for label, keep in (("text=teacher only", [r["text"] == "teacher" for r in students]),
                         ("student text tower only", [r["text"] == "transformer" for r in students]),
@@ -159,7 +190,7 @@ def main() -> None:
                       "short_average_last_evals": short_cfg.average_last_evals, "batch": short_cfg.batch_size,
                       "students": len(students)},
             "machine": common.machine(), "students": students, "rank_agreement": table,
-            "proxy_minus_baseline_tau": versus, "noise": noise, "subsets": subsets,
+            "proxy_minus_baseline_tau": versus, "noise": noise, "subsets": subsets, "readings": readings,
             "definitions": {"proxy": "search-validation accuracy, mean of the evaluations at the short run's last "
                                      f"{short_cfg.average_last_evals} evaluation points, mean over seeds",
                             "full": f"test-split accuracy after {a.long} steps (seed 0), final model"}}
@@ -190,6 +221,14 @@ def main() -> None:
            f"run on the validation split: {noise['proxy_vs_full_val_tau']:.2f}, on all evaluation images: "
            f"{noise['proxy_vs_full_all_tau']:.2f}",
            f"- proxy read at the final step only (no averaging): tau {noise['proxy_final_only_tau']:.2f}", ""]
+    if readings:
+        md += ["Readings of the same short runs (which evaluation points the score averages):", "",
+               "| reading | tau, mean of seeds [95% CI] | tau of single seeds | seed std (pooled) | tau seed vs seed |",
+               "|---|---|---|---|---|"]
+        md += [f"| {k} | {v['tau']:.2f} [{v['tau_lo']:.2f}, {v['tau_hi']:.2f}] | "
+               f"{', '.join(f'{x:.2f}' for x in v['tau_single_seed'])} | {v['seed_std_pooled']:.4f} | "
+               f"{v['self_tau'] if v['self_tau'] is None else round(v['self_tau'], 2)} |" for k, v in readings.items()]
+        md.append("")
     if subsets:
         md += ["| subset | n | tau proxy | tau best baseline |", "|---|---|---|---|"]
         md += [f"| {k} | {v['n']} | {v['tau']:.2f} | {v['tau_best_baseline']:.2f} |" for k, v in subsets.items()]
