@@ -71,8 +71,9 @@ def sampler(name: str, seed: int, n_trials: int):
     raise ValueError(f"unknown sampler setting {name!r}")
 
 
-def replay(space, embed_dim: int, table: dict, name: str, seed: int, reference) -> dict:
-    """One sampler run over the lookup table, counting distinct architectures as trials."""
+def replay(space, embed_dim: int, table: dict, name: str, seed: int, reference, max_raw: int | None = None) -> dict:
+    """One sampler run over the lookup table, counting distinct architectures as trials
+    (at most ``max_raw`` trials in all, repeats included; default 3x the table)."""
     import optuna
 
     from dime_nas.search.stats import hypervolume_curve
@@ -82,7 +83,7 @@ def replay(space, embed_dim: int, table: dict, name: str, seed: int, reference) 
     study = optuna.create_study(directions=DIRECTIONS, sampler=sampler(name, seed, n))
     keys, seen, raw = [], set(), 0
     t0 = time.time()
-    while len(seen) < n and raw < 3 * n:
+    while len(seen) < n and raw < (max_raw or 3 * n):
         trial = study.ask()
         key = space.suggest(trial, embed_dim=embed_dim).arch_key
         raw += 1
@@ -109,6 +110,8 @@ def main() -> None:
                    help="sampler settings also replayed on the categorical encoding (GP is slow: ordinal only)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gp-max-raw", type=int, default=None,
+                   help="stop GP replays after this many trials, repeats included (GP slows as the study grows)")
     p.add_argument("--proxy-steps", type=int, default=None, help="override the proxy's steps (smoke runs)")
     p.add_argument("--limit", type=int, default=None, help="only the first N grid points (smoke runs)")
     p.add_argument("--store", default=str(common.ROOT / "runs" / "benchmarks" / "runs.jsonl"))
@@ -160,7 +163,7 @@ def main() -> None:
     t0 = time.time()
     with ProcessPoolExecutor(a.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(a.threads,)) as pool:
-        outs = list(pool.map(_replay_job, [w[:6] for w in work]))
+        outs = list(pool.map(_replay_job, [(*w[:6], a.gp_max_raw if w[3] == "gp" else None) for w in work]))
     runs = [{**o, "encoding": w[6]} for o, w in zip(outs, work)]
     print(f"replays: {time.time() - t0:.0f} s", flush=True)
     summary = {}
