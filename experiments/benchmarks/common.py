@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "experiments" / "results"
 BENCH_YAML = Path(__file__).with_name("bench.yaml")
+DEMO_YAML = ROOT / "experiments" / "demo.yaml"  # the demo experiment: its teacher, cache, space and short run
 
 
 def load(config_path: str | Path = BENCH_YAML):
@@ -61,19 +62,124 @@ def settings(base, **overrides):
     return s
 
 
-def run(student, cache, distill_cfg) -> dict[str, Any]:
-    """One distillation; its final metrics plus steps, seconds and loss curve head."""
+def long_settings(config, steps: int, seed: int, losses: dict[str, Any] | None = None):
+    """The long run: the experiment's short-run recipe for ``steps`` steps (warm-up 10%),
+    scored once at the end (no intermediate evaluations)."""
+    return settings(config.distill, steps=steps, warmup_steps=max(1, steps // 10), eval_every=None,
+                    average_last_evals=1, seed=seed, losses=losses or {})
+
+
+def long_key(student, steps: int, seed: int, objective: str) -> str:
+    """Store key of a long run (shared by proxy_fidelity.py and objectives.py)."""
+    return f"{student.arch_key}|long{steps}|seed{seed}|{objective}"
+
+
+def run(student, cache, distill_cfg, splits: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One distillation; its final metrics (search-validation split, averaged over the last
+    ``average_last_evals`` evaluations as the search scores it) plus steps, seconds and the
+    loss curve head (logged every 10 steps). ``splits``: also evaluate the final model on
+    these splits ("test", "all"), as ``<split>/<metric>``."""
     from functools import partial
 
     from dime_nas.distill.trainer import distill
-    from dime_nas.evaluate import evaluate_towers
+    from dime_nas.evaluate import evaluate_student, evaluate_towers
 
     t0 = time.time()
-    _, result = distill(student, cache, distill_cfg, evaluate=partial(evaluate_towers, cache=cache))
+    model, result = distill(student, cache, distill_cfg, evaluate=partial(evaluate_towers, cache=cache))
     out = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     out.update(steps=result.steps, train_s=result.seconds, wall_s=time.time() - t0,
-               first_losses=[c["total"] for c in result.curve[:3]], evals=result.evals)
+               first_losses=[c["total"] for c in result.curve[:3]],
+               evals=[{k: v for k, v in e.items() if not k.startswith(("task/", "teacher/"))} for e in result.evals])
+    k = distill_cfg.average_last_evals if distill_cfg.eval_every else 1
+    points = [e["accuracy"] for e in result.evals[-(k - 1):]] if k > 1 and result.evals else []
+    out["final_accuracy"] = (len(points) + 1) * out["accuracy"] - sum(points)  # the last evaluation alone
+    ctx = student.text.context_length if model.text is not None else None
+    for split in splits:
+        m = evaluate_student(model.visual, cache, student.vision.image_size, model.text, ctx, split=split)
+        out.update({f"{split}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
     return out
+
+
+# ---- several runs on a pool of single-threaded worker processes --------------------------
+# Tiny students parallelise poorly inside one process: two processes of one thread each
+# keep two cores busier than one process of two threads.
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config_path: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    config, cache, _, _ = load(config_path)
+    _WORKER.update(config=config, cache=cache)
+
+
+def _do_job(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    from dime_nas.student import StudentConfig
+
+    student = StudentConfig.from_json(job["student"])
+    return job["key"], run(student, _WORKER["cache"], job["settings"], tuple(job.get("splits", ())))
+
+
+def job(key: str, student, distill_cfg, splits: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One unit of work for ``run_jobs`` (``key`` names it in the resumable store)."""
+    return {"key": key, "student": student.to_json(), "settings": distill_cfg, "splits": list(splits)}
+
+
+def run_jobs(jobs: list[dict[str, Any]], config_path: str | Path, store: str | Path, workers: int = 2,
+             threads: int = 1) -> dict[str, dict[str, Any]]:
+    """Run ``jobs`` on ``workers`` processes of ``threads`` threads each; key -> result.
+
+    Each finished job is appended to ``store`` (JSON lines) at once, and jobs whose key is
+    already there are not run again, so an interrupted benchmark resumes where it stopped.
+    Jobs start in the given order (put the longest first for an even finish).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    store = Path(store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict[str, Any]] = {}
+    if store.is_file():
+        for line in store.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["key"]] = rec["result"]
+    todo = [j for j in jobs if j["key"] not in done]
+    print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already in {store}, {len(todo)} to run on "
+          f"{workers} x {threads} thread(s)", flush=True)
+    t0 = time.time()
+    if todo:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(str(config_path), threads)) as pool, store.open("a") as f:
+            futures = [pool.submit(_do_job, j) for j in todo]
+            for i, fut in enumerate(as_completed(futures), 1):
+                key, result = fut.result()
+                done[key] = result
+                f.write(json.dumps({"key": key, "result": result}, default=float) + "\n")
+                f.flush()
+                print(f"[{i}/{len(todo)} {time.time() - t0:.0f}s] {key} acc={result.get('accuracy', float('nan')):.3f} "
+                      f"train {result['train_s']:.1f}s", flush=True)
+    return {j["key"]: done[j["key"]] for j in jobs}
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured: CPU, cores, load, library versions."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "load_avg": list(os.getloadavg()),
+            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def eval_counts(cache) -> dict[str, int]:

@@ -1,75 +1,263 @@
-"""Proxy fidelity: does the short run rank students the way a >= 10x longer run does?
+"""Proxy fidelity: does the search's short run rank students the way a 10x longer run does?
 
-    python experiments/benchmarks/proxy_fidelity.py [--students 16 --short 150 --long 1500 --seeds 2]
+    python experiments/benchmarks/proxy_fidelity.py [--long 1200 --seeds 3 --workers 2]
 
-Writes experiments/results/proxy_fidelity.{json,md,png}: per student the short-run
-accuracy (mean over seeds), the long-run accuracy, and cheap baselines (params,
-agreement after the short run, loss after a few steps); Kendall tau / Spearman rho
-with bootstrap 95% intervals for each predictor against the long-run accuracy.
+Students: 18 fixed picks from the demo space and from `demo-plus.yaml` (the demo space
+made slightly larger: deeper/wider ViTs, 64 px, test_convnext2, a student text tower),
+both image families and both text-tower options. Each is distilled with the demo's
+short run exactly as a search trial does it (experiments/demo.yaml: 120 steps, score =
+mean of the evaluations at steps 60 and 120 on the search-validation split), over
+``--seeds`` seeds, and once with a ``--long``-step run (same recipe, warm-up 10%),
+scored on the held-out test split. Cheap baselines: image-tower MACs and params,
+teacher agreement after the short run, the training loss at step 20. Reports Kendall
+tau and Spearman rho with bootstrap 95% intervals, the proxy-minus-baseline tau with a
+paired bootstrap interval, and the noise that bounds them (the proxy's agreement with
+itself across seeds). Writes experiments/results/proxy_fidelity.{json,md,png}.
 """
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 
 import common
 
+STUDENTS = [  # demo space (teacher text) ...
+    "vit L1 W64 H2 mlp4 p16 @32px + text=teacher",
+    "vit L1 W128 H2 mlp4 p8 @32px + text=teacher",
+    "vit L1 W64 H2 mlp4 p8 @48px + text=teacher",
+    "vit L2 W64 H2 mlp4 p8 @48px + text=teacher",
+    "vit L2 W128 H2 mlp4 p16 @48px + text=teacher",
+    "vit L2 W64 H2 mlp4 p16 @32px + text=teacher",
+    "timm test_efficientnet @32px + text=teacher",
+    "timm test_efficientnet @64px + text=teacher",
+    "timm test_byobnet @32px + text=teacher",
+    "timm test_byobnet @48px + text=teacher",
+    # ... and the slightly larger demo-plus space: deeper/wider ViTs, 64 px, another convnet,
+    "vit L3 W128 H2 mlp4 p16 @64px + text=teacher",
+    "vit L2 W192 H2 mlp4 p16 @48px + text=teacher",
+    "vit L3 W64 H2 mlp4 p8 @32px + text=teacher",
+    "timm test_convnext2 @48px + text=teacher",
+    # a student text tower (small transformer) on both families
+    "vit L1 W64 H2 mlp4 p16 @32px + text L1 W64 H2 ctx32",
+    "vit L2 W64 H2 mlp4 p16 @48px + text L2 W64 H2 ctx32",
+    "timm test_byobnet @48px + text L1 W128 H2 ctx32",
+    "timm test_efficientnet @32px + text L2 W128 H2 ctx32",
+]
+PLUS_SPACE = common.ROOT / "experiments" / "benchmarks" / "demo-plus.yaml"
+
+
+def resolve(names: list[str], embed_dim: int) -> list[tuple[object, str]]:
+    """(StudentConfig, space name) for each ``describe()`` string."""
+    from dime_nas.space import SearchSpace, resolve_space_path
+
+    demo = {c.describe(): c for c in SearchSpace.load(resolve_space_path("demo")).grid(embed_dim=embed_dim)}
+    plus = {c.describe(): c for c in SearchSpace.load(PLUS_SPACE).grid(embed_dim=embed_dim)}
+    missing = [n for n in names if n not in plus and n not in demo]
+    if missing:
+        raise SystemExit(f"not in the demo or demo-plus space: {missing}")
+    return [(demo[n], "demo") if n in demo else (plus[n], "demo-plus") for n in names]
+
+
+def image_cost(student) -> tuple[float, float]:
+    """(image-tower MACs in millions at batch 1, image-tower params in millions)."""
+    from dime_nas.cost.flops import count_macs, count_params
+    from dime_nas.cost.towers import towers_from_student
+
+    tower = towers_from_student(student)["image"]
+    return count_macs(tower)[0] / 1e6, count_params(tower) / 1e6
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--students", type=int, default=6)
-    p.add_argument("--short", type=int, default=12, help="steps of the short (proxy) run")
-    p.add_argument("--long", type=int, default=120, help="steps of the long run")
-    p.add_argument("--seeds", type=int, default=2, help="seeds of the short run")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--config", default=str(common.DEMO_YAML), help="experiment whose teacher, cache and short run are used")
+    p.add_argument("--long", type=int, default=1200, help="steps of the long run (>= 10x the short run)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the short run")
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N students (smoke runs)")
+    p.add_argument("--short-steps", type=int, default=None, help="override the short run's steps (smoke runs)")
+    p.add_argument("--store", default=str(common.ROOT / "runs" / "benchmarks" / "runs.jsonl"),
+                   help="resumable store of finished runs (shared with objectives.py)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate the short runs every N steps (compares readings of the proxy: final, mean of the "
+                        "last evaluations, ...); the long runs are the same")
+    p.add_argument("--name", default="proxy_fidelity")
     a = p.parse_args()
-    from dime_nas.distill.trainer import StudentTowers
-    from dime_nas.search.stats import rank_agreement
+    from dime_nas.search.stats import kendall_tau, rank_agreement, spearman_rho
 
-    config, cache, _, space = common.load()
-    base = common.settings(config.distill, batch_size=a.batch, text_batch_size=a.batch)
+    import bench_stats
+
+    config, cache, _, _ = common.load(a.config)
+    picks = resolve(STUDENTS[: a.limit], cache.embed_dim)
+    short_cfg = config.distill if a.short_steps is None else common.settings(config.distill, steps=a.short_steps)
+    tag = ""
+    if a.eval_every:
+        short_cfg = common.settings(short_cfg, eval_every=a.eval_every)
+        tag = f"|eval{a.eval_every}"
+    jobs = []
+    for s, _ in picks:
+        jobs.append(common.job(common.long_key(s, a.long, 0, "dime-fm"), s, common.long_settings(config, a.long, 0),
+                               splits=("test", "all")))
+    for k in range(a.seeds):
+        for s, _ in picks:
+            jobs.append(common.job(f"{s.arch_key}|short{short_cfg.steps}{tag}|seed{k}", s, common.settings(short_cfg, seed=k)))
+    results = common.run_jobs(jobs, a.config, a.store, a.workers, a.threads)
+
     students = []
-    for s in common.spread_students(space, cache.embed_dim, a.students, seed=1):
-        short = [common.run(s, cache, common.settings(base, steps=a.short, warmup_steps=max(1, a.short // 10),
-                                                      seed=k)) for k in range(a.seeds)]
-        full = common.run(s, cache, common.settings(base, steps=a.long, warmup_steps=max(1, a.long // 10), seed=100))
-        row = {"arch_key": s.arch_key, "describe": s.describe(), "text": s.text.kind,
-               "params_m": sum(q.numel() for q in StudentTowers(s).visual.parameters()) / 1e6,
-               "proxy": float(np.mean([r["accuracy"] for r in short])),
-               "proxy_seeds": [r["accuracy"] for r in short],
-               "agreement_short": float(np.mean([r["agreement"] for r in short])),
-               "early_loss": float(np.mean([r["first_losses"][-1] for r in short])),
-               "full": full["accuracy"], "full_metrics": {k: v for k, v in full.items() if k != "evals"},
-               "short_runs": short}
-        students.append(row)
-        print(row["describe"], row["proxy"], row["full"], flush=True)
-    full = [r["full"] for r in students]
-    predictors = {"proxy (short-run accuracy)": [r["proxy"] for r in students],
-                  "params (bigger is better)": [r["params_m"] for r in students],
-                  "agreement after short run": [r["agreement_short"] for r in students],
-                  "loss after 10 steps (lower is better)": [-r["early_loss"] for r in students]}
+    for s, space in picks:
+        short = [results[f"{s.arch_key}|short{short_cfg.steps}{tag}|seed{k}"] for k in range(a.seeds)]
+        full = results[common.long_key(s, a.long, 0, "dime-fm")]
+        macs, params = image_cost(s)
+        finals = [2 * r["accuracy"] - r["evals"][-1]["accuracy"] if r["evals"] else r["accuracy"] for r in short]
+        students.append({
+            "arch_key": s.arch_key, "describe": s.describe(), "space": space, "family": s.vision.kind,
+            "text": s.text.kind, "image_mmacs": macs, "image_params_m": params,
+            "proxy": float(np.mean([r["accuracy"] for r in short])),
+            "proxy_seeds": [r["accuracy"] for r in short],
+            "proxy_final_only_seeds": finals,
+            "agreement_short": float(np.mean([r["agreement"] for r in short])),
+            "loss_step20": float(np.mean([r["first_losses"][-1] for r in short])),
+            "full": full["test/accuracy"], "full_val": full["accuracy"], "full_all": full["all/accuracy"],
+            "short_train_s": float(np.mean([r["train_s"] for r in short])), "long_train_s": full["train_s"],
+            "short_runs": short, "long_run": full})
+    full = np.array([r["full"] for r in students])
+    by_seed = np.array([r["proxy_seeds"] for r in students])
+    predictors = {
+        f"proxy: short-run accuracy, mean of {a.seeds} seeds": by_seed.mean(1),
+        "proxy: one seed (seed 0, what a search trial measures)": by_seed[:, 0],
+        "image-tower MACs (more is better)": np.array([r["image_mmacs"] for r in students]),
+        "image-tower params (more is better)": np.array([r["image_params_m"] for r in students]),
+        "teacher agreement after the short run": np.array([r["agreement_short"] for r in students]),
+        "training loss at step 20 (lower is better)": -np.array([r["loss_step20"] for r in students]),
+    }
+    names = list(predictors)
     table = {k: rank_agreement(v, full) for k, v in predictors.items()}
-    data = {"sizes": vars(a), "students": students, "rank_agreement": table,
-            "note": "measured on a shared, busy 2-core CPU"}
-    md = [f"# Proxy fidelity\n\n{a.students} students, short run {a.short} steps x {a.seeds} seeds, long run "
-          f"{a.long} steps (1 seed), batch {a.batch}; ShapesWorld demo teacher and data. The issue asks for >= 16 "
-          "students at the demo's 150 steps vs >= 1500; this run is smaller (2-core shared machine).\n",
-          "| predictor | tau [95% CI] | rho [95% CI] |", "|---|---|---|"]
+    per_seed_tau = [kendall_tau(by_seed[:, k], full) for k in range(a.seeds)]
+    baselines = names[2:]
+    best_base = max(baselines, key=lambda k: table[k]["tau"])
+    versus = {k: bench_stats.paired_difference_interval(kendall_tau, predictors[names[0]], predictors[k], full)
+              for k in baselines}
+    # noise that bounds the agreement
+    seed_std = bench_stats.pooled_std(by_seed) if a.seeds > 1 else float("nan")
+    noise = {
+        "proxy_seed_std_pooled": seed_std,
+        "proxy_seed_std_per_student": [float(np.std(r, ddof=1)) for r in by_seed] if a.seeds > 1 else [],
+        "proxy_std_across_students": float(np.std(by_seed.mean(1), ddof=1)),
+        "full_std_across_students": float(np.std(full, ddof=1)),
+        "proxy_seed_vs_seed_tau": bench_stats.seed_agreement(kendall_tau, by_seed) if a.seeds > 1 else None,
+        "tau_per_single_seed": per_seed_tau,
+        "full_test_vs_val_tau": kendall_tau([r["full"] for r in students], [r["full_val"] for r in students]),
+        "proxy_final_only_tau": kendall_tau(np.array([r["proxy_final_only_seeds"] for r in students]).mean(1), full),
+        "proxy_vs_full_val_tau": kendall_tau(by_seed.mean(1), [r["full_val"] for r in students]),
+        "proxy_vs_full_all_tau": kendall_tau(by_seed.mean(1), [r["full_all"] for r in students]),
+    }
+    # readings of the same short runs: which evaluation points the score averages
+    steps = short_cfg.steps
+
+    def points(r):
+        pts = {e["step"]: e["accuracy"] for e in r["evals"]}
+        pts[steps] = r.get("final_accuracy", 2 * r["accuracy"] - r["evals"][-1]["accuracy"] if r["evals"] else r["accuracy"])
+        return pts
+
+    pts = [[points(r) for r in st["short_runs"]] for st in students]
+    available = set.intersection(*(set(p) for row in pts for p in row))
+    candidates = {f"step {steps} only": (steps,), f"mean of steps {steps // 2}, {steps}": (steps // 2, steps),
+                  f"mean of steps {steps * 2 // 3}, {steps}": (steps * 2 // 3, steps),
+                  f"mean of steps {steps * 5 // 6}, {steps}": (steps * 5 // 6, steps),
+                  f"mean of steps {steps * 2 // 3}-{steps}": tuple(x for x in sorted(available) if x >= steps * 2 // 3),
+                  f"step {steps // 2} only": (steps // 2,)}
+    readings = {}
+    for label, at in candidates.items():
+        if not at or not set(at) <= available or any(v["steps"] == list(at) for v in readings.values()):
+            continue
+        m = np.array([[np.mean([p[x] for x in at]) for p in row] for row in pts])
+        readings[label] = {"steps": list(at), **rank_agreement(m.mean(1), full),
+                           "tau_single_seed": [kendall_tau(m[:, k], full) for k in range(m.shape[1])],
+                           "seed_std_pooled": bench_stats.pooled_std(m) if m.shape[1] > 1 else float("nan"),
+                           "self_tau": bench_stats.seed_agreement(kendall_tau, m)["mean"] if m.shape[1] > 1 else None}
+    subsets = {}
+    for label, keep in (("text=teacher only", [r["text"] == "teacher" for r in students]),
+                        ("student text tower only", [r["text"] == "transformer" for r in students]),
+                        ("ViT only", [r["family"] == "vit" for r in students]),
+                        ("timm convnets only", [r["family"] == "timm" for r in students])):
+        keep = np.array(keep)
+        if keep.sum() >= 4:
+            subsets[label] = {"n": int(keep.sum()), "tau": kendall_tau(by_seed.mean(1)[keep], full[keep]),
+                              "tau_best_baseline": kendall_tau(predictors[best_base][keep], full[keep])}
+    data = {"sizes": {**vars(a), "short": short_cfg.steps, "short_eval_every": short_cfg.eval_every,
+                      "short_average_last_evals": short_cfg.average_last_evals, "batch": short_cfg.batch_size,
+                      "students": len(students)},
+            "machine": common.machine(), "students": students, "rank_agreement": table,
+            "proxy_minus_baseline_tau": versus, "noise": noise, "subsets": subsets, "readings": readings,
+            "definitions": {"proxy": "search-validation accuracy, mean of the evaluations at the short run's last "
+                                     f"{short_cfg.average_last_evals} evaluation points, mean over seeds",
+                            "full": f"test-split accuracy after {a.long} steps (seed 0), final model"}}
+    md = [f"# Proxy fidelity\n\n{len(students)} students ({sum(r['space'] == 'demo' for r in students)} from the demo "
+          f"space, {sum(r['space'] == 'demo-plus' for r in students)} from `demo-plus.yaml`; "
+          f"{sum(r['family'] == 'vit' for r in students)} ViT / {sum(r['family'] == 'timm' for r in students)} timm convnets; "
+          f"{sum(r['text'] == 'transformer' for r in students)} with a student text tower). Short run = the demo "
+          f"search's trial: {short_cfg.steps} steps at batch {short_cfg.batch_size}, score = mean of the evaluations "
+          f"every {short_cfg.eval_every} steps (last {short_cfg.average_last_evals}) on the search-validation split, "
+          f"{a.seeds} seeds. Long run: {a.long} steps ({a.long / short_cfg.steps:.0f}x), same recipe, seed 0, scored on "
+          f"the held-out test split. {a.workers} worker process(es) x {a.threads} thread(s).\n",
+          "| predictor of long-run accuracy | Kendall tau [95% CI] | Spearman rho [95% CI] |", "|---|---|---|"]
     for k, t in table.items():
         md.append(f"| {k} | {t['tau']:.2f} [{t['tau_lo']:.2f}, {t['tau_hi']:.2f}] | "
                   f"{t['rho']:.2f} [{t['rho_lo']:.2f}, {t['rho_hi']:.2f}] |")
-    md += ["", "| student | text | proxy | full |", "|---|---|---|---|"]
-    md += [f"| {r['describe']} | {r['text']} | {r['proxy']:.3f} | {r['full']:.3f} |" for r in students]
+    md += ["", "Proxy (mean of seeds) minus baseline, Kendall tau, paired bootstrap over students:", "",
+           "| baseline | tau difference [95% CI] | share of resamples where the proxy is not above |", "|---|---|---|"]
+    md += [f"| {k} | {v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}] | {v['p_not_above']:.3f} |" for k, v in versus.items()]
+    sa = noise["proxy_seed_vs_seed_tau"]
+    md += ["", "Noise:", "",
+           f"- proxy seed std (pooled RMS over students, {a.seeds} seeds): {seed_std:.4f}; spread of the proxy across "
+           f"students (std of the means): {noise['proxy_std_across_students']:.3f}; of the long-run accuracy: "
+           f"{noise['full_std_across_students']:.3f}",
+           (f"- the proxy against itself (tau between two seeds, {sa['pairs']} pairs): mean {sa['mean']:.2f} "
+            f"[{sa['min']:.2f}, {sa['max']:.2f}]" if sa else "- one seed: no self-agreement"),
+           f"- tau of each single seed against the long run: " + ", ".join(f"{t:.2f}" for t in per_seed_tau),
+           f"- long run, test split vs validation split (tau): {noise['full_test_vs_val_tau']:.2f}; proxy vs the long "
+           f"run on the validation split: {noise['proxy_vs_full_val_tau']:.2f}, on all evaluation images: "
+           f"{noise['proxy_vs_full_all_tau']:.2f}",
+           f"- proxy read at the final step only (no averaging): tau {noise['proxy_final_only_tau']:.2f}", ""]
+    if readings:
+        md += ["Readings of the same short runs (which evaluation points the score averages):", "",
+               "| reading | tau, mean of seeds [95% CI] | tau of single seeds | seed std (pooled) | tau seed vs seed |",
+               "|---|---|---|---|---|"]
+        md += [f"| {k} | {v['tau']:.2f} [{v['tau_lo']:.2f}, {v['tau_hi']:.2f}] | "
+               f"{', '.join(f'{x:.2f}' for x in v['tau_single_seed'])} | {v['seed_std_pooled']:.4f} | "
+               f"{v['self_tau'] if v['self_tau'] is None else round(v['self_tau'], 2)} |" for k, v in readings.items()]
+        md.append("")
+    if subsets:
+        md += ["| subset | n | tau proxy | tau best baseline |", "|---|---|---|---|"]
+        md += [f"| {k} | {v['n']} | {v['tau']:.2f} | {v['tau_best_baseline']:.2f} |" for k, v in subsets.items()]
+        md.append(f"\n(best baseline overall: {best_base})\n")
+    md += ["| student | space | proxy (seeds) | long run (test) | MMACs | params M |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['describe']} | {r['space']} | {r['proxy']:.3f} ({', '.join(f'{x:.3f}' for x in r['proxy_seeds'])}) | "
+           f"{r['full']:.3f} | {r['image_mmacs']:.1f} | {r['image_params_m']:.2f} |" for r in students]
+    m = data["machine"]
+    md.append(f"\nMachine: {m['cpu']}, {m['cores']} cores, shared (load average at the end {m['load_avg'][0]:.1f}); "
+              f"torch {m['torch']}. Long runs took {np.mean([r['long_train_s'] for r in students]):.0f} s of training "
+              f"on average, short runs {np.mean([r['short_train_s'] for r in students]):.1f} s.\n")
     plt = common.plt()
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter([r["proxy"] for r in students], full)
-    ax.set_xlabel(f"short-run accuracy ({a.short} steps)")
-    ax.set_ylabel(f"long-run accuracy ({a.long} steps)")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for fam, mk in (("vit", "o"), ("timm", "s")):
+        for text, col in (("teacher", "C0"), ("transformer", "C3")):
+            sel = [r for r in students if r["family"] == fam and r["text"] == text]
+            if sel:
+                ax.errorbar([r["proxy"] for r in sel], [r["full"] for r in sel],
+                            xerr=[np.std(r["proxy_seeds"], ddof=1) if len(r["proxy_seeds"]) > 1 else 0 for r in sel],
+                            fmt=mk, c=col, label=f"{fam}, text={text}", capsize=2)
+    t = table[names[0]]
+    ax.set_title(f"tau {t['tau']:.2f} [{t['tau_lo']:.2f}, {t['tau_hi']:.2f}], n={len(students)}", fontsize=9)
+    ax.set_xlabel(f"short-run proxy ({short_cfg.steps} steps, mean of {a.seeds} seeds; bars: seed std)")
+    ax.set_ylabel(f"long-run accuracy ({a.long} steps, test split)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(common.RESULTS / "proxy_fidelity.png", dpi=100)
-    md.append("\n![](proxy_fidelity.png)\n")
-    common.write("proxy_fidelity", data, "\n".join(md) + "\n")
+    fig.savefig(common.RESULTS / f"{a.name}.png", dpi=100)
+    md.append(f"![]({a.name}.png)\n")
+    common.write(a.name, data, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
