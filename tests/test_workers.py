@@ -58,8 +58,6 @@ def test_three_workers_finish_exactly_the_requested_trials(tmp_path, tiny_teache
     assert all(t.user_attrs["worker"]["pid"] in {w.pid for w in workers} for t in trials)
 
 
-# slow: minutes of heartbeats, and on a loaded 2-core machine the retry can miss its window
-@pytest.mark.slow
 def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(tmp_path, tiny_teacher_dir, postgres_url):
     exp = _experiment(tmp_path, tiny_teacher_dir, trials=4)
     assert _cli("cache", str(exp), cwd=tmp_path).returncode == 0

@@ -12,7 +12,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
@@ -41,6 +41,7 @@ class TrialContext:
     progress: bool = True
     train_steps_run: int = 0  # over all trials of this process (tests check infeasible trials add none)
     timing_gate: Any = None  # TimingGate when local workers share this machine: none trains while one times
+    fail_stale: Any = None  # fails the trials of dead workers (set by the study loop)
 
     @property
     def multi_objective(self) -> bool:
@@ -118,7 +119,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ..
     config = ctx.space.suggest(trial, embed_dim=ctx.cache.embed_dim)
     # first, so that other workers see which architecture is in flight
     record.write(trial, arch_key=config.arch_key, config=config.to_dict(), describe=config.describe())
-    previous = _find_previous(trial, config.arch_key)
+    previous = _find_previous(trial, config.arch_key, fail_stale=ctx.fail_stale)
     if previous is not None:
         return _reuse(trial, previous)
     forwards0 = teacher_forward_count()
@@ -188,13 +189,18 @@ def _values(ctx: TrialContext, metrics: dict[str, Any]) -> float | tuple[float, 
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _find_previous(trial: optuna.Trial, key: str, poll_s: float = 1.0) -> optuna.trial.FrozenTrial | None:
+def _find_previous(trial: optuna.Trial, key: str, poll_s: float = 1.0,
+                   fail_stale: Callable[[optuna.Study], None] | None = None) -> optuna.trial.FrozenTrial | None:
     """A finished trial of the same architecture to reuse, else None.
 
     When an earlier trial of it is still running (another worker), wait for it rather
     than train the same student twice; the earlier one never waits for a later one.
+    While waiting, ``fail_stale`` fails the trials of dead workers, or a trial whose
+    worker was killed would be waited for for ever.
     """
     while True:
+        if fail_stale is not None:
+            fail_stale(trial.study)
         trials = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                 optuna.trial.TrialState.RUNNING))
         same = [t for t in trials if TrialRecord.from_trial(t).arch_key == key and t.number != trial.number]

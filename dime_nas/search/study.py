@@ -141,6 +141,7 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, run: RunDir, url: st
                           orphan_grace_s=config.search.grace_s if database else ORPHAN_GRACE_S)
 
     fail_stale(study)
+    ctx.fail_stale = fail_stale
     distinct, already = trial_counts(study)
     want = trials if trials is not None else config.search.trials
     cap = config.search.max_trials or (3 * want if want is not None else None)
