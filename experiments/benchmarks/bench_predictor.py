@@ -187,12 +187,15 @@ def write_summary(path: Path, r: dict) -> None:
         r["measurement_noise_round2_vs_round1"]
     d, st = r["device"], r["settings"]
     lat = [x["median_ms"] for x in r["rows"]]
+    mape_verdict = "MAPE met" if h["mape"] <= 0.05 else f"MAPE missed by {100 * (h['mape'] - 0.05):.1f} points"
+    share_verdict = ("the +-10% share met" if h["within_10"] >= 0.95
+                     else f"the +-10% share missed by {100 * (0.95 - h['within_10']):.0f} points")
     lines = [
         "# Latency predictor on the `edge` space, measured through the agent", "",
         f"Machine (plays the device, agent on loopback): {d.get('processor')}, {d.get('cpu_count')} cores, "
-        f"onnxruntime {d.get('onnxruntime')}; **shared with other work** (1-min load average during the runs "
-        f"{min(min(x['load_avg_1m']) for x in r['rows']):.1f}-{max(max(x['load_avg_1m']) for x in r['rows']):.1f}), "
-        "so absolute times drift.",
+        f"onnxruntime {d.get('onnxruntime')}; 1-min load average during the runs "
+        f"{min(min(x['load_avg_1m']) for x in r['rows']):.1f}-{max(max(x['load_avg_1m']) for x in r['rows']):.1f} "
+        "(about 1 is this benchmark alone on 2 cores; more means other work shared the machine).",
         f"Settings: {r['towers']} distinct image towers sampled from the shipped `edge` space (seed {st['seed']}), "
         f"fp32, batch 1, {st['threads']} intra-op thread(s), {st['warmup']} warm-up + {st['runs']} timed runs per "
         f"measurement, two rounds over all towers, the faster round's median kept. Latencies "
@@ -207,11 +210,9 @@ def write_summary(path: Path, r: dict) -> None:
               + ", ".join(f"{k} {v['mape']:.1%}" for k, v in c.items()) + ".", "",
               f"Target: MAPE <= 5% and >= 95% within +-10%. Result: MAPE {h['mape']:.1%}, {h['within_10']:.0%} within "
               f"+-10% ({'met' if h['mape'] <= 0.05 and h['within_10'] >= 0.95 else 'missed'})."
-              + ("" if h["mape"] <= 0.05 and h["within_10"] >= 0.95 else
-                 f" Missed by {100 * (h['mape'] - 0.05):.1f} points of MAPE and "
-                 f"{100 * (0.95 - h['within_10']):.0f} points of the +-10% share. Measurement noise sets a floor: "
-                 f"the same towers measured twice disagree by {n['mape']:.1%} MAPE on this machine, so a predictor "
-                 "cannot be checked to 5% here; run on a quiet device for a meaningful figure."), "",
+              + ("" if h["mape"] <= 0.05 and h["within_10"] >= 0.95 else f" {mape_verdict}; {share_verdict}. "
+                 f"Measurement noise bounds what can be checked: the same towers measured twice disagree by "
+                 f"{n['mape']:.1%} MAPE on this machine ({n['within_10']:.0%} within +-10%)."), "",
               f"Search replay at a budget of {s['budget_ms']:.1f} ms (the median tower; margin 25%, decisions after "
               f"{s['min_measurements']} measured towers, refit every {s['refit_every']}): "
               f"{s['decided_by_prediction']} of {s['candidates']} candidates decided by prediction "
