@@ -1,8 +1,8 @@
 """Where a search trial's time goes, and what the cached teacher saves.
 
-    python experiments/benchmarks/trial_time.py [--trials 16 --steps 150 --throughput-steps 20]
+    python experiments/benchmarks/trial_time.py [--config experiments/demo.yaml --trials 18 --steps 120 --batch 64]
 
-1. A demo-style search (bench.yaml, random sampler) through the library's own trial
+1. A demo-style search (--config, random sampler) through the library's own trial
    objective: per trial, cost measurement, training, evaluation and bookkeeping
    (the rest of the trial's wall time); teacher forward passes per trial; trials
    rejected by the latency budget before training, and the time that saved.
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -36,12 +37,16 @@ def search_split(config, cache, text_cfg, trials: int, steps: int) -> dict:
     study = optuna.create_study(directions=[o.direction for o in config.objectives],
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     rows = []
-    for _ in range(trials):
+    for _ in range(3 * trials):  # distinct architectures, as a search counts them (repeats capped at 3x)
+        if len(rows) == trials:
+            break
         trial = study.ask()
         t0 = time.time()
         values = run_trial(trial, ctx)
         wall = time.time() - t0
         study.tell(trial, values)
+        if trial.user_attrs.get("reused_from") is not None:  # a repeat: its timings are the original's
+            continue
         t = trial.user_attrs.get("timings", {})
         rows.append({"arch_key": trial.user_attrs.get("arch_key"), "status": trial.user_attrs.get("status"),
                      "wall_s": wall, "cost_s": t.get("cost_s", 0.0), "train_s": t.get("train_s", 0.0),
@@ -94,10 +99,11 @@ def throughput(student, teacher_model, pixels, tokens, t_img, t_txt, n: int) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--steps", type=int, default=20, help="short-run steps per trial (the demo uses 150)")
+    p.add_argument("--steps", type=int, default=20, help="short-run steps per trial (the demo uses 120)")
     p.add_argument("--throughput-steps", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--skip-vitb32", action="store_true")
+    p.add_argument("--config", default=str(common.BENCH_YAML), help="experiment file (e.g. experiments/demo.yaml)")
     a = p.parse_args()
     import open_clip
     import torch
@@ -106,7 +112,7 @@ def main() -> None:
     from dime_nas.student import StudentConfig
     from dime_nas.teacher import load_teacher
 
-    config, cache, text_cfg, space = common.load()
+    config, cache, text_cfg, space = common.load(a.config)
     split = search_split(config, cache, text_cfg, a.trials, a.steps)
     trained = [r for r in split["trials"] if r["status"] != "infeasible"]
     rejected = [r for r in split["trials"] if r["status"] == "infeasible"]
@@ -134,10 +140,11 @@ def main() -> None:
         shapes["ViT-B-32 teacher, small ViT student"] = {
             "student": small.describe(),
             **throughput(small, vitb, px, tok, torch.randn(b, 512), torch.randn(b, 512), a.throughput_steps)}
-    data = {"sizes": vars(a), "search": split, "throughput": shapes, "note": "measured on a shared, busy 2-core CPU"}
+    data = {"sizes": vars(a), "search": split, "throughput": shapes, "load_avg_1m_at_end": os.getloadavg()[0]}
     keys = ["cost_s", "train_s", "eval_s", "bookkeeping_s"]
-    md = [f"# Where a trial's time goes\n\n{a.trials} trials of the demo search (random sampler, {a.steps} training "
-          f"steps per trial instead of the demo's 150; shared, busy 2-core CPU).\n",
+    md = [f"# Where a trial's time goes\n\n{a.trials} distinct trials of `{a.config.split('/')[-1]}` (random sampler, "
+          f"{a.steps} training steps per trial, batch {a.batch}; {os.cpu_count()}-core CPU, 1-min load average "
+          f"{os.getloadavg()[0]:.1f} at the end).\n",
           "| | " + " | ".join(keys) + " | wall_s | teacher forwards |", "|---|" + "---|" * (len(keys) + 2)]
     if trained:
         md.append("| mean over trained trials | " + " | ".join(f"{np.mean([r[k] for r in trained]):.2f}" for k in keys)
