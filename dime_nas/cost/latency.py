@@ -66,11 +66,7 @@ class OnnxRuntimeBackend(LatencyBackend):
     def measure(self, exported: ExportedTower, target: Target) -> LatencyMeasurement:
         import onnxruntime as ort
 
-        path = exported.path
-        if target.precision == "int8":
-            if exported.int8_path is None:
-                raise ValueError(f"target {target.name!r} is int8 but the {exported.tower} tower has no int8 export")
-            path = exported.int8_path
+        path = exported.path_for(target)
         problem = check_target_usable(target)
         if problem:  # never time on the CPU what a GPU target's budget is about
             raise RuntimeError(problem)

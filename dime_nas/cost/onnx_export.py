@@ -64,6 +64,14 @@ class ExportedTower:
     int8_cosine_mean: float | None = None
     int8_cosine_min: float | None = None
 
+    def path_for(self, target: Any) -> Path:
+        """The file a target times: the int8 variant for an int8 target, else fp32."""
+        if target.precision != "int8":
+            return self.path
+        if self.int8_path is None:
+            raise ValueError(f"target {target.name!r} is int8 but the {self.tower} tower has no int8 export")
+        return self.int8_path
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["path"] = str(self.path)

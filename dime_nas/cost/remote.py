@@ -139,11 +139,7 @@ class RemoteBackend(LatencyBackend):
     name = "remote"
 
     def measure(self, exported: ExportedTower, target: Target) -> LatencyMeasurement:
-        path = exported.path
-        if target.precision == "int8":
-            if exported.int8_path is None:
-                raise ValueError(f"target {target.name!r} is int8 but the {exported.tower} tower has no int8 export")
-            path = exported.int8_path
+        path = exported.path_for(target)
         token = target_token(target)
         shape = [target.batch_size if isinstance(d, str) else int(d) for d in exported.input_shape]
         problems = []
