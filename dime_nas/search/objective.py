@@ -199,8 +199,6 @@ def _find_previous(trial: optuna.Trial, key: str, poll_s: float = 1.0,
     worker was killed would be waited for for ever.
     """
     while True:
-        if fail_stale is not None:
-            fail_stale(trial.study)
         trials = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                 optuna.trial.TrialState.RUNNING))
         same = [t for t in trials if TrialRecord.from_trial(t).arch_key == key and t.number != trial.number]
@@ -209,6 +207,8 @@ def _find_previous(trial: optuna.Trial, key: str, poll_s: float = 1.0,
             return done[0]
         if not [t for t in same if t.number < trial.number]:
             return None
+        if fail_stale is not None:  # before waiting (the loop already did it before this trial began)
+            fail_stale(trial.study)
         time.sleep(poll_s)
 
 
