@@ -63,9 +63,26 @@ def open_storage(url: str, *, heartbeat_s: int | None = None, grace_s: int | Non
             if heartbeat_s:
                 kwargs.update(heartbeat_interval=heartbeat_s, grace_period=grace_s or 3 * heartbeat_s,
                               heartbeat_stale_trial_callback=retry_callback(retries))
-        return optuna.storages.RDBStorage(normalise_url(url), **kwargs)
+        for attempt in range(SCHEMA_RACE_TRIES):
+            try:
+                return optuna.storages.RDBStorage(normalise_url(url), **kwargs)
+            except Exception as exc:
+                if attempt == SCHEMA_RACE_TRIES - 1 or not _lost_schema_race(exc):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except Exception as exc:  # sqlalchemy and the drivers raise many kinds
         raise ConfigError(f"cannot open storage {_where(url)}: {_first_line(exc)}", key="search.storage") from None
+
+
+# Workers started together on an empty database all create Optuna's tables; the losers of
+# that race see the winner's half-made schema and try again once it is done.
+SCHEMA_RACE_TRIES = 4
+
+
+def _lost_schema_race(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", None) or exc)
+    return type(exc).__name__ in ("IntegrityError", "ProgrammingError") and (
+        "already exists" in text or "duplicate key" in text)
 
 
 def retry_callback(retries: int):
