@@ -124,3 +124,42 @@ def test_two_concurrent_cache_builds_leave_one_valid_cache_and_workers_never_bui
     exp.write_text(exp.read_text().replace("pixel_size: 32", "pixel_size: 32\n  max_images: 40"))
     r = _cli("worker", str(exp), "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env)
     assert r.returncode == 2 and "built for a different max_images" in r.stderr, r.stderr
+
+
+def test_each_trial_records_its_architecture_while_it_holds_the_claim_lock(monkeypatch, tmp_path):
+    """Else two workers can each miss the other's record and train one student twice."""
+    from types import SimpleNamespace
+
+    from conftest import TEST_SPACE
+
+    from dime_nas.config import Objective
+    from dime_nas.search import worker
+    from dime_nas.search.objective import TrialContext
+    from dime_nas.search.storage import ClaimLock
+    from dime_nas.search.study import _counts
+    from dime_nas.space import SearchSpace
+
+    class RecordingLock(ClaimLock):
+        held = False
+
+        def acquire(self):
+            self.held = True
+
+        def release(self):
+            self.held = False
+
+    (tmp_path / "space.yaml").write_text(TEST_SPACE)
+    space = SearchSpace.load(tmp_path / "space.yaml")
+    lock, held_at_suggest = RecordingLock("memory", None, "s"), []
+    suggest = space.suggest
+    monkeypatch.setattr(space, "suggest", lambda trial, **kw: (held_at_suggest.append(lock.held),
+                                                               suggest(trial, **kw))[1])
+    ran = []
+    monkeypatch.setattr(worker, "run_trial", lambda trial, ctx, config: (ran.append(lock.held), 0.5)[1])
+    ctx = TrialContext(SimpleNamespace(distill=SimpleNamespace(device="cpu")), space,
+                       SimpleNamespace(embed_dim=64), None, None, objectives=[Objective("accuracy")])
+    study = optuna.create_study(direction="maximize")
+    worker.work_on(study, ctx, lock, want=3, cap=9, timeout_s=None, counts=_counts, fail_stale=lambda s: None)
+    assert held_at_suggest and all(held_at_suggest)  # architecture chosen and recorded under the lock
+    assert ran and not any(ran)  # and training runs outside it
+    assert all("arch_key" in t.user_attrs for t in study.get_trials())

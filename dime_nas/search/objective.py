@@ -110,15 +110,29 @@ def _decide_latency(ctx: TrialContext, first_ms: float, remeasure: Any, workdir:
                                  margin=s.near_budget_margin, rounds=s.near_budget_rounds)
 
 
-def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | tuple[float, ...]:
-    """The Optuna objective. Raises TrialPruned, or any error (the study records it)."""
+def claim_architecture(trial: optuna.Trial, ctx: TrialContext) -> StudentConfig:
+    """Suggest the trial's student and record its architecture, for other workers to see.
+
+    Workers call this under the study's claim lock: a trial that looks for an earlier one
+    of the same architecture (:func:`_find_previous`) then always finds its record.
+    """
+    config = ctx.space.suggest(trial, embed_dim=ctx.cache.embed_dim)
+    record.write(trial, arch_key=config.arch_key, config=config.to_dict(), describe=config.describe())
+    return config
+
+
+def run_trial(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig | None = None
+              ) -> float | tuple[float, ...]:
+    """The Optuna objective. Raises TrialPruned, or any error (the study records it).
+
+    ``config``: the architecture already claimed by :func:`claim_architecture`, else claimed here.
+    """
     from ..distill.trainer import average_last_evals, distill
     from ..evaluate import evaluate_towers
 
     timings: dict[str, float] = {}
-    config = ctx.space.suggest(trial, embed_dim=ctx.cache.embed_dim)
-    # first, so that other workers see which architecture is in flight
-    record.write(trial, arch_key=config.arch_key, config=config.to_dict(), describe=config.describe())
+    if config is None:
+        config = claim_architecture(trial, ctx)
     previous = _find_previous(trial, config.arch_key, fail_stale=ctx.fail_stale)
     if previous is not None:
         return _reuse(trial, previous)

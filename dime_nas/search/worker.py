@@ -4,8 +4,8 @@ Any number of workers (processes, machines) run :func:`work_on` against one stud
 Before each trial a worker takes the study's :class:`ClaimLock` and counts distinct
 architectures evaluated plus trials in flight: if they reach the number asked for, it
 does not start one (it waits while others' trials may still fail, then leaves). The
-trial it starts records the worker (host, pid, device) before the lock is released, so
-no two workers can claim the last slot.
+trial it starts records the worker (host, pid, device) and its architecture before the
+lock is released, so no two workers can claim the last slot or train one student twice.
 
 Ctrl-C: the first finishes the current trial and leaves (``study.stop()``), the second
 stops at once and records the trial as interrupted.
@@ -23,7 +23,7 @@ from typing import Any, Callable
 import optuna
 
 from . import record
-from .objective import TrialContext, record_failure, run_trial
+from .objective import TrialContext, claim_architecture, record_failure, run_trial
 from .storage import ClaimLock, retried_trial_number, with_retries
 
 _log = logging.getLogger(__name__)
@@ -84,12 +84,14 @@ def work_on(study: optuna.Study, ctx: TrialContext, lock: ClaimLock, *, want: in
 
     def objective(trial: optuna.Trial) -> Any:
         try:
-            retry_of = retried_trial_number(study.get_trials(deepcopy=False)[trial.number])
-            record.write(trial, worker=me, retry_of=retry_of)
-        finally:
-            lock.release()  # the trial is claimed: others now count it in flight
-        try:
-            return run_trial(trial, ctx)
+            try:
+                retry_of = retried_trial_number(study.get_trials(deepcopy=False)[trial.number])
+                record.write(trial, worker=me, retry_of=retry_of)
+                # under the lock, or two workers could each miss the other's record and train one student twice
+                config = claim_architecture(trial, ctx)
+            finally:
+                lock.release()  # the trial is claimed: others now count it in flight
+            return run_trial(trial, ctx, config)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
