@@ -191,6 +191,8 @@ def test_bad_measure_requests_400_or_404(agent, stored):
     with agent.client() as c:
         assert c.post("/v1/measure", content=b"{not json").status_code == 400
         assert c.post("/v1/measure", json=measure_body(stored, runs=0)).status_code == 400
+        r = c.post("/v1/measure", json=measure_body(stored, runs=2, sessions=3))
+        assert r.status_code == 400 and "sessions (3) must not exceed runs (2)" in r.json()["error"]
         assert c.post("/v1/measure", json=measure_body(stored, inputs={"x": [1, 2]})).status_code == 400
         r = c.post("/v1/measure", json=measure_body(stored, providers=["NoSuchExecutionProvider"]))
         assert r.status_code == 400 and "none of the providers" in r.json()["error"]

@@ -93,7 +93,8 @@ def test_unknown_key_names_key_target_and_file(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("precision", "fp16"), ("towers", ["audio"]), ("runs", 0),
-                                          ("backend", "tflite"), ("providers", [])])
+                                          ("backend", "tflite"), ("providers", []),
+                                          ("sessions", 0), ("sessions", 51)])
 def test_invalid_values_are_errors(tmp_path, field, value):
     path = tmp_path / "t.yaml"
     import yaml
@@ -176,7 +177,26 @@ def test_backend_conformance(backend, precision, exported, request, monkeypatch)
     _check_conformance(m, target)
     assert m.tower == "image" and m.backend == backend
     if backend == "onnxruntime":
-        assert len(calls) == target.warmup + target.runs and all(b == {exported.input_name: 2} for b in calls)
+        assert len(calls) == target.sessions * target.warmup + target.runs
+        assert all(b == {exported.input_name: 2} for b in calls)
+    assert m.sessions == target.sessions and len(m.session_medians_ms) == target.sessions
+
+
+def test_one_slow_session_does_not_move_the_median(monkeypatch):
+    """A session that runs 5x slower (as one now and then does on a shared machine) is outvoted."""
+    from dime_nas.agent import timing
+
+    per_session = iter([1.0, 5.0, 1.1])
+    opened = []
+    monkeypatch.setattr(timing, "timed_calls", lambda call, warmup, n: [next(per_session)] * n)
+    stats = timing.timed_sessions(lambda: opened.append(1), warmup=3, runs=50, sessions=3)
+    assert len(opened) == 3  # a fresh session each
+    assert stats["median_ms"] == 1.1 and stats["session_medians_ms"] == [1.0, 5.0, 1.1]
+    assert stats["runs"] == 50 and stats["p90_ms"] == 5.0  # the spread still shows the slow session
+    monkeypatch.setattr(timing, "timed_calls", lambda call, warmup, n: [1.0, 1.0, 5.0, 5.0])
+    assert timing.timed_sessions(lambda: None, warmup=0, runs=4, sessions=1)["median_ms"] == 3.0  # plain median
+    with pytest.raises(ValueError, match="sessions"):
+        timing.timed_sessions(lambda: None, warmup=0, runs=2, sessions=3)
 
 
 def test_torch_eager_meets_the_same_contract(towers):

@@ -30,7 +30,8 @@ from .timing import MeasureTimeout, measure_onnx
 
 MAX_REQUEST_BYTES = 64 * 1024  # a measure request's JSON body
 MAX_INPUT_ELEMENTS = 64 * 1024**2  # a fixed input of at most 64 M elements (256 MB of float32)
-_LIMITS = {"threads": (1, 1024), "batch": (1, 65536), "warmup": (0, 100_000), "runs": (1, 1_000_000)}
+_LIMITS = {"threads": (1, 1024), "batch": (1, 65536), "warmup": (0, 100_000), "runs": (1, 1_000_000),
+           "sessions": (1, 1000)}
 
 
 class _TokenGate:
@@ -115,7 +116,7 @@ def create_app(token: str, store_dir: str | Path, max_model_bytes: int, *, queue
             started = time.monotonic()
             result = await run_in_threadpool(
                 queue.run_alone, measure_onnx, str(store.path(spec["model"])), spec["providers"], spec["threads"],
-                spec["warmup"], spec["runs"], spec["inputs"], timeout_s)
+                spec["warmup"], spec["runs"], spec["inputs"], timeout_s, spec["sessions"])
             finished = time.monotonic()
         except MeasureTimeout as err:
             return _error(504, str(err))
@@ -142,7 +143,7 @@ def _measure_spec(body: Any) -> dict[str, Any]:
     """Validate a measure request; ValueError names the field."""
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
-    unknown = set(body) - {"model", "providers", "threads", "batch", "warmup", "runs", "inputs"}
+    unknown = set(body) - {"model", "providers", "threads", "batch", "warmup", "runs", "sessions", "inputs"}
     if unknown:
         raise ValueError(f"unknown field(s) {sorted(unknown)}")
     spec: dict[str, Any] = {"model": check_hash(str(body.get("model", "")))}
@@ -151,10 +152,12 @@ def _measure_spec(body: Any) -> dict[str, Any]:
         raise ValueError("providers must be a non-empty list of names")
     spec["providers"] = providers
     for name, (low, high) in _LIMITS.items():
-        value = body.get(name, {"threads": 1, "batch": 1, "warmup": 10, "runs": 50}[name])
+        value = body.get(name, {"threads": 1, "batch": 1, "warmup": 10, "runs": 50, "sessions": 1}[name])
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
         spec[name] = value
+    if spec["sessions"] > spec["runs"]:
+        raise ValueError(f"sessions ({spec['sessions']}) must not exceed runs ({spec['runs']})")
     inputs = body.get("inputs")
     if not isinstance(inputs, dict) or not inputs:
         raise ValueError("inputs must map each input name to its shape, e.g. {\"image\": [1, 3, 224, 224]}")

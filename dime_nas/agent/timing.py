@@ -50,6 +50,27 @@ def timed_calls(call: Callable[[], Any], warmup: int, runs: int) -> list[float]:
     return times
 
 
+def timed_sessions(open_session: Callable[[], Callable[[], Any]], warmup: int, runs: int,
+                   sessions: int = 1) -> dict[str, Any]:
+    """``runs`` timed calls split over ``sessions`` fresh sessions, each warmed up first.
+
+    ``open_session`` opens a session and returns its call. On a shared or virtual machine
+    an onnxruntime session now and then runs a model far slower than the next one does
+    (thread placement, memory layout): the median is the median of the session medians,
+    which one such session cannot move; p10-p90, mean and cv are over all calls.
+    """
+    if not 1 <= sessions <= runs:
+        raise ValueError(f"sessions must be between 1 and runs ({runs}), got {sessions}")
+    times: list[float] = []
+    medians: list[float] = []
+    for i in range(sessions):
+        t = timed_calls(open_session(), warmup, runs // sessions + (1 if i < runs % sessions else 0))
+        times += t
+        medians.append(float(np.median(t)))
+    return {**latency_stats(times), "median_ms": float(np.median(medians)), "session_medians_ms": medians,
+            "runs": len(times), "sessions": sessions}
+
+
 def fixed_input(shape: list[int] | tuple[int, ...], dtype: Any, seed: int = 0) -> np.ndarray:
     """A deterministic input: normal noise for floats, ids in [1, 256) for integers."""
     rng = np.random.default_rng(seed)
@@ -87,12 +108,13 @@ def usable_providers(requested: list[str]) -> list[str]:
 
 
 def measure_onnx(path: str, providers: list[str], threads: int, warmup: int, runs: int,
-                 inputs: dict[str, list[int]], timeout_s: float | None = None) -> dict[str, Any]:
+                 inputs: dict[str, list[int]], timeout_s: float | None = None, sessions: int = 1) -> dict[str, Any]:
     """Time the model at ``path`` on fixed inputs of the given shapes.
 
     Returns:
-        ``latency_stats`` of the ``runs`` timed calls, plus ``runs``, ``warmup``, ``threads``
-        and ``providers`` (those that actually ran, from the session).
+        the statistics of :func:`timed_sessions` (``runs`` calls over ``sessions``
+        sessions), plus ``warmup``, ``threads`` and ``providers`` (those that actually
+        ran, from the session).
 
     Raises:
         ValueError: no requested provider is available, or ``inputs`` does not name the
@@ -102,7 +124,8 @@ def measure_onnx(path: str, providers: list[str], threads: int, warmup: int, run
     """
     import onnxruntime as ort
 
-    session = ort.InferenceSession(path, session_options(threads), providers=usable_providers(providers))
+    providers = usable_providers(providers)
+    session = ort.InferenceSession(path, session_options(threads), providers=providers)
     wanted = {i.name: i for i in session.get_inputs()}
     if set(inputs) != set(wanted):
         raise ValueError(f"inputs must name exactly the model's inputs {sorted(wanted)}, got {sorted(inputs)}")
@@ -114,8 +137,14 @@ def measure_onnx(path: str, providers: list[str], threads: int, warmup: int, run
         timer = threading.Timer(timeout_s, lambda: setattr(run_options, "terminate", True))
         timer.daemon = True
         timer.start()
+    opened = [session]
+
+    def open_session() -> Callable[[], Any]:
+        s = opened.pop() if opened else ort.InferenceSession(path, session_options(threads), providers=providers)
+        return lambda: s.run(None, feed, run_options)
+
     try:
-        times = timed_calls(lambda: session.run(None, feed, run_options), warmup, runs)
+        stats = timed_sessions(open_session, warmup, runs, sessions)
     except Exception as err:
         if run_options.terminate:
             raise MeasureTimeout(f"measurement stopped after the {timeout_s:g} s limit") from None
@@ -123,5 +152,4 @@ def measure_onnx(path: str, providers: list[str], threads: int, warmup: int, run
     finally:
         if timer is not None:
             timer.cancel()
-    return {**latency_stats(times), "runs": len(times), "warmup": warmup, "threads": threads,
-            "providers": list(session.get_providers())}
+    return {**stats, "warmup": warmup, "threads": threads, "providers": list(session.get_providers())}

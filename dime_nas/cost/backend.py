@@ -33,6 +33,8 @@ class LatencyMeasurement:
     providers: list[str]  # what actually ran (onnxruntime's session.get_providers())
     precision: str
     machine: dict[str, Any] = field(default_factory=dict)
+    sessions: int = 1  # fresh sessions the runs were split over (median_ms: the median of their medians)
+    session_medians_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

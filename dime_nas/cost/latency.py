@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from dime_nas.agent.timing import latency_stats, session_options, timed_calls
+from dime_nas.agent.timing import latency_stats, session_options, timed_calls, timed_sessions
 from dime_nas.cost.backend import LatencyBackend, LatencyMeasurement
 from dime_nas.cost.onnx_export import ExportedTower, export_tower
 from dime_nas.cost.remote import RemoteBackend
@@ -70,14 +70,19 @@ class OnnxRuntimeBackend(LatencyBackend):
         problem = check_target_usable(target)
         if problem:  # never time on the CPU what a GPU target's budget is about
             raise RuntimeError(problem)
-        session = ort.InferenceSession(str(path), session_options(target.intra_op_threads),
-                                       providers=list(target.providers))
         feed = {exported.input_name: exported.example_input(target.batch_size)}
-        times = timed_calls(lambda: session.run(None, feed), target.warmup, target.runs)
+        providers: list[str] = []
+
+        def open_session() -> Any:
+            session = ort.InferenceSession(str(path), session_options(target.intra_op_threads),
+                                           providers=list(target.providers))
+            providers[:] = session.get_providers()
+            return lambda: session.run(None, feed)
+
+        stats = timed_sessions(open_session, target.warmup, target.runs, target.sessions)
         return LatencyMeasurement(
-            tower=exported.tower, target=target.name, backend=self.name, **latency_stats(times),
-            runs=len(times), warmup=target.warmup, batch=target.batch_size,
-            threads=target.intra_op_threads, providers=list(session.get_providers()),
+            tower=exported.tower, target=target.name, backend=self.name, **stats, warmup=target.warmup,
+            batch=target.batch_size, threads=target.intra_op_threads, providers=providers,
             precision=target.precision, machine=_machine_now(),
         )
 

@@ -112,10 +112,10 @@ class AgentClient:
         return sha
 
     def measure(self, sha: str, *, providers: list[str], threads: int, batch: int, warmup: int, runs: int,
-                inputs: dict[str, list[int]]) -> dict[str, Any]:
+                inputs: dict[str, list[int]], sessions: int = 1) -> dict[str, Any]:
         """Time a stored model on the agent; the same statistics as a local measurement."""
         body = {"model": sha, "providers": providers, "threads": threads, "batch": batch, "warmup": warmup,
-                "runs": runs, "inputs": inputs}
+                "runs": runs, "sessions": sessions, "inputs": inputs}
         return self._check(self._request("POST", "/v1/measure", json=body), "measure").json()
 
 
@@ -149,7 +149,7 @@ class RemoteBackend(LatencyBackend):
                     sha = agent.ensure_model(path)
                     result = agent.measure(sha, providers=list(target.providers), threads=target.intra_op_threads,
                                            batch=target.batch_size, warmup=target.warmup, runs=target.runs,
-                                           inputs={exported.input_name: shape})
+                                           sessions=target.sessions, inputs={exported.input_name: shape})
                     device = agent.device()
                 except AgentError as err:
                     if "unreachable" not in str(err):
@@ -159,6 +159,7 @@ class RemoteBackend(LatencyBackend):
             stats = {k: result[k] for k in _STAT_FIELDS}
             return LatencyMeasurement(
                 tower=exported.tower, target=target.name, backend=self.name, **stats, runs=result["runs"],
+                sessions=result.get("sessions", 1), session_medians_ms=result.get("session_medians_ms", []),
                 warmup=result["warmup"], batch=target.batch_size, threads=result["threads"],
                 providers=list(result["providers"]), precision=target.precision,
                 machine={"agent": url, **device, "torch": None},  # torch: the agent never loads it

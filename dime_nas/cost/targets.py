@@ -35,6 +35,7 @@ class Target:
     precision: str = "fp32"  # "fp32" or "int8" (dynamic-quantised ONNX)
     warmup: int = 10  # untimed runs first (allocations, caches, thread pools)
     runs: int = 50  # timed runs (median and percentiles over these)
+    sessions: int = 1  # runs split over this many fresh sessions; the median of their medians is kept
     urls: tuple[str, ...] = ()  # remote: the agents serving this target (YAML: url or urls); spread over
     token_env: str | None = None  # remote: environment variable holding the agents' token
     token_file: str | None = None  # remote: file holding the agents' token (instead of token_env)
@@ -47,11 +48,13 @@ class Target:
             raise ConfigError(f"{where}: precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.backend == "torch" and self.precision != "fp32":
             raise ConfigError(f"{where}: the torch (eager) backend measures fp32 only")
+        if self.backend == "torch" and self.sessions != 1:
+            raise ConfigError(f"{where}: sessions are onnxruntime's; the torch (eager) backend has none")
         if not self.towers or any(t not in TOWERS for t in self.towers) or len(set(self.towers)) != len(self.towers):
             raise ConfigError(f"{where}: towers must be distinct names from {TOWERS}, got {list(self.towers)}")
         if not self.providers or not all(isinstance(p, str) and p for p in self.providers):
             raise ConfigError(f"{where}: providers must be a non-empty list of names")
-        for name in ("intra_op_threads", "batch_size", "runs"):
+        for name in ("intra_op_threads", "batch_size", "runs", "sessions"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
@@ -65,6 +68,8 @@ class Target:
             raise ConfigError(f"{where}: url, urls, token_env and token_file are for backend: remote")
         if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
             raise ConfigError(f"{where}: warmup must be a non-negative integer, got {self.warmup!r}")
+        if self.sessions > self.runs:
+            raise ConfigError(f"{where}: sessions ({self.sessions}) must not exceed runs ({self.runs})")
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any], source: str = "<dict>") -> Target:
