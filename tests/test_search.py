@@ -33,7 +33,9 @@ def test_search_runs_trials_and_writes_the_report(tmp_path, tiny_teacher_dir):
     for t in done:
         if "reused_from" not in t.user_attrs:
             assert t.user_attrs["teacher_forwards"] == 0 and t.user_attrs["train_steps"] == 4
-        assert t.user_attrs["cost"]["latency_ms"] > 0 and 0 <= t.user_attrs["metrics"]["accuracy"] <= 1
+        cost = t.user_attrs["cost"]
+        assert cost["latency_ms"] > 0 and 0 <= t.user_attrs["metrics"]["accuracy"] <= 1
+        assert cost["latency_ms"] == min(cost["latency_readings_ms"]) == t.user_attrs["metrics"]["latency_ms"]
         assert t.user_attrs["cost"]["per_tower"]["image"]["providers"] == ["CPUExecutionProvider"]
         assert set(t.user_attrs["timings"]) == {"cost_s", "train_s", "eval_s"}
     run = RunDir(tmp_path / "run")

@@ -216,6 +216,7 @@ def _flat(r: Row) -> dict[str, Any]:
                          "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gflops": cost.get("gflops"),
                          "latency_ms": cost.get("latency_ms"), "latency_p10_ms": cost.get("latency_p10_ms"),
                          "latency_p90_ms": cost.get("latency_p90_ms"), "latency_source": cost.get("latency_source", ""),
+                         "latency_readings_ms": " ".join(f"{x:.4g}" for x in cost.get("latency_readings_ms", [])),
                          "latency_predicted_ms": cost.get("latency_predicted_ms")}
     decision = _decision(r)
     if decision:
