@@ -13,13 +13,16 @@ def test_demo_space_and_budget_admit_two_image_tower_families(repo_root):
     grid = space.grid(embed_dim=256)
     families = Counter(c.vision.kind for c in grid)
     assert set(families) == {"vit", "timm"} and min(families.values()) >= 3, families
-    assert len({c.vision.timm_model for c in grid if c.vision.kind == "timm"}) >= 2
+    # a resolution ladder of one convnet: more input costs more time for a little more accuracy
+    assert len({c.vision.image_size for c in grid if c.vision.kind == "timm"}) >= 4
     # distinct trials: the space must hold more architectures than the search asks for
     assert len({c.arch_key for c in grid}) > config.search.trials
     budgets = config.budget_list
     assert [b.metric for b in budgets] == ["latency_ms"] and budgets[0].op == "<="
     assert {o.metric for o in config.objectives} == {"accuracy", "latency_ms"}
-    # the fastest ViTs and the smallest convnets sit well inside the budget: neither family is cut out
+    # the fastest ViT (1 layer, one 16 px patch) and the smallest convnets sit well inside the budget
     assert any(c.vision.kind == "vit" and c.vision.layers == 1 and c.vision.patch_size == 16 and
-               c.vision.image_size == 32 for c in grid)
-    assert any(c.vision.kind == "timm" and c.vision.image_size == 32 for c in grid)
+               c.vision.image_size == 16 for c in grid)
+    assert min(c.vision.image_size for c in grid if c.vision.kind == "timm") <= 18
+    # one thread: two onnxruntime threads time tiny towers unsteadily on a 2-core machine
+    assert config.target == "local-cpu-1t"
