@@ -298,8 +298,10 @@ class _TrialBar:
         if advance:  # the bar counts distinct architectures, as ``trials`` does
             self.bar.update(trial_counts(study)[0] - self.bar.n)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        feasible = [t for t in complete if TrialRecord.from_trial(t).status == "ok"]
-        post = {"feasible": len(feasible), "failed": len(study.get_trials(
+        records = [(t, TrialRecord.from_trial(t)) for t in complete]
+        feasible = [t for t, r in records if r.status == "ok"]
+        # distinct students, as the bar and the report count them: a repeat is not a second feasible one
+        post = {"feasible": len({r.arch_key for t, r in records if r.status == "ok"}), "failed": len(study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))}
         if feasible:
             metric = study.user_attrs.get("objectives", ["value"])[0]
