@@ -8,7 +8,10 @@ slower, and one round alone would make that outlier the truth. The round-to-roun
 difference is the measurement noise no predictor can beat. Then:
 
 1. fits the predictor on a random 70% and prints MAPE and the share within +-10% on
-   the other 30% (both regressors, and the one cross-validation picks);
+   the other 30% (both regressors, and the one cross-validation picks), over ``--splits``
+   random splits (mean and 10th-90th percentile: with 30 held-out towers one split moves
+   the share by 3.3 points a tower); beside it, how close one round's measurement comes
+   to the median of all rounds, the noise floor of that check;
 2. replays a search of the space in random order at a stated budget (the median
    measured latency) with the search's own gate (margin 25%, decisions after 20
    measured towers, refit every 10) and prints the share of measurements saved and
@@ -18,6 +21,8 @@ Raw results go to experiments/results/bench_predictor.json, a summary to
 experiments/results/bench_predictor.md.
 
 Usage: python experiments/benchmarks/bench_predictor.py [--towers 100] [--rounds 3] [--threads 1] [--runs 30]
+       python experiments/benchmarks/bench_predictor.py --rescore experiments/results/bench_predictor.json
+       (recomputes the summary from the measurements an earlier run saved)
 """
 from __future__ import annotations
 
@@ -94,6 +99,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--sessions", type=int, default=3, help="onnxruntime sessions per measurement")
+    p.add_argument("--splits", type=int, default=20, help="random 70/30 splits the predictor is scored over")
+    p.add_argument("--rescore", help="an earlier run's JSON: score its measurements again, measure nothing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
@@ -116,12 +124,88 @@ def main() -> int:
     t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.rescore:
+        earlier = json.loads(Path(args.rescore).read_text())
+        rows, device = earlier["rows"], earlier["device"]
+        for k in ("towers", "rounds", "threads", "runs", "warmup"):  # what the measurements were taken with
+            setattr(args, k, earlier["settings"][k])
+        args.sessions = earlier["settings"].get("sessions", 1)  # runs before sessions existed used one
+        measure_s = earlier.get("measure_s", earlier["seconds"])
+    else:
+        rows, device = measure(args, tower_cost, export_tower, RemoteBackend, Target, towers_from_student)
+        measure_s = time.time() - t_start
+    target_name = "bench-agent"
+    for row in rows:
+        row["median_ms"] = float(np.median(row["round_medians_ms"]))
+    rounds = np.array([r["round_medians_ms"] for r in rows])
+    noise = errors(rounds[:, 1], rounds[:, 0])  # round 2 read as a "prediction" of round 1
+    one_round = [errors(rounds[:, k], np.median(rounds, axis=1)) for k in range(rounds.shape[1])]  # one measurement against the truth the predictor is scored on
+
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(rows))
+    n_fit = int(round(0.7 * len(rows)))
+    fit_rows = [rows[i] for i in order[:n_fit]]
+    chosen = fit_predictor(fit_rows, target_name, holdout=0.0, seed=args.seed)
+    per_split: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    for s in range(args.splits):
+        order = np.random.default_rng([args.seed, s]).permutation(len(rows))
+        fit, test = [rows[i] for i in order[:n_fit]], [rows[i] for i in order[n_fit:]]
+        measured = np.array([r["median_ms"] for r in test])
+        for kind in KINDS:
+            per_split[kind].append(errors(LatencyPredictor(target_name, kind, fit, seed=args.seed).refit()
+                                          .predict_tower_ms(test), measured))
+    held_out = {kind: _spread(v) for kind, v in per_split.items()}
+
+    budget = float(np.median([r["median_ms"] for r in rows]))
+    target = Target(name=target_name, description="replay", intra_op_threads=args.threads)
+    gate = LatencyGate(LatencyPredictorConfig(margin=0.25, min_measurements=20, refit_every=10), target, budget)
+    decided, wrong, replay = 0, 0, rng.permutation(len(rows))
+    for i in replay:
+        r = rows[i]
+        cost = {"per_tower": {"image": {"gmacs": r["gmacs"], "params": r["params"]}}}
+        d = gate.decide(r["config"], cost)
+        if d is None:
+            cost["per_tower"]["image"]["latency_median_ms"] = r["median_ms"]
+            gate.observe(r["config"], cost)
+            continue
+        decided += 1
+        wrong += int((d["latency_ms"] > budget) != (r["median_ms"] > budget))
+    result = {
+        "settings": vars(args), "machine": machine_facts(), "device": device, "measure_s": measure_s,
+        "seconds": measure_s + time.time() - t_start if args.rescore else time.time() - t_start,
+        "towers": len(rows), "fit_on": n_fit, "held_out_n": len(rows) - n_fit, "splits": args.splits,
+        "cross_validation_on_fit_share": chosen.report["cross_validation"], "chosen": chosen.kind,
+        "held_out": held_out, "held_out_per_split": per_split, "measurement_noise_round2_vs_round1": noise,
+        "one_round_vs_median_of_rounds": one_round,
+        "search_replay": {"budget_ms": budget, "margin": 0.25, "min_measurements": 20, "refit_every": 10,
+                          "candidates": len(rows), "decided_by_prediction": decided,
+                          "saved_fraction": decided / len(rows), "wrong_decisions": wrong},
+        "rows": rows,
+    }
+    (out / "bench_predictor.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_summary(out / "bench_predictor.md", result)
+    print((out / "bench_predictor.md").read_text())
+    return 0
+
+
+def _spread(split_errors: list[dict]) -> dict[str, float]:
+    """Mean and 10th-90th percentile of MAPE and of the +-10% share over splits."""
+    out: dict[str, float] = {"n": split_errors[0]["n"], "splits": len(split_errors)}
+    for key in ("mape", "within_10", "max_error"):
+        v = np.array([e[key] for e in split_errors])
+        out.update({key: float(v.mean()), f"{key}_p10": float(np.percentile(v, 10)),
+                    f"{key}_p90": float(np.percentile(v, 90))})
+    return out
+
+
+def measure(args, tower_cost, export_tower, RemoteBackend, Target, towers_from_student):
+    """Export the sampled towers and measure them through a loopback agent, in rounds."""
     configs = sample_configs(args.towers, args.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_predictor_") as tmp, agent_on_loopback(Path(tmp)) as (url, tok):
         target = Target(name="bench-agent", description="this machine through the agent on loopback",
                         backend="remote", urls=(url,), token_file=str(tok), intra_op_threads=args.threads,
-                        warmup=args.warmup, runs=args.runs)
+                        warmup=args.warmup, runs=args.runs, sessions=args.sessions)
         backend = RemoteBackend()
         exported = []
         for i, config in enumerate(configs):  # round 1: export, count, measure
@@ -145,47 +229,7 @@ def main() -> int:
                 row["round_medians_ms"].append(m.median_ms)
                 row["cv"].append(m.cv)
                 row["load_avg_1m"].append(m.machine["load_avg_1m"])
-    for row in rows:
-        row["median_ms"] = float(np.median(row["round_medians_ms"]))
-    rounds = np.array([r["round_medians_ms"] for r in rows])
-    noise = errors(rounds[:, 1], rounds[:, 0])  # round 2 read as a "prediction" of round 1
-
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(rows))
-    n_fit = int(round(0.7 * len(rows)))
-    fit_rows, test_rows = [rows[i] for i in order[:n_fit]], [rows[i] for i in order[n_fit:]]
-    measured = np.array([r["median_ms"] for r in test_rows])
-    chosen = fit_predictor(fit_rows, target.name, holdout=0.0, seed=args.seed)
-    held_out = {kind: errors(LatencyPredictor(target.name, kind, fit_rows, seed=args.seed).refit()
-                             .predict_tower_ms(test_rows), measured) for kind in KINDS}
-
-    budget = float(np.median([r["median_ms"] for r in rows]))
-    gate = LatencyGate(LatencyPredictorConfig(margin=0.25, min_measurements=20, refit_every=10), target, budget)
-    decided, wrong, replay = 0, 0, rng.permutation(len(rows))
-    for i in replay:
-        r = rows[i]
-        cost = {"per_tower": {"image": {"gmacs": r["gmacs"], "params": r["params"]}}}
-        d = gate.decide(r["config"], cost)
-        if d is None:
-            cost["per_tower"]["image"]["latency_median_ms"] = r["median_ms"]
-            gate.observe(r["config"], cost)
-            continue
-        decided += 1
-        wrong += int((d["latency_ms"] > budget) != (r["median_ms"] > budget))
-    result = {
-        "settings": vars(args), "machine": machine_facts(), "device": device, "seconds": time.time() - t_start,
-        "towers": len(rows), "fit_on": len(fit_rows), "held_out_n": len(test_rows),
-        "cross_validation_on_fit_share": chosen.report["cross_validation"], "chosen": chosen.kind,
-        "held_out": held_out, "measurement_noise_round2_vs_round1": noise,
-        "search_replay": {"budget_ms": budget, "margin": 0.25, "min_measurements": 20, "refit_every": 10,
-                          "candidates": len(rows), "decided_by_prediction": decided,
-                          "saved_fraction": decided / len(rows), "wrong_decisions": wrong},
-        "rows": rows,
-    }
-    (out / "bench_predictor.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_summary(out / "bench_predictor.md", result)
-    print((out / "bench_predictor.md").read_text())
-    return 0
+    return rows, device
 
 
 def write_summary(path: Path, r: dict) -> None:
@@ -193,9 +237,12 @@ def write_summary(path: Path, r: dict) -> None:
         r["measurement_noise_round2_vs_round1"]
     d, st = r["device"], r["settings"]
     lat = [x["median_ms"] for x in r["rows"]]
-    mape_verdict = "MAPE met" if h["mape"] <= 0.05 else f"MAPE missed by {100 * (h['mape'] - 0.05):.1f} points"
-    share_verdict = ("the +-10% share met" if h["within_10"] >= 0.95
-                     else f"the +-10% share missed by {100 * (0.95 - h['within_10']):.0f} points")
+    one = r["one_round_vs_median_of_rounds"]
+    met = h["mape"] <= 0.05 and h["within_10"] >= 0.95
+
+    def cell(e: dict, key: str) -> str:
+        return f"{e[key]:.1%} [{e[key + '_p10']:.1%}-{e[key + '_p90']:.1%}]"
+
     lines = [
         "# Latency predictor on the `edge` space, measured through the agent", "",
         f"Machine (plays the device, agent on loopback): {d.get('processor')}, {d.get('cpu_count')} cores, "
@@ -204,22 +251,30 @@ def write_summary(path: Path, r: dict) -> None:
         "(about 1 is this benchmark alone on 2 cores; more means other work shared the machine).",
         f"Settings: {r['towers']} distinct image towers sampled from the shipped `edge` space (seed {st['seed']}), "
         f"fp32, batch 1, {st['threads']} intra-op thread(s), {st['warmup']} warm-up + {st['runs']} timed runs per "
-        f"measurement, {st['rounds']} rounds over all towers, a tower's latency the median of its round medians. "
-        f"Latencies "
-        f"{min(lat):.1f}-{max(lat):.1f} ms. Total time {r['seconds'] / 60:.1f} min.", "",
-        "| held-out 30% | MAPE | within +-10% | max error |", "|---|---|---|---|"]
+        f"measurement over {st.get('sessions', 1)} session(s), {st['rounds']} rounds over all towers, a tower's "
+        f"latency the median of its round medians. Latencies {min(lat):.1f}-{max(lat):.1f} ms. "
+        f"Total time {r['seconds'] / 60:.1f} min.", "",
+        f"Held-out errors over {r['splits']} random splits ({r['fit_on']} towers fitted, {r['held_out_n']} held out; "
+        "mean [10th-90th percentile]):", "",
+        "| | MAPE | within +-10% | max error |", "|---|---|---|---|"]
     for kind, e in r["held_out"].items():
         mark = " (chosen by cross-validation)" if kind == r["chosen"] else ""
-        lines.append(f"| {kind}{mark} | {e['mape']:.1%} | {e['within_10']:.0%} | {e['max_error']:.0%} |")
-    lines += [f"| measurement noise: round 2 vs round 1, same towers | {n['mape']:.1%} | {n['within_10']:.0%} | "
+        lines.append(f"| predictor: {kind}{mark} | {cell(e, 'mape')} | {cell(e, 'within_10')} | "
+                     f"{cell(e, 'max_error')} |")
+    for k, e in enumerate(one):
+        lines.append(f"| one measurement (round {k + 1}) against the median of all rounds | {e['mape']:.1%} | "
+                     f"{e['within_10']:.0%} | {e['max_error']:.0%} |")
+    lines += [f"| round 2 against round 1, same towers | {n['mape']:.1%} | {n['within_10']:.0%} | "
               f"{n['max_error']:.0%} |", "",
-              f"Cross-validated MAPE on the 70% fitting share: "
+              "Cross-validated MAPE on a 70% fitting share: "
               + ", ".join(f"{k} {v['mape']:.1%}" for k, v in c.items()) + ".", "",
-              f"Target: MAPE <= 5% and >= 95% within +-10%. Result: MAPE {h['mape']:.1%}, {h['within_10']:.0%} within "
-              f"+-10% ({'met' if h['mape'] <= 0.05 and h['within_10'] >= 0.95 else 'missed'})."
-              + ("" if h["mape"] <= 0.05 and h["within_10"] >= 0.95 else f" {mape_verdict}; {share_verdict}. "
-                 f"Measurement noise bounds what can be checked: the same towers measured twice disagree by "
-                 f"{n['mape']:.1%} MAPE on this machine ({n['within_10']:.0%} within +-10%)."), "",
+              f"Target: MAPE <= 5% and >= 95% within +-10%. Result (mean over splits): MAPE {h['mape']:.1%} "
+              f"({'met' if h['mape'] <= 0.05 else 'missed'}), {h['within_10']:.1%} within +-10% "
+              f"({'met' if h['within_10'] >= 0.95 else 'missed'}): target {'met' if met else 'missed'}.",
+              "" if met else ("The check cannot be tighter than the measurements it is scored on: one measurement of "
+                              "a tower lies within +-10% of the median of its rounds for "
+                              + "/".join(f"{e['within_10']:.0%}" for e in one) + " of the towers on this machine."),
+              "",
               f"Search replay at a budget of {s['budget_ms']:.1f} ms (the median tower; margin 25%, decisions after "
               f"{s['min_measurements']} measured towers, refit every {s['refit_every']}): "
               f"{s['decided_by_prediction']} of {s['candidates']} candidates decided by prediction "
