@@ -94,9 +94,7 @@ def measure_cost(config: StudentConfig, ctx: TrialContext, keep: dict[str, Any] 
             out["latency_ms"] = decision.pooled_ms
             out["latency_p10_ms"], out["latency_p90_ms"] = decision.spread_ms
     for name, r in lat["towers"].items():
-        out["per_tower"][name].update({"latency_median_ms": r["latency"]["median_ms"],
-                                       "latency_p90_ms": r["latency"]["p90_ms"], "latency_cv": r["latency"]["cv"],
-                                       "providers": r["latency"]["providers"], "device": r["latency"]["machine"]})
+        out["per_tower"][name].update(_tower_latency(r["latency"]))
     if gate:
         gate.observe(config.to_dict(), out)
     if keep is not None:
@@ -122,7 +120,15 @@ def time_again(cost: dict[str, Any], ctx: TrialContext, kept: dict[str, Any]) ->
     if again["total_median_ms"] < cost["latency_ms"]:
         out.update(latency_ms=again["total_median_ms"], latency_p10_ms=again["total_p10_ms"],
                    latency_p90_ms=again["total_p90_ms"])
+        out["per_tower"] = {name: {**c, **_tower_latency(again["towers"][name]["latency"])} if name in again["towers"]
+                            else c for name, c in cost["per_tower"].items()}
     return out
+
+
+def _tower_latency(m: dict[str, Any]) -> dict[str, Any]:
+    """The per-tower latency fields a trial records from one measurement."""
+    return {"latency_median_ms": m["median_ms"], "latency_p90_ms": m["p90_ms"], "latency_cv": m["cv"],
+            "providers": m["providers"], "device": m["machine"]}
 
 
 def _timing(ctx: TrialContext) -> Any:

@@ -300,9 +300,9 @@ class _TrialBar:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         records = [(t, TrialRecord.from_trial(t)) for t in complete]
         feasible = [t for t, r in records if r.status == "ok"]
+        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
         # distinct students, as the bar and the report count them: a repeat is not a second feasible one
-        post = {"feasible": len({r.arch_key for t, r in records if r.status == "ok"}), "failed": len(study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))}
+        post = {"feasible": len({r.arch_key for _, r in records if r.status == "ok"}), "failed": failed}
         if feasible:
             metric = study.user_attrs.get("objectives", ["value"])[0]
             sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1

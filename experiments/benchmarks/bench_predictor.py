@@ -139,7 +139,8 @@ def main() -> int:
         row["median_ms"] = float(np.median(row["round_medians_ms"]))
     rounds = np.array([r["round_medians_ms"] for r in rows])
     noise = errors(rounds[:, 1], rounds[:, 0])  # round 2 read as a "prediction" of round 1
-    one_round = [errors(rounds[:, k], np.median(rounds, axis=1)) for k in range(rounds.shape[1])]  # one measurement against the truth the predictor is scored on
+    # one measurement against the truth the predictor is scored on
+    one_round = [errors(rounds[:, k], np.median(rounds, axis=1)) for k in range(rounds.shape[1])]
 
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(rows))
