@@ -156,6 +156,15 @@ def main() -> int:
             per_split[kind].append(errors(LatencyPredictor(target_name, kind, fit, seed=args.seed).refit()
                                           .predict_tower_ms(test), measured))
     held_out = {kind: _spread(v) for kind, v in per_split.items()}
+    # the same check with a tower's latency taken as its lowest round median: the convention the
+    # search keeps for a trained student (interference on a shared machine only slows a reading)
+    lowest = [dict(r, median_ms=min(r["round_medians_ms"])) for r in rows]
+    held_out_lowest = []
+    for s in range(args.splits):
+        order = np.random.default_rng([args.seed, s]).permutation(len(rows))
+        fit, test = [lowest[i] for i in order[:n_fit]], [lowest[i] for i in order[n_fit:]]
+        held_out_lowest.append(errors(LatencyPredictor(target_name, chosen.kind, fit, seed=args.seed).refit()
+                                      .predict_tower_ms(test), np.array([r["median_ms"] for r in test])))
 
     budget = float(np.median([r["median_ms"] for r in rows]))
     target = Target(name=target_name, description="replay", intra_op_threads=args.threads)
@@ -176,7 +185,8 @@ def main() -> int:
         "seconds": measure_s + time.time() - t_start if args.rescore else time.time() - t_start,
         "towers": len(rows), "fit_on": n_fit, "held_out_n": len(rows) - n_fit, "splits": args.splits,
         "cross_validation_on_fit_share": chosen.report["cross_validation"], "chosen": chosen.kind,
-        "held_out": held_out, "held_out_per_split": per_split, "measurement_noise_round2_vs_round1": noise,
+        "held_out": held_out, "held_out_per_split": per_split,
+        "held_out_lowest_round_truth": _spread(held_out_lowest), "measurement_noise_round2_vs_round1": noise,
         "one_round_vs_median_of_rounds": one_round,
         "search_replay": {"budget_ms": budget, "margin": 0.25, "min_measurements": 20, "refit_every": 10,
                           "candidates": len(rows), "decided_by_prediction": decided,
@@ -238,7 +248,7 @@ def write_summary(path: Path, r: dict) -> None:
         r["measurement_noise_round2_vs_round1"]
     d, st = r["device"], r["settings"]
     lat = [x["median_ms"] for x in r["rows"]]
-    one = r["one_round_vs_median_of_rounds"]
+    one, lo = r["one_round_vs_median_of_rounds"], r["held_out_lowest_round_truth"]
     met = h["mape"] <= 0.05 and h["within_10"] >= 0.95
 
     def cell(e: dict, key: str) -> str:
@@ -275,6 +285,10 @@ def write_summary(path: Path, r: dict) -> None:
               "" if met else ("The check cannot be tighter than the measurements it is scored on: one measurement of "
                               "a tower lies within +-10% of the median of its rounds for "
                               + "/".join(f"{e['within_10']:.0%}" for e in one) + " of the towers on this machine."),
+              "",
+              f"With a tower's latency taken as its lowest round median instead (the convention the search keeps for "
+              f"a trained student: interference only slows a reading), the {r['chosen']} predictor scores MAPE "
+              f"{cell(lo, 'mape')}, {cell(lo, 'within_10')} within +-10%.",
               "",
               f"Search replay at a budget of {s['budget_ms']:.1f} ms (the median tower; margin 25%, decisions after "
               f"{s['min_measurements']} measured towers, refit every {s['refit_every']}): "
