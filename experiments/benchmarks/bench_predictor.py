@@ -181,7 +181,7 @@ def main() -> int:
         decided += 1
         wrong += int((d["latency_ms"] > budget) != (r["median_ms"] > budget))
     result = {
-        "settings": vars(args), "machine": machine_facts(), "device": device, "measure_s": measure_s,
+        "settings": {**vars(args), "rescore": bool(args.rescore), "out": os.path.relpath(out, REPO)}, "machine": machine_facts(), "device": device, "measure_s": measure_s,
         "seconds": measure_s + time.time() - t_start if args.rescore else time.time() - t_start,
         "towers": len(rows), "fit_on": n_fit, "held_out_n": len(rows) - n_fit, "splits": args.splits,
         "cross_validation_on_fit_share": chosen.report["cross_validation"], "chosen": chosen.kind,
