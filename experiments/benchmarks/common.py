@@ -19,6 +19,14 @@ BENCH_YAML = Path(__file__).with_name("bench.yaml")
 DEMO_YAML = ROOT / "experiments" / "demo.yaml"  # the demo experiment: its teacher, cache, space and short run
 
 
+def relative(path: str | Path) -> str:
+    """``path`` as results record it: relative to the repository when inside it (no machine's paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return Path(path).name
+
+
 def load(config_path: str | Path = BENCH_YAML):
     """(ExperimentConfig, FeatureCache, teacher text cfg, SearchSpace) of a benchmark experiment."""
     from dime_nas.config import load_experiment

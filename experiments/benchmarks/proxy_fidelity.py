@@ -187,7 +187,8 @@ def main() -> None:
         if keep.sum() >= 4:
             subsets[label] = {"n": int(keep.sum()), "tau": kendall_tau(by_seed.mean(1)[keep], full[keep]),
                               "tau_best_baseline": kendall_tau(predictors[best_base][keep], full[keep])}
-    data = {"sizes": {**vars(a), "short": short_cfg.steps, "short_eval_every": short_cfg.eval_every,
+    data = {"sizes": {**vars(a), "config": common.relative(a.config), "store": common.relative(a.store),
+                      "short": short_cfg.steps, "short_eval_every": short_cfg.eval_every,
                       "short_average_last_evals": short_cfg.average_last_evals, "batch": short_cfg.batch_size,
                       "students": len(students)},
             "machine": common.machine(), "students": students, "rank_agreement": table,

@@ -181,7 +181,8 @@ def main() -> None:
                 "trials_to_95pct": reach, "mean_auc_first_25pct": float(np.mean([np.mean(c[:at]) for c in curves]) / exhaustive),
                 "replay_seconds": float(np.mean([r["seconds"] for r in rs])), "capped_runs": int(sum(r["capped"] for r in rs))}
     best = max(summary, key=lambda k: summary[k]["at_25pct"]["mean"])
-    data = {"sizes": {**vars(a), "grid": n, "proxy_steps": proxy.steps, "proxy_eval_every": proxy.eval_every,
+    data = {"sizes": {**vars(a), "config": common.relative(a.config), "store": common.relative(a.store),
+                      "grid": n, "proxy_steps": proxy.steps, "proxy_eval_every": proxy.eval_every,
                       "proxy_average_last_evals": proxy.average_last_evals, "at_25pct": at},
             "machine": common.machine(), "space": spec, "grid": grid, "directions": DIRECTIONS,
             "objectives": ["accuracy (short proxy, search-validation split)", "image-tower MACs in millions, batch 1"],
