@@ -61,7 +61,7 @@ def test_unreachable_storage_is_reported(tmp_path, tiny_teacher_dir, capsys):
 def test_shipped_experiments_load(repo_root):
     demo = load_experiment(repo_root / "experiments" / "demo.yaml")
     assert demo.teacher.shapes is not None and demo.space.endswith("demo.yaml")
-    assert [str(b) for b in demo.budget_list] == ["latency_ms <= 0.2"]
+    assert [str(b) for b in demo.budget_list] == ["latency_ms <= 0.25"]
 
 
 def test_budget_violation_sign():
