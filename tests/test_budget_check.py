@@ -11,7 +11,7 @@ from dime_nas.cost.budget_check import decide_latency_budget
 from dime_nas.cost.latency import LatencyBackend, LatencyMeasurement
 from dime_nas.cost.targets import Target
 from dime_nas.errors import ConfigError
-from dime_nas.search.objective import TrialContext, measure_cost
+from dime_nas.search.objective import TimedTowers, TrialContext, measure_cost, time_again
 from dime_nas.student import StudentConfig
 
 BUDGET = Budget.parse("latency_ms <= 0.3")
@@ -83,20 +83,24 @@ class _ScriptedBackend(LatencyBackend):
                                   providers=["CPUExecutionProvider"], precision=target.precision)
 
 
+def _scripted_trial(monkeypatch, candidate: list[float], reference: tuple[float, ...] = (1.0,) * 4):
+    """A student and a trial context whose latencies are the scripted medians (4 near-budget rounds)."""
+    monkeypatch.setitem(latency.LATENCY_BACKENDS, "onnxruntime", _ScriptedBackend)
+    _ScriptedBackend.script = {"candidate": list(candidate), "reference": list(reference)}
+    _ScriptedBackend.calls = []
+    vision = {"kind": "vit", "image_size": 32, "patch_size": 16, "layers": 1, "width": 64, "heads": 2, "mlp_ratio": 2.0}
+    student = StudentConfig.from_dict({"embed_dim": 32, "vision": vision, "text": {"kind": "teacher"}})
+    target = Target(name="scripted", description="scripted timings", warmup=0, runs=1)
+    return student, TrialContext(SimpleNamespace(search=SearchConfig(near_budget_rounds=4)), None, None, target, None,
+                                 budgets=[BUDGET], progress=False)
+
+
 @pytest.mark.parametrize("script, feasible", [
     ({"candidate": [0.32, 0.29, 0.28, 0.30, 0.27], "reference": [1.0] * 4}, True),
     ({"candidate": [0.28, 0.33, 0.34, 0.31, 0.35], "reference": [1.0] * 4}, False),
 ])
 def test_a_trial_records_both_measurements_and_follows_the_pooled_median(monkeypatch, script, feasible):
-    monkeypatch.setitem(latency.LATENCY_BACKENDS, "onnxruntime", _ScriptedBackend)
-    _ScriptedBackend.script = {k: list(v) for k, v in script.items()}
-    _ScriptedBackend.calls = []
-    student = StudentConfig.from_dict({"embed_dim": 32, "vision": {"kind": "vit", "image_size": 32, "patch_size": 16,
-                                                                    "layers": 1, "width": 64, "heads": 2, "mlp_ratio": 2.0},
-                                       "text": {"kind": "teacher"}})
-    target = Target(name="scripted", description="scripted timings", warmup=0, runs=1)
-    ctx = TrialContext(SimpleNamespace(search=SearchConfig(near_budget_rounds=4)), None, None, target, None,
-                       budgets=[BUDGET], progress=False)
+    student, ctx = _scripted_trial(monkeypatch, script["candidate"], script["reference"])
     cost = measure_cost(student, ctx)
     decision = cost["latency_decision"]
     assert decision["near"] and decision["first_ms"] == script["candidate"][0]
@@ -106,24 +110,11 @@ def test_a_trial_records_both_measurements_and_follows_the_pooled_median(monkeyp
     assert cost["latency_ms"] == pytest.approx(sorted(script["candidate"])[2])
 
 
-def _scripted_trial(monkeypatch, candidate: list[float]):
-    monkeypatch.setitem(latency.LATENCY_BACKENDS, "onnxruntime", _ScriptedBackend)
-    _ScriptedBackend.script = {"candidate": list(candidate), "reference": [1.0] * 8}
-    _ScriptedBackend.calls = []
-    vision = {"kind": "vit", "image_size": 32, "patch_size": 16, "layers": 1, "width": 64, "heads": 2, "mlp_ratio": 2.0}
-    student = StudentConfig.from_dict({"embed_dim": 32, "vision": vision, "text": {"kind": "teacher"}})
-    target = Target(name="scripted", description="scripted timings", warmup=0, runs=1)
-    return student, TrialContext(SimpleNamespace(search=SearchConfig(near_budget_rounds=4)), None, None, target, None,
-                                 budgets=[BUDGET], progress=False)
-
-
 @pytest.mark.parametrize("first, again, kept", [(0.20, 0.10, 0.10), (0.10, 0.20, 0.10)])
 def test_the_latency_timed_again_after_training_keeps_the_lower_reading(monkeypatch, tmp_path, first, again, kept):
     """A reading slowed by other work on the machine (the first here) is replaced by a later, faster one."""
-    from dime_nas.search.objective import time_again
-
     student, ctx = _scripted_trial(monkeypatch, [first, again])
-    holder = {"workdir": str(tmp_path)}
+    holder = TimedTowers(str(tmp_path))
     cost = measure_cost(student, ctx, holder)
     assert cost["latency_ms"] == first and "latency_decision" in cost and not cost["latency_decision"]["near"]
     after = time_again(cost, ctx, holder)
@@ -133,19 +124,15 @@ def test_the_latency_timed_again_after_training_keeps_the_lower_reading(monkeypa
 
 
 def test_a_near_budget_decision_is_not_timed_again(monkeypatch, tmp_path):
-    from dime_nas.search.objective import time_again
-
     student, ctx = _scripted_trial(monkeypatch, [0.29, 0.28, 0.30, 0.27, 0.31, 0.05])
-    holder = {"workdir": str(tmp_path)}
+    holder = TimedTowers(str(tmp_path))
     cost = measure_cost(student, ctx, holder)
     assert cost["latency_decision"]["near"]
     assert time_again(cost, ctx, holder) == cost and len(_ScriptedBackend.calls) == 9  # 1 + 4 rounds x 2
 
 
 def test_the_lower_reading_after_training_also_replaces_the_tower_s_own_latency(monkeypatch, tmp_path):
-    from dime_nas.search.objective import time_again
-
     student, ctx = _scripted_trial(monkeypatch, [0.20, 0.10])
-    holder = {"workdir": str(tmp_path)}
+    holder = TimedTowers(str(tmp_path))
     after = time_again(measure_cost(student, ctx, holder), ctx, holder)
     assert after["per_tower"]["image"]["latency_median_ms"] == 0.10 == after["latency_ms"]

@@ -49,7 +49,8 @@ class LatencyBackend(ABC):
 
     Invariants every implementation keeps (checked by the shared conformance test):
     it runs the file of ``target.precision`` at ``target.batch_size`` on a fixed input,
-    ``target.warmup`` untimed calls then exactly ``target.runs`` timed ones; it returns
+    in ``target.sessions`` fresh sessions, each ``target.warmup`` untimed calls then its
+    share of exactly ``target.runs`` timed ones (the median: of the session medians); it returns
     finite positive statistics, the providers that actually ran (non-empty) and the
     machine facts; it leaves the files untouched and holds no state between calls.
     """

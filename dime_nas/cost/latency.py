@@ -186,6 +186,7 @@ def measure_target(towers: dict[str, Tower], target: Target, workdir: str | Path
         "total_median_ms": sum(r["latency"]["median_ms"] for r in results.values()),
         "total_p10_ms": sum(r["latency"]["p10_ms"] for r in results.values()),
         "total_p90_ms": sum(r["latency"]["p90_ms"] for r in results.values()),
-        "convention": (f"ms per call on a batch of {target.batch_size}, median of {target.runs} timed calls "
-                       f"after {target.warmup} warm-up calls; total = sum of tower medians"),
+        "convention": (f"ms per call on a batch of {target.batch_size}: {target.runs} timed calls over "
+                       f"{target.sessions} session(s), each after {target.warmup} warm-up calls, the median of the "
+                       "session medians; total = sum of tower medians"),
     }

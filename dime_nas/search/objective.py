@@ -48,11 +48,20 @@ class TrialContext:
         return len(self.objectives) > 1
 
 
-def measure_cost(config: StudentConfig, ctx: TrialContext, keep: dict[str, Any] | None = None) -> dict[str, Any]:
+@dataclass
+class TimedTowers:
+    """The towers a trial timed and their exports, kept in ``workdir`` to be timed again."""
+
+    workdir: str
+    towers: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, Any] = field(default_factory=dict)
+
+
+def measure_cost(config: StudentConfig, ctx: TrialContext, keep: TimedTowers | None = None) -> dict[str, Any]:
     """Params, MACs and target latency of the towers the target counts.
 
-    ``keep``: {"workdir": a folder that outlives this call}; the exports go there and
-    ``keep`` receives the timed towers and their exports, to be timed again later.
+    ``keep``: the exports go to its folder (which outlives this call) and it receives the
+    timed towers, for :func:`time_again`; None: a temporary folder, nothing kept.
     """
     from ..cost.flops import tower_cost
     from ..cost.latency import measure_target
@@ -79,8 +88,8 @@ def measure_cost(config: StudentConfig, ctx: TrialContext, keep: dict[str, Any] 
     if decided:  # clearly far from the budget: no export, no measurement
         return {**out, **decided}
     timed = {n: towers[n] for n in counted}
-    exports: dict[str, Any] = {}
-    workdir = (contextlib.nullcontext(keep["workdir"]) if keep is not None
+    exports: dict[str, Any] = keep.exports if keep is not None else {}
+    workdir = (contextlib.nullcontext(keep.workdir) if keep is not None
                else tempfile.TemporaryDirectory(prefix="dime_nas_trial_"))
     with _timing(ctx), workdir as tmp:
         lat = measure_target(timed, ctx.target, tmp, exports)
@@ -98,11 +107,11 @@ def measure_cost(config: StudentConfig, ctx: TrialContext, keep: dict[str, Any] 
     if gate:
         gate.observe(config.to_dict(), out)
     if keep is not None:
-        keep.update(towers=timed, exports=exports)
+        keep.towers = timed
     return out
 
 
-def time_again(cost: dict[str, Any], ctx: TrialContext, kept: dict[str, Any]) -> dict[str, Any]:
+def time_again(cost: dict[str, Any], ctx: TrialContext, kept: TimedTowers) -> dict[str, Any]:
     """The cost with its latency timed once more (after training); the lower reading is kept.
 
     On a shared machine, another process or virtual machine now and then slows every
@@ -112,10 +121,10 @@ def time_again(cost: dict[str, Any], ctx: TrialContext, kept: dict[str, Any]) ->
     """
     from ..cost.latency import measure_target
 
-    if cost.get("latency_source") != "measured" or cost.get("latency_decision", {}).get("near") or not kept:
+    if cost.get("latency_source") != "measured" or cost.get("latency_decision", {}).get("near") or not kept.towers:
         return cost
     with _timing(ctx):
-        again = measure_target(kept["towers"], ctx.target, kept["workdir"], kept["exports"])
+        again = measure_target(kept.towers, ctx.target, kept.workdir, kept.exports)
     out = {**cost, "latency_readings_ms": [cost["latency_ms"], again["total_median_ms"]]}
     if again["total_median_ms"] < cost["latency_ms"]:
         out.update(latency_ms=again["total_median_ms"], latency_p10_ms=again["total_p10_ms"],
@@ -172,10 +181,10 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig | No
     if previous is not None:
         return _reuse(trial, previous)
     with tempfile.TemporaryDirectory(prefix="dime_nas_trial_") as workdir:
-        return _evaluate(trial, ctx, config, {"workdir": workdir})
+        return _evaluate(trial, ctx, config, TimedTowers(workdir))
 
 
-def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kept: dict[str, Any]
+def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kept: TimedTowers
               ) -> float | tuple[float, ...]:
     """Cost, budgets, training and scores of a claimed architecture not evaluated before."""
     from ..distill.trainer import average_last_evals, distill

@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, ROOT, relative  # common also puts the checkout on sys.path
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "experiments" / "results"
+TARGET_NAME = "bench-agent"  # the loopback agent's target, and the predictors'
 
 
 @contextlib.contextmanager
@@ -55,7 +55,7 @@ def agent_on_loopback(root: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "dime_nas.agent", "--token-file", str(token_file), "--port",
                              str(port), "--store", str(root / "store"), "--label", "role=benchmark"], env=env)
     url = f"http://127.0.0.1:{port}"
@@ -111,13 +111,9 @@ def main() -> int:
     import torch
 
     from dime_nas.config import LatencyPredictorConfig
-    from dime_nas.cost.onnx_export import export_tower
-    from dime_nas.cost.flops import tower_cost
     from dime_nas.cost.latency import machine_facts
-    from dime_nas.cost.predictor import KINDS, LatencyPredictor, errors, fit_predictor
-    from dime_nas.cost.remote import RemoteBackend
+    from dime_nas.cost.predictor import KINDS, errors, fit_predictor
     from dime_nas.cost.targets import Target
-    from dime_nas.cost.towers import towers_from_student
     from dime_nas.search.latency_gate import LatencyGate
 
     torch.set_num_threads(2)
@@ -132,9 +128,8 @@ def main() -> int:
         args.sessions = earlier["settings"].get("sessions", 1)  # runs before sessions existed used one
         measure_s = earlier.get("measure_s", earlier["seconds"])
     else:
-        rows, device = measure(args, tower_cost, export_tower, RemoteBackend, Target, towers_from_student)
+        rows, device = measure(args)
         measure_s = time.time() - t_start
-    target_name = "bench-agent"
     for row in rows:
         row["median_ms"] = float(np.median(row["round_medians_ms"]))
     rounds = np.array([r["round_medians_ms"] for r in rows])
@@ -146,28 +141,16 @@ def main() -> int:
     order = rng.permutation(len(rows))
     n_fit = int(round(0.7 * len(rows)))
     fit_rows = [rows[i] for i in order[:n_fit]]
-    chosen = fit_predictor(fit_rows, target_name, holdout=0.0, seed=args.seed)
-    per_split: dict[str, list[dict]] = {kind: [] for kind in KINDS}
-    for s in range(args.splits):
-        order = np.random.default_rng([args.seed, s]).permutation(len(rows))
-        fit, test = [rows[i] for i in order[:n_fit]], [rows[i] for i in order[n_fit:]]
-        measured = np.array([r["median_ms"] for r in test])
-        for kind in KINDS:
-            per_split[kind].append(errors(LatencyPredictor(target_name, kind, fit, seed=args.seed).refit()
-                                          .predict_tower_ms(test), measured))
+    chosen = fit_predictor(fit_rows, TARGET_NAME, holdout=0.0, seed=args.seed)
+    per_split = {kind: split_errors(rows, kind, n_fit, args.splits, args.seed) for kind in KINDS}
     held_out = {kind: _spread(v) for kind, v in per_split.items()}
     # the same check with a tower's latency taken as its lowest round median: the convention the
     # search keeps for a trained student (interference on a shared machine only slows a reading)
     lowest = [dict(r, median_ms=min(r["round_medians_ms"])) for r in rows]
-    held_out_lowest = []
-    for s in range(args.splits):
-        order = np.random.default_rng([args.seed, s]).permutation(len(rows))
-        fit, test = [lowest[i] for i in order[:n_fit]], [lowest[i] for i in order[n_fit:]]
-        held_out_lowest.append(errors(LatencyPredictor(target_name, chosen.kind, fit, seed=args.seed).refit()
-                                      .predict_tower_ms(test), np.array([r["median_ms"] for r in test])))
+    held_out_lowest = split_errors(lowest, chosen.kind, n_fit, args.splits, args.seed)
 
     budget = float(np.median([r["median_ms"] for r in rows]))
-    target = Target(name=target_name, description="replay", intra_op_threads=args.threads)
+    target = Target(name=TARGET_NAME, description="replay", intra_op_threads=args.threads)
     gate = LatencyGate(LatencyPredictorConfig(margin=0.25, min_measurements=20, refit_every=10), target, budget)
     decided, wrong, replay = 0, 0, rng.permutation(len(rows))
     for i in replay:
@@ -181,7 +164,8 @@ def main() -> int:
         decided += 1
         wrong += int((d["latency_ms"] > budget) != (r["median_ms"] > budget))
     result = {
-        "settings": {**vars(args), "rescore": bool(args.rescore), "out": os.path.relpath(out, REPO)}, "machine": machine_facts(), "device": device, "measure_s": measure_s,
+        "settings": {**vars(args), "rescore": bool(args.rescore), "out": relative(out)},
+        "machine": machine_facts(), "device": device, "measure_s": measure_s,
         "seconds": measure_s + time.time() - t_start if args.rescore else time.time() - t_start,
         "towers": len(rows), "fit_on": n_fit, "held_out_n": len(rows) - n_fit, "splits": args.splits,
         "cross_validation_on_fit_share": chosen.report["cross_validation"], "chosen": chosen.kind,
@@ -199,6 +183,19 @@ def main() -> int:
     return 0
 
 
+def split_errors(rows: list[dict], kind: str, n_fit: int, splits: int, seed: int) -> list[dict]:
+    """Held-out errors of a ``kind`` predictor over ``splits`` random splits (``n_fit`` rows fitted)."""
+    from dime_nas.cost.predictor import LatencyPredictor, errors
+
+    out = []
+    for s in range(splits):
+        order = np.random.default_rng([seed, s]).permutation(len(rows))
+        fit, test = [rows[i] for i in order[:n_fit]], [rows[i] for i in order[n_fit:]]
+        predicted = LatencyPredictor(TARGET_NAME, kind, fit, seed=seed).refit().predict_tower_ms(test)
+        out.append(errors(predicted, np.array([r["median_ms"] for r in test])))
+    return out
+
+
 def _spread(split_errors: list[dict]) -> dict[str, float]:
     """Mean and 10th-90th percentile of MAPE and of the +-10% share over splits."""
     out: dict[str, float] = {"n": split_errors[0]["n"], "splits": len(split_errors)}
@@ -209,12 +206,18 @@ def _spread(split_errors: list[dict]) -> dict[str, float]:
     return out
 
 
-def measure(args, tower_cost, export_tower, RemoteBackend, Target, towers_from_student):
-    """Export the sampled towers and measure them through a loopback agent, in rounds."""
+def measure(args) -> tuple[list[dict], dict]:
+    """Export the sampled towers and measure them through a loopback agent, in rounds: (rows, device)."""
+    from dime_nas.cost.flops import tower_cost
+    from dime_nas.cost.onnx_export import export_tower
+    from dime_nas.cost.remote import RemoteBackend
+    from dime_nas.cost.targets import Target
+    from dime_nas.cost.towers import towers_from_student
+
     configs = sample_configs(args.towers, args.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_predictor_") as tmp, agent_on_loopback(Path(tmp)) as (url, tok):
-        target = Target(name="bench-agent", description="this machine through the agent on loopback",
+        target = Target(name=TARGET_NAME, description="this machine through the agent on loopback",
                         backend="remote", urls=(url,), token_file=str(tok), intra_op_threads=args.threads,
                         warmup=args.warmup, runs=args.runs, sessions=args.sessions)
         backend = RemoteBackend()
