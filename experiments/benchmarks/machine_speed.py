@@ -2,7 +2,8 @@
 
 Trains the demo teacher's recipe (dime_nas.config.ShapesTeacherConfig defaults) for a
 few steps on a small pool and prints its training steps/s. The README's demo timings
-were measured at 5.26 steps/s; divide to scale them to this machine.
+were measured on a machine where the full build trained at 5.06 steps/s; divide to scale
+them to this machine.
 
     python experiments/benchmarks/machine_speed.py [--steps 40]
 """
