@@ -123,7 +123,7 @@ def main() -> None:
     import torch
 
     import bench_stats
-    from dime_nas.search.pareto import default_reference, hypervolume
+    from dime_nas.search.pareto import default_reference, hypervolume, non_dominated
     from dime_nas.space import SearchSpace
     from proxy_fidelity import image_cost
 
@@ -194,7 +194,7 @@ def main() -> None:
           f"2/4, patch 8/16, 32/48 px; {n - n_vit} test-size timm convnets: efficientnet/byobnet/convnext2 at 32/48/64 px; "
           f"teacher text), each scored once by the demo search's proxy ({proxy.steps} steps, batch {proxy.batch_size}, "
           f"mean of the evaluations every {proxy.eval_every} steps, seed 0) for accuracy (max) and image-tower MACs "
-          f"(min). Exhaustive front: {int(sum(_front(points)))} students. Each sampler setting replays the table, "
+          f"(min). Exhaustive front: {len(non_dominated(points, DIRECTIONS))} students. Each sampler setting replays the table, "
           f"{a.seeds} seeds, counting distinct architectures as trials (as a search does; repeats reuse the result); "
           f"hypervolume relative to the exhaustive front's (reference {np.round(reference, 4).tolist()}). "
           f"25% of the grid = {at} trials.\n",
@@ -220,8 +220,8 @@ def main() -> None:
     ax.set_ylim(0.5, 1.01)
     ax.legend(fontsize=6)
     ax = axes[1]
-    f = _front(points)
-    ax.scatter(points[:, 1], points[:, 0], s=10, c=["C3" if x else "C0" for x in f])
+    front = set(non_dominated(points, DIRECTIONS).tolist())
+    ax.scatter(points[:, 1], points[:, 0], s=10, c=["C3" if i in front else "C0" for i in range(len(points))])
     ax.set_xscale("log")
     ax.set_xlabel("image-tower MMACs")
     ax.set_ylabel("proxy accuracy")
@@ -232,13 +232,6 @@ def main() -> None:
     md.append(f"\nThe grid took {sum(g['wall_s'] for g in grid) / 60:.1f} min of run time ({a.workers} worker process(es) x "
               f"{a.threads} thread(s); machine: {m['cpu']}, {m['cores']} cores, shared).\n\n![]({a.name}.png)\n")
     common.write(a.name, data, "\n".join(md) + "\n")
-
-
-def _front(points: np.ndarray) -> np.ndarray:
-    """Non-dominated mask for (accuracy max, MACs min)."""
-    acc, cost = points[:, 0], points[:, 1]
-    return np.array([not np.any((acc >= acc[i]) & (cost <= cost[i]) & ((acc > acc[i]) | (cost < cost[i])))
-                     for i in range(len(points))])
 
 
 if __name__ == "__main__":
