@@ -4,9 +4,11 @@ A sample is one measured tower: its StudentConfig, its MACs and parameters, the
 target's precision, batch and threads, and the median latency measured there. Features
 per tower: log MACs (and its square), log params, log tokens, layers, width, heads, MLP ratio,
 resolution, patch size, precision, batch, threads and the tower's family (ViT, each
-timm model, text transformer). Two regressors of log latency are compared by k-fold
-cross-validation, a log-linear model (ridge) and gradient boosting (scikit-learn), and
-the one with the lower MAPE is kept. A saved predictor is a JSON file holding its
+timm model, text transformer). Three regressors of log latency are compared by k-fold
+cross-validation, a log-linear model fitted by least squares (ridge), the same model
+fitted with the Huber loss (robust: a tower that one slow spell or one slow onnxruntime
+session mis-measured pulls the fit less) and gradient boosting (scikit-learn), and the
+one with the lower MAPE is kept. A saved predictor is a JSON file holding its
 samples and choice; loading refits it (deterministic, and no pickle to trust).
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 FORMAT = "dime-nas-latency-predictor/1"
-KINDS = ("log-linear", "gradient-boosting")
+KINDS = ("log-linear", "robust-log-linear", "gradient-boosting")
 NUMERIC = ("log_gmacs", "log_gmacs_sq", "log_params", "log_tokens", "log_layers", "log_width", "heads", "mlp_ratio",
            "log_image_size", "patch_size", "int8", "log_batch", "threads")
 MIN_SAMPLES = 8
@@ -64,12 +66,14 @@ def tower_features(sample: dict[str, Any]) -> dict[str, float]:
 
 def _regressor(kind: str, seed: int) -> Any:
     from sklearn.ensemble import GradientBoostingRegressor
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import HuberRegressor, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if kind == "log-linear":
         return make_pipeline(StandardScaler(), Ridge(alpha=1e-2))
+    if kind == "robust-log-linear":
+        return make_pipeline(StandardScaler(), HuberRegressor(epsilon=1.35, alpha=1e-2, max_iter=2000))
     if kind == "gradient-boosting":
         return GradientBoostingRegressor(n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8,
                                          random_state=seed)

@@ -18,7 +18,7 @@ difference is the measurement noise no predictor can beat. Then:
    the wrong decisions.
 
 Raw results go to experiments/results/bench_predictor.json, a summary to
-experiments/results/bench_predictor.md.
+experiments/results/bench_predictor.md (``--name`` changes the file names).
 
 Usage: python experiments/benchmarks/bench_predictor.py [--towers 100] [--rounds 3] [--threads 1] [--runs 30]
        python experiments/benchmarks/bench_predictor.py --rescore experiments/results/bench_predictor.json
@@ -104,6 +104,7 @@ def main() -> int:
     p.add_argument("--rescore", help="an earlier run's JSON: score its measurements again, measure nothing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--name", default="bench_predictor", help="result files: OUT/NAME.json and OUT/NAME.md")
     args = p.parse_args()
     if args.rounds < 2:
         p.error("--rounds must be at least 2 (the second round measures the noise)")
@@ -177,9 +178,9 @@ def main() -> int:
                           "saved_fraction": decided / len(rows), "wrong_decisions": wrong},
         "rows": rows,
     }
-    (out / "bench_predictor.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_summary(out / "bench_predictor.md", result)
-    print((out / "bench_predictor.md").read_text())
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_summary(out / f"{args.name}.md", result)
+    print((out / f"{args.name}.md").read_text())
     return 0
 
 
