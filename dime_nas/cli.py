@@ -122,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     psub = pr.add_subparsers(title="predictor commands", metavar="COMMAND")
     pf = psub.add_parser("fit", help="fit a latency predictor on a target's measurements",
                          description="Learn latency from towers already measured on one target (a run directory "
-                         "or a MEASUREMENTS.jsonl file); compares gradient boosting with a log-linear model by "
-                         "cross-validation, reports the held-out error and saves the better one.")
+                         "or a MEASUREMENTS.jsonl file); compares gradient boosting with a log-linear model (least "
+                         "squares and Huber loss) by cross-validation, reports the held-out error and saves the best.")
     pf.add_argument("source", metavar="RUN_DIR|MEASUREMENTS.jsonl")
     pf.add_argument("--target", required=True, help="the target whose measurements to learn from")
     pf.add_argument("--out", default=None, help="file to write (default: <source folder>/predictor-<target>.json)")

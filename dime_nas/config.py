@@ -309,12 +309,15 @@ class LatencyPredictorConfig:
     margin: float = 0.25  # decide only when the prediction is this far past the budget (0.25: over 125% / under 75%)
     min_measurements: int = 20  # measured towers needed before any decision by prediction
     refit_every: int = 10  # refit after this many new measurements
+    min_per_family: int = 3  # measured towers of a candidate's family (ViT, each timm model, text) needed first:
+    # an unseen family is extrapolated from the others (a convnet read 7 ms that measures 13.5)
 
     def __post_init__(self) -> None:
         if not 0 < self.margin < 1:
             raise ConfigError(f"must be in (0, 1), got {self.margin}", key="latency_predictor.margin")
-        if self.min_measurements < 8 or self.refit_every < 1:
-            raise ConfigError("min_measurements must be >= 8 and refit_every >= 1", key="latency_predictor")
+        if self.min_measurements < 8 or self.refit_every < 1 or self.min_per_family < 1:
+            raise ConfigError("min_measurements must be >= 8, refit_every >= 1 and min_per_family >= 1",
+                              key="latency_predictor")
 
 
 @dataclass

@@ -63,6 +63,20 @@ def test_a_predictor_fitted_on_noise_reports_a_large_error():
     assert fit_predictor(towers, "board").report["held_out"]["mape"] > 0.3
 
 
+def test_the_robust_kind_is_pulled_less_by_towers_measured_in_a_slow_spell():
+    towers = synthetic(60, noise=0.01)
+    for t in towers[:6]:  # a tenth of the fitting set read twice as slow, as in a slow spell of a shared machine
+        t["median_ms"] *= 2.0
+    fresh = synthetic(30, seed=7, noise=0.0)
+    truth = np.array([t["median_ms"] for t in fresh])
+
+    def mape(kind: str) -> float:
+        predicted = LatencyPredictor("board", kind, towers).refit().predict_tower_ms(fresh)
+        return float(np.mean(np.abs(predicted / truth - 1)))
+
+    assert mape("robust-log-linear") < 0.05 < mape("log-linear")
+
+
 def test_save_and_load_give_the_same_predictions(tmp_path):
     predictor = fit_predictor(synthetic(40), "board")
     path = predictor.save(tmp_path / "p.json")
@@ -143,6 +157,19 @@ def test_gate_decides_only_far_from_the_budget(tmp_path):
     assert cost["latency_predicted_ms"] == pytest.approx(near["median_ms"], rel=0.15)
     d = gate.decide(big["config"], _cost(big))
     assert d["latency_source"] == "predicted" and "over budget" in d["latency_prediction"]
+
+
+def test_gate_measures_a_family_the_predictor_has_too_few_measurements_of(tmp_path):
+    vits = synthetic(40)
+    convnet = {**vit_tower(2, 128, 32, 128), "config": {"embed_dim": 64, "text": {"kind": "teacher"}, "vision": {
+        "kind": "timm", "image_size": 128, "timm_model": "convnext_atto"}}}
+    gate = _gate(vits, budget=10.0, tmp_path=tmp_path)
+    cost = _cost(convnet)  # predicted far under the budget, but no convnext was ever measured
+    assert gate.decide(convnet["config"], cost) is None and cost["latency_predicted_ms"] < 7.5
+    gate = _gate(vits + [convnet] * 2, budget=10.0, tmp_path=tmp_path)
+    assert gate.decide(convnet["config"], _cost(convnet)) is None  # two of the default three
+    gate = _gate(vits + [convnet] * 3, budget=10.0, tmp_path=tmp_path)
+    assert gate.decide(convnet["config"], _cost(convnet))["latency_source"] == "predicted"
 
 
 def test_gate_waits_for_enough_measurements_and_refits_as_they_come(tmp_path):

@@ -7,7 +7,9 @@ taken as the trial's latency without measuring, and the cost record says so
 (``latency_source: predicted``, ``latency_prediction``). Everything near the budget is
 measured, and every measurement is added to the predictor's samples, which is refitted
 every ``refit_every`` new ones. Decisions start once ``min_measurements`` towers are
-known (a saved predictor's samples count).
+known (a saved predictor's samples count), and a candidate is decided only when each of
+its towers' families (ViT, each timm model, text) has ``min_per_family`` measured towers
+in the fitted predictor: a family it has not seen would be extrapolated from the others.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import logging
 from typing import Any
 
 from ..config import LatencyPredictorConfig
-from ..cost.predictor import LatencyPredictor, fit_predictor, samples_from_cost
+from ..cost.predictor import LatencyPredictor, family, fit_predictor, samples_from_cost
 from ..cost.targets import Target
 from ..errors import ConfigError
 
@@ -46,6 +48,12 @@ class LatencyGate:
                    "threads": self.target.intra_op_threads} for name, c in cost["per_tower"].items()]
         predicted = float(self.predictor.predict_tower_ms(towers).sum())
         margin = self.options.margin
+        known = [family(s["config"], s["tower"]) for s in self.predictor.samples]
+        unfamiliar = [f for f in {family(config, t["tower"]) for t in towers}
+                      if known.count(f) < self.options.min_per_family]
+        if unfamiliar:
+            cost["latency_predicted_ms"] = predicted  # measured next, as a new family teaches the predictor most
+            return None
         if predicted > self.budget_ms * (1 + margin):
             decision = f"over budget by prediction ({predicted:.3g} ms > {1 + margin:g} x {self.budget_ms:g} ms)"
         elif predicted < self.budget_ms * (1 - margin):

@@ -14,8 +14,8 @@ difference is the measurement noise no predictor can beat. Then:
    to the median of all rounds, the noise floor of that check;
 2. replays a search of the space in random order at a stated budget (the median
    measured latency) with the search's own gate (margin 25%, decisions after 20
-   measured towers, refit every 10) and prints the share of measurements saved and
-   the wrong decisions.
+   measured towers and 3 of the candidate's family, refit every 10) and prints the
+   share of measurements saved and the wrong decisions.
 
 Raw results go to experiments/results/bench_predictor.json, a summary to
 experiments/results/bench_predictor.md (``--name`` changes the file names).
@@ -124,7 +124,7 @@ def main() -> int:
     if args.rescore:
         earlier = json.loads(Path(args.rescore).read_text())
         rows, device = earlier["rows"], earlier["device"]
-        for k in ("towers", "rounds", "threads", "runs", "warmup"):  # what the measurements were taken with
+        for k in ("towers", "rounds", "threads", "runs", "warmup", "seed"):  # what the measurements were taken with
             setattr(args, k, earlier["settings"][k])
         args.sessions = earlier["settings"].get("sessions", 1)  # runs before sessions existed used one
         measure_s = earlier.get("measure_s", earlier["seconds"])
@@ -152,7 +152,8 @@ def main() -> int:
 
     budget = float(np.median([r["median_ms"] for r in rows]))
     target = Target(name=TARGET_NAME, description="replay", intra_op_threads=args.threads)
-    gate = LatencyGate(LatencyPredictorConfig(margin=0.25, min_measurements=20, refit_every=10), target, budget)
+    options = LatencyPredictorConfig(margin=0.25, min_measurements=20, refit_every=10)
+    gate = LatencyGate(options, target, budget)
     decided, wrong, replay = 0, 0, rng.permutation(len(rows))
     for i in replay:
         r = rows[i]
@@ -173,7 +174,8 @@ def main() -> int:
         "held_out": held_out, "held_out_per_split": per_split,
         "held_out_lowest_round_truth": _spread(held_out_lowest), "measurement_noise_round2_vs_round1": noise,
         "one_round_vs_median_of_rounds": one_round,
-        "search_replay": {"budget_ms": budget, "margin": 0.25, "min_measurements": 20, "refit_every": 10,
+        "search_replay": {"budget_ms": budget, "margin": options.margin, "min_measurements": options.min_measurements,
+                          "refit_every": options.refit_every, "min_per_family": options.min_per_family,
                           "candidates": len(rows), "decided_by_prediction": decided,
                           "saved_fraction": decided / len(rows), "wrong_decisions": wrong},
         "rows": rows,
@@ -295,7 +297,8 @@ def write_summary(path: Path, r: dict) -> None:
               f"{cell(lo, 'mape')}, {cell(lo, 'within_10')} within +-10%.",
               "",
               f"Search replay at a budget of {s['budget_ms']:.1f} ms (the median tower; margin 25%, decisions after "
-              f"{s['min_measurements']} measured towers, refit every {s['refit_every']}): "
+              f"{s['min_measurements']} measured towers and {s.get('min_per_family', 0)} of the candidate's family, "
+              f"refit every {s['refit_every']}): "
               f"{s['decided_by_prediction']} of {s['candidates']} candidates decided by prediction "
               f"(**{s['saved_fraction']:.0%} of measurements saved**), {s['wrong_decisions']} wrong decision(s).", ""]
     path.write_text("\n".join(lines))

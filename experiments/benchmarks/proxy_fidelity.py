@@ -78,7 +78,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--limit", type=int, default=None, help="use only the first N students (smoke runs)")
-    p.add_argument("--short-steps", type=int, default=None, help="override the short run's steps (smoke runs)")
+    p.add_argument("--short-steps", type=int, default=None,
+                   help="override the short run's steps, warm-up 10%% (smoke runs; fidelity against the budget)")
     p.add_argument("--store", default=str(common.ROOT / "runs" / "benchmarks" / "runs.jsonl"),
                    help="resumable store of finished runs (shared with objectives.py)")
     p.add_argument("--eval-every", type=int, default=None,
@@ -92,7 +93,8 @@ def main() -> None:
 
     config, cache, _, _ = common.load(a.config)
     picks = resolve(STUDENTS[: a.limit], cache.embed_dim)
-    short_cfg = config.distill if a.short_steps is None else common.settings(config.distill, steps=a.short_steps)
+    short_cfg = config.distill if a.short_steps is None else common.settings(
+        config.distill, steps=a.short_steps, warmup_steps=max(1, a.short_steps // 10))
     tag = ""
     if a.eval_every:
         short_cfg = common.settings(short_cfg, eval_every=a.eval_every)
