@@ -201,10 +201,12 @@ def main() -> None:
     md = [f"# Proxy fidelity\n\n{len(students)} students ({sum(r['space'] == 'demo' for r in students)} from the demo "
           f"space, {sum(r['space'] == 'demo-plus' for r in students)} from `demo-plus.yaml`; "
           f"{sum(r['family'] == 'vit' for r in students)} ViT / {sum(r['family'] == 'timm' for r in students)} timm convnets; "
-          f"{sum(r['text'] == 'transformer' for r in students)} with a student text tower). Short run = the demo "
-          f"search's trial: {short_cfg.steps} steps at batch {short_cfg.batch_size}, score = mean of the evaluations "
-          f"every {short_cfg.eval_every} steps (last {short_cfg.average_last_evals}) on the search-validation split, "
-          f"{a.seeds} seeds. Long run: {a.long} steps ({a.long / short_cfg.steps:.0f}x), same recipe, seed 0, scored on "
+          f"{sum(r['text'] == 'transformer' for r in students)} with a student text tower). Short run = "
+          + ("the demo search's trial" if a.short_steps is None else "the demo search's trial with its steps changed")
+          + f": {short_cfg.steps} steps at batch {short_cfg.batch_size}, score = "
+          + (f"mean of the evaluations every {short_cfg.eval_every} steps (last {short_cfg.average_last_evals})"
+             if short_cfg.eval_every and short_cfg.average_last_evals > 1 else "the final evaluation")
+          + f" on the search-validation split, {a.seeds} seeds. Long run: {a.long} steps ({a.long / short_cfg.steps:.0f}x), same recipe, seed 0, scored on "
           f"the held-out test split. {a.workers} worker process(es) x {a.threads} thread(s).\n",
           "| predictor of long-run accuracy | Kendall tau [95% CI] | Spearman rho [95% CI] |", "|---|---|---|"]
     for k, t in table.items():
