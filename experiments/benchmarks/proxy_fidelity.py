@@ -206,8 +206,9 @@ def main() -> None:
           + f": {short_cfg.steps} steps at batch {short_cfg.batch_size}, score = "
           + (f"mean of the evaluations every {short_cfg.eval_every} steps (last {short_cfg.average_last_evals})"
              if short_cfg.eval_every and short_cfg.average_last_evals > 1 else "the final evaluation")
-          + f" on the search-validation split, {a.seeds} seeds. Long run: {a.long} steps ({a.long / short_cfg.steps:.0f}x), same recipe, seed 0, scored on "
-          f"the held-out test split. {a.workers} worker process(es) x {a.threads} thread(s).\n",
+          + f" on the search-validation split, {a.seeds} seeds. Long run: {a.long} steps "
+          f"({a.long / short_cfg.steps:.0f}x), same recipe, seed 0, scored on the held-out test split. "
+          f"{a.workers} worker process(es) x {a.threads} thread(s).\n",
           "| predictor of long-run accuracy | Kendall tau [95% CI] | Spearman rho [95% CI] |", "|---|---|---|"]
     for k, t in table.items():
         md.append(f"| {k} | {t['tau']:.2f} [{t['tau_lo']:.2f}, {t['tau_hi']:.2f}] | "
