@@ -26,3 +26,14 @@ def test_demo_space_and_budget_admit_two_image_tower_families(repo_root):
     assert min(c.vision.image_size for c in grid if c.vision.kind == "timm") <= 18
     # one thread: two onnxruntime threads time tiny towers unsteadily on a 2-core machine
     assert config.target == "local-cpu-1t"
+
+
+def test_demo_ranking_is_the_demo_with_a_longer_short_run_and_more_evaluation_images(repo_root):
+    demo = load_experiment(repo_root / "experiments" / "demo.yaml")
+    ranking = load_experiment(repo_root / "experiments" / "demo-ranking.yaml")
+    # the measured fidelity (proxy_budget.md) is for 20% of the 1200-step run and 4x the images
+    assert ranking.distill.steps == 2 * demo.distill.steps
+    assert ranking.distill.warmup_steps == 2 * demo.distill.warmup_steps
+    assert ranking.eval.shapes.n_per_class == 4 * demo.eval.shapes.n_per_class
+    for part in ("teacher", "data", "space", "target", "objectives", "budgets", "search"):
+        assert getattr(ranking, part) == getattr(demo, part), part
