@@ -80,8 +80,10 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N students (smoke runs)")
     p.add_argument("--short-steps", type=int, default=None,
                    help="override the short run's steps, warm-up 10%% (smoke runs; fidelity against the budget)")
-    p.add_argument("--store", default=str(common.ROOT / "runs" / "benchmarks" / "runs.jsonl"),
-                   help="resumable store of finished runs (shared with objectives.py)")
+    p.add_argument("--store", default=None,
+                   help="resumable store of finished runs (default: runs/benchmarks/runs.jsonl for the demo, shared "
+                        "with objectives.py; runs-<experiment name>.jsonl for any other experiment, since its keys "
+                        "name student and steps, not the teacher or evaluation set)")
     p.add_argument("--eval-every", type=int, default=None,
                    help="evaluate the short runs every N steps (compares readings of the proxy: final, mean of the "
                         "last evaluations, ...); the long runs are the same")
@@ -92,6 +94,9 @@ def main() -> None:
     import bench_stats
 
     config, cache, _, _ = common.load(a.config)
+    if a.store is None:
+        a.store = str(common.ROOT / "runs" / "benchmarks" /
+                      ("runs.jsonl" if config.name == "demo" else f"runs-{config.name}.jsonl"))
     picks = resolve(STUDENTS[: a.limit], cache.embed_dim)
     short_cfg = config.distill if a.short_steps is None else common.settings(
         config.distill, steps=a.short_steps, warmup_steps=max(1, a.short_steps // 10))
