@@ -14,6 +14,7 @@ in the fitted predictor: a family it has not seen would be extrapolated from the
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from ..config import LatencyPredictorConfig
@@ -48,15 +49,12 @@ class LatencyGate:
                    "threads": self.target.intra_op_threads} for name, c in cost["per_tower"].items()]
         predicted = float(self.predictor.predict_tower_ms(towers).sum())
         margin = self.options.margin
-        known = [family(s["config"], s["tower"]) for s in self.predictor.samples]
-        unfamiliar = [f for f in {family(config, t["tower"]) for t in towers}
-                      if known.count(f) < self.options.min_per_family]
-        if unfamiliar:
-            cost["latency_predicted_ms"] = predicted  # measured next, as a new family teaches the predictor most
-            return None
-        if predicted > self.budget_ms * (1 + margin):
+        known = Counter(family(s["config"], s["tower"]) for s in self.predictor.samples)
+        # a family measured too rarely is extrapolated from the others: measure it (it also teaches the most)
+        familiar = all(known[family(config, t["tower"])] >= self.options.min_per_family for t in towers)
+        if familiar and predicted > self.budget_ms * (1 + margin):
             decision = f"over budget by prediction ({predicted:.3g} ms > {1 + margin:g} x {self.budget_ms:g} ms)"
-        elif predicted < self.budget_ms * (1 - margin):
+        elif familiar and predicted < self.budget_ms * (1 - margin):
             decision = f"under budget by prediction ({predicted:.3g} ms < {1 - margin:g} x {self.budget_ms:g} ms)"
         else:
             cost["latency_predicted_ms"] = predicted  # measured next; kept to show the predictor's error

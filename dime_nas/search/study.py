@@ -298,15 +298,15 @@ class _TrialBar:
         if advance:  # the bar counts distinct architectures, as ``trials`` does
             self.bar.update(trial_counts(study)[0] - self.bar.n)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        records = [(t, TrialRecord.from_trial(t)) for t in complete]
-        feasible = [t for t, r in records if r.status == "ok"]
+        records = ((t, TrialRecord.from_trial(t)) for t in complete)
+        feasible = [(t, r) for t, r in records if r.status == "ok"]
         failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
         # distinct students, as the bar and the report count them: a repeat is not a second feasible one
-        post = {"feasible": len({r.arch_key for _, r in records if r.status == "ok"}), "failed": failed}
+        post = {"feasible": len({r.arch_key for _, r in feasible}), "failed": failed}
         if feasible:
             metric = study.user_attrs.get("objectives", ["value"])[0]
             sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-            best = max(feasible, key=lambda t: sign * t.values[0])
+            best = max((t for t, _ in feasible), key=lambda t: sign * t.values[0])
             post[f"best {metric}"] = f"{best.values[0]:.3f}"
         self.bar.set_postfix(post, refresh=True)
 

@@ -101,7 +101,8 @@ def main() -> None:
     tasks = sorted(teacher_tasks)
     task_table = {name: {t: float(np.mean([r["per_task_test_top1"][t] for r in runs if r["objective"] == name]))
                          for t in tasks} for name in OBJECTIVES}
-    data = {"sizes": {**vars(a), "config": common.relative(a.config), "store": common.relative(a.store)}, "machine": common.machine(), "runs": runs, "table": table, "per_student": per_student,
+    data = {"sizes": {**vars(a), "config": common.relative(a.config), "store": common.relative(a.store)},
+            "machine": common.machine(), "runs": runs, "table": table, "per_student": per_student,
             "paired_vs_dime_fm": paired, "per_task": task_table, "teacher": teacher, "teacher_per_task": teacher_tasks,
             "note": "table cells are [mean, std] over students x seeds; test split"}
     md = [f"# DIME-FM against baselines\n\n{len(students)} students ({'; '.join(s.describe() for s in students)}) x "

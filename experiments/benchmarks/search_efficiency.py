@@ -181,6 +181,7 @@ def main() -> None:
                 "trials_to_95pct": reach, "mean_auc_first_25pct": float(np.mean([np.mean(c[:at]) for c in curves]) / exhaustive),
                 "replay_seconds": float(np.mean([r["seconds"] for r in rs])), "capped_runs": int(sum(r["capped"] for r in rs))}
     best = max(summary, key=lambda k: summary[k]["at_25pct"]["mean"])
+    front = set(non_dominated(points, DIRECTIONS).tolist())  # the exhaustive front
     data = {"sizes": {**vars(a), "config": common.relative(a.config), "store": common.relative(a.store),
                       "grid": n, "proxy_steps": proxy.steps, "proxy_eval_every": proxy.eval_every,
                       "proxy_average_last_evals": proxy.average_last_evals, "at_25pct": at},
@@ -194,7 +195,7 @@ def main() -> None:
           f"2/4, patch 8/16, 32/48 px; {n - n_vit} test-size timm convnets: efficientnet/byobnet/convnext2 at 32/48/64 px; "
           f"teacher text), each scored once by the demo search's proxy ({proxy.steps} steps, batch {proxy.batch_size}, "
           f"mean of the evaluations every {proxy.eval_every} steps, seed 0) for accuracy (max) and image-tower MACs "
-          f"(min). Exhaustive front: {len(non_dominated(points, DIRECTIONS))} students. Each sampler setting replays the table, "
+          f"(min). Exhaustive front: {len(front)} students. Each sampler setting replays the table, "
           f"{a.seeds} seeds, counting distinct architectures as trials (as a search does; repeats reuse the result); "
           f"hypervolume relative to the exhaustive front's (reference {np.round(reference, 4).tolist()}). "
           f"25% of the grid = {at} trials.\n",
@@ -220,7 +221,6 @@ def main() -> None:
     ax.set_ylim(0.5, 1.01)
     ax.legend(fontsize=6)
     ax = axes[1]
-    front = set(non_dominated(points, DIRECTIONS).tolist())
     ax.scatter(points[:, 1], points[:, 0], s=10, c=["C3" if i in front else "C0" for i in range(len(points))])
     ax.set_xscale("log")
     ax.set_xlabel("image-tower MMACs")
