@@ -207,3 +207,24 @@ def test_distill_reports_the_averaged_score(small_cache):
     _, averaged = distill(STUDENT, small_cache, dataclasses.replace(base, average_last_evals=3), evaluate=evaluate)
     points = [e["agreement"] for e in plain.evals[-2:]] + [plain.metrics["agreement"]]
     assert averaged.metrics["agreement"] == pytest.approx(sum(points) / 3)
+
+
+def test_a_convnet_trains_channels_last_and_comes_back_in_the_default_layout(small_cache):
+    """oneDNN convolutions run faster on NHWC; export and evaluation get the usual layout back."""
+    convnet = StudentConfig(64, VisionTowerConfig(kind="timm", timm_model="test_resnet", image_size=32),
+                            TextTowerConfig(kind="teacher"))
+    layouts = []
+
+    def layout_during_training(towers):
+        conv = next(m for m in towers.visual.modules() if isinstance(m, torch.nn.Conv2d))
+        layouts.append(conv.weight.is_contiguous(memory_format=torch.channels_last)
+                       and not conv.weight.is_contiguous())
+        return {}
+
+    model, _ = distill(convnet, small_cache, dataclasses.replace(SETTINGS, steps=4, eval_every=2),
+                       evaluate=layout_during_training)
+    assert layouts == [True, False]  # during training (step 2); the final evaluation sees the default layout
+    assert all(p.is_contiguous() for p in model.visual.parameters())
+    vit_model, _ = distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, steps=2))
+    patch = next(m for m in vit_model.visual.modules() if isinstance(m, torch.nn.Conv2d))
+    assert patch.weight.is_contiguous()
