@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=None,
                    help="evaluate the short runs every N steps (compares readings of the proxy: final, mean of the "
                         "last evaluations, ...); the long runs are the same")
+    p.add_argument("--lr", type=float, default=None, help="override the short run's peak learning rate")
     p.add_argument("--name", default="proxy_fidelity")
     a = p.parse_args()
     from dime_nas.search.stats import kendall_tau, rank_agreement, spearman_rho
@@ -104,6 +105,9 @@ def main() -> None:
     if a.eval_every:
         short_cfg = common.settings(short_cfg, eval_every=a.eval_every)
         tag = f"|eval{a.eval_every}"
+    if a.lr is not None:
+        short_cfg = common.settings(short_cfg, lr=a.lr)
+        tag += f"|lr{a.lr:g}"
     jobs = []
     for s, _ in picks:
         jobs.append(common.job(common.long_key(s, a.long, 0, "dime-fm"), s, common.long_settings(config, a.long, 0),

@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--every", type=int, default=5, help="evaluate every N steps (for the last-K average)")
     p.add_argument("--last", type=int, default=3, help="K: evaluations averaged at the end")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the experiment's)")
     p.add_argument("--config", default=str(common.BENCH_YAML), help="benchmark experiment file")
     p.add_argument("--name", default="seed_noise", help="output name under experiments/results/")
     a = p.parse_args()
@@ -34,7 +35,8 @@ def main() -> None:
     counts = common.eval_counts(cache)
     ind_tasks = [t.name for t in cache.tasks() if not t.shifted]
     cfg = common.settings(config.distill, steps=a.steps, warmup_steps=max(1, a.steps // 10), batch_size=a.batch,
-                          text_batch_size=a.batch, eval_every=a.every)
+                          text_batch_size=a.batch, eval_every=a.every,
+                          lr=a.lr or config.distill.lr)
     rows = []
     for s in common.spread_students(space, cache.embed_dim, a.students, seed=2):
         runs = []
