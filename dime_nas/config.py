@@ -198,6 +198,7 @@ class DistillConfig:
     grad_clip: float | None = 1.0  # max gradient norm (None: off)
     augment: bool = False  # random resized crops + flips (off: the cache holds one embedding per image)
     seed: int = 0  # seeds initialisation and data order
+    seeds: int = 1  # short runs per trial (seed, seed + 1, ...): a trial scores their mean; full runs use one
     eval_every: int | None = None  # evaluate every N steps (for pruning and curves; None: only at the end)
     average_last_evals: int = 1  # score = mean of the last K evaluations (needs eval_every); 1: the final one only
     checkpoint_every: int = 500  # full runs: steps between resumable checkpoints
@@ -210,6 +211,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"must be cpu, cuda or cuda:N, got {self.device!r}", key="distill.device")
+        if self.seeds < 1:
+            raise ConfigError(f"must be >= 1, got {self.seeds}", key="distill.seeds")
         if self.average_last_evals < 1:
             raise ConfigError(f"must be >= 1, got {self.average_last_evals}", key="distill.average_last_evals")
         if self.average_last_evals > 1 and not self.eval_every:

@@ -272,3 +272,29 @@ def test_trials_and_selection_never_read_the_test_split(tmp_path, tiny_teacher_d
     config, outcome = _search(tmp_path, tiny_teacher_dir, trials=2)
     api.report(outcome.run)
     assert "val" in asked and "test" not in asked
+
+
+def test_seeds_score_a_trial_by_the_mean_of_several_short_runs(tmp_path, tiny_teacher_dir, monkeypatch):
+    from dime_nas.distill import trainer
+
+    path = write_experiment(tmp_path, tiny_teacher_dir, trials=2)
+    path.write_text(path.read_text().replace("distill: {steps: 4,", "distill: {seed: 5, seeds: 2, steps: 4,", 1))
+    seeds_run, real = [], trainer.distill
+    monkeypatch.setattr(trainer, "distill", lambda c, cache, s, **kw: seeds_run.append(s.seed) or real(c, cache, s, **kw))
+    outcome = api.search(load_experiment(path), out=tmp_path / "run", progress=False)
+    trained = [t for t in outcome.study.get_trials() if t.user_attrs.get("train_steps")]
+    assert trained and seeds_run == [5, 6] * len(trained) and outcome.train_steps == 2 * 4 * len(trained)
+    for t in trained:
+        assert t.user_attrs["train_steps"] == 8 and t.user_attrs["metrics"]["seed_std/accuracy"] >= 0
+    assert "seed_std/accuracy" in RunDir(tmp_path / "run").trials_csv.read_text().splitlines()[0].split(",")
+
+
+def test_mean_over_seeds_averages_every_number_and_gives_the_spread_of_the_headline_ones():
+    from dime_nas.search.objective import mean_over_seeds
+
+    out = mean_over_seeds([{"accuracy": 0.5, "task/a/top1": 0.2, "split": "val"},
+                           {"accuracy": 0.7, "task/a/top1": 0.4, "split": "val"}])
+    assert out["accuracy"] == pytest.approx(0.6) and out["task/a/top1"] == pytest.approx(0.3)
+    assert out["seed_std/accuracy"] == pytest.approx(0.02 ** 0.5)  # sample std of 0.5 and 0.7
+    assert "seed_std/task/a/top1" not in out and out["split"] == "val"
+    assert mean_over_seeds([{"accuracy": 0.5}]) == {"accuracy": 0.5}

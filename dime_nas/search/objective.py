@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import statistics
 import tempfile
 import time
 import traceback
@@ -219,24 +220,29 @@ def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kep
                              reason=f"pruned at step {step}: {ctx.objectives[0].metric} = {value:.4g}")
                 raise optuna.TrialPruned()
 
-    t0 = time.time()
+    settings = ctx.experiment.distill
     evaluate = functools.partial(evaluate_towers, cache=ctx.cache)
-    model, result = distill(config, ctx.cache, ctx.experiment.distill, progress=ctx.progress, on_eval=on_eval,
-                            evaluate=evaluate, final_eval=False,
-                            before_step=ctx.timing_gate.step if ctx.timing_gate is not None else None)
-    ctx.train_steps_run += result.steps
-    timings["train_s"] = time.time() - t0
-    t0 = time.time()
-    scores = evaluate(model)
-    scores = average_last_evals(result.evals, scores, ctx.experiment.distill.average_last_evals)
-    timings["eval_s"] = time.time() - t0
-    metrics.update(scores)
+    timings["train_s"] = timings["eval_s"] = 0.0
+    steps, per_seed = 0, []
+    for k in range(settings.seeds):  # seeds > 1: the mean of several short runs, for a steadier score
+        t0 = time.time()
+        model, result = distill(config, ctx.cache, dataclasses.replace(settings, seed=settings.seed + k),
+                                progress=ctx.progress, on_eval=on_eval if k == 0 else None, evaluate=evaluate,
+                                final_eval=False,
+                                before_step=ctx.timing_gate.step if ctx.timing_gate is not None else None)
+        ctx.train_steps_run += result.steps
+        steps += result.steps
+        timings["train_s"] += time.time() - t0
+        t0 = time.time()
+        per_seed.append(average_last_evals(result.evals, evaluate(model), settings.average_last_evals))
+        timings["eval_s"] += time.time() - t0
+    metrics.update(mean_over_seeds(per_seed))
     t0 = time.time()
     cost = time_again(cost, ctx, kept)
     timings["cost_s"] += time.time() - t0  # the cost step's time includes its second reading
     metrics["latency_ms"] = cost["latency_ms"]
     forwards = teacher_forward_count() - forwards0
-    record.write(trial, cost=cost, timings=timings, train_steps=result.steps, train_stopped_by=result.stopped_by,
+    record.write(trial, cost=cost, timings=timings, train_steps=steps, train_stopped_by=result.stopped_by,
                  train_device=result.device, teacher_forwards=forwards,
                  loss_curve=[{"step": c["step"], "total": c["total"]} for c in result.curve])
     if forwards:  # the cache makes the teacher unnecessary in a trial: a forward pass here is a bug
@@ -248,6 +254,21 @@ def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kep
     record.write(trial, metrics=_jsonable(metrics), status="infeasible" if bad else "ok",
                  reason="; ".join(f"{b.metric} = {metrics[b.metric]:.4g} violates {b}" for b in bad))
     return _values(ctx, metrics)
+
+
+def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run's metrics with each number averaged over all runs; with several runs, also
+    ``seed_std/<metric>`` (the spread between seeds) for each headline number (not per task)."""
+    out = dict(per_seed[0])
+    if len(per_seed) == 1:
+        return out
+    for key, value in per_seed[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [float(m[key]) for m in per_seed]
+            out[key] = sum(values) / len(values)
+            if "/" not in key:
+                out[f"seed_std/{key}"] = statistics.stdev(values)
+    return out
 
 
 def _values(ctx: TrialContext, metrics: dict[str, Any]) -> float | tuple[float, ...]:

@@ -230,7 +230,7 @@ def _flat(r: Row) -> dict[str, Any]:
     for m in ("accuracy", "shifted_accuracy", "retrieval", "agreement", "teacher_kl"):
         d[m] = r.metrics.get(m)
     for k, v in sorted(r.metrics.items()):
-        if k.startswith(("task/", "retrieval/")) and not k.endswith("agreement"):
+        if k.startswith(("task/", "retrieval/", "seed_std/")) and not k.endswith("agreement"):
             d[k] = v
     d.update({"cost_s": timings.get("cost_s"), "train_s": timings.get("train_s"), "eval_s": timings.get("eval_s"),
               "train_steps": rec.train_steps})
