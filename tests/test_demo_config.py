@@ -28,12 +28,13 @@ def test_demo_space_and_budget_admit_two_image_tower_families(repo_root):
     assert config.target == "local-cpu-1t"
 
 
-def test_demo_ranking_is_the_demo_with_a_longer_short_run_and_more_evaluation_images(repo_root):
+def test_the_120_step_benchmark_experiment_is_the_demo_with_a_shorter_run_and_fewer_evaluation_images(repo_root):
+    """The proxy benchmarks compare the demo's proxy with demo-120's: nothing else may differ."""
     demo = load_experiment(repo_root / "experiments" / "demo.yaml")
-    ranking = load_experiment(repo_root / "experiments" / "demo-ranking.yaml")
-    # the measured fidelity (proxy_budget.md) is for 20% of the 1200-step run and 4x the images
-    assert ranking.distill.steps == 2 * demo.distill.steps
-    assert ranking.distill.warmup_steps == 2 * demo.distill.warmup_steps
-    assert ranking.eval.shapes.n_per_class == 4 * demo.eval.shapes.n_per_class
-    for part in ("teacher", "data", "space", "target", "objectives", "budgets", "search"):
-        assert getattr(ranking, part) == getattr(demo, part), part
+    short = load_experiment(repo_root / "experiments" / "benchmarks" / "demo-120.yaml")
+    # the measured fidelity (proxy_fidelity.md) is for 20% of the 1200-step run and 4x the images
+    assert demo.distill.steps == 2 * short.distill.steps == 240 and demo.full_distill.steps >= 5 * demo.distill.steps
+    assert demo.distill.warmup_steps == 2 * short.distill.warmup_steps
+    assert demo.eval.shapes.n_per_class == 4 * short.eval.shapes.n_per_class
+    for part in ("teacher", "data", "space", "target", "objectives", "budgets", "search", "full_distill"):
+        assert getattr(short, part) == getattr(demo, part), part

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import sys
@@ -75,6 +76,26 @@ def long_settings(config, steps: int, seed: int, losses: dict[str, Any] | None =
     scored once at the end (no intermediate evaluations)."""
     return settings(config.distill, steps=steps, warmup_steps=max(1, steps // 10), eval_every=None,
                     average_last_evals=1, seed=seed, losses=losses or {})
+
+
+# What a stored run's key does not name: the teacher, corpora and evaluation sets, and the
+# recipe apart from the budget and seed (which the key names).
+_KEYED = ("steps", "warmup_steps", "seed", "seeds", "eval_every", "average_last_evals", "checkpoint_every",
+          "device", "compile")
+
+
+def default_store(config) -> Path:
+    """The resumable run store of an experiment: ``runs/benchmarks/runs-<hash>.jsonl``, the hash
+    of everything that changes a run's result but is not in its key, so that experiments which
+    differ (another evaluation set, say) never reuse each other's runs, and equal ones share."""
+    from dime_nas.typed_yaml import to_plain
+
+    plain = to_plain(config)
+    teacher = {k: v for k, v in plain["teacher"].items() if k not in ("device", "batch_size", "cache_dir")}
+    identity = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"],
+                "recipe": {k: v for k, v in plain["distill"].items() if k not in _KEYED}}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return ROOT / "runs" / "benchmarks" / f"runs-{digest}.jsonl"
 
 
 def long_key(student, steps: int, seed: int, objective: str) -> str:

@@ -54,12 +54,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="use only the first N students (smoke runs)")
-    p.add_argument("--store", default=str(common.ROOT / "runs" / "benchmarks" / "runs.jsonl"))
+    p.add_argument("--store", default=None, help="resumable store of finished runs (default: the experiment's, "
+                   "runs/benchmarks/runs-<hash>.jsonl)")
     p.add_argument("--name", default="objectives")
     a = p.parse_args()
     from proxy_fidelity import resolve
 
     config, cache, _, _ = common.load(a.config)
+    a.store = a.store or str(common.default_store(config))
     students = [s for s, _ in resolve(STUDENTS[: a.limit], cache.embed_dim)]
     jobs = [common.job(common.long_key(s, a.steps, seed, KEYS[name]), s,
                        common.long_settings(config, a.steps, seed, losses), splits=("test", "all"))

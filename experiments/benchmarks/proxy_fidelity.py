@@ -5,9 +5,8 @@
 Students: 18 fixed picks from the demo space and from `demo-plus.yaml` (the demo space
 made slightly larger: deeper/wider ViTs, 64 px, test_convnext2, a student text tower),
 both image families and both text-tower options. Each is distilled with the demo's
-short run exactly as a search trial does it (experiments/demo.yaml: 120 steps, score =
-mean of the evaluations at steps 60 and 120 on the search-validation split), over
-``--seeds`` seeds, and once with a ``--long``-step run (same recipe, warm-up 10%),
+short run exactly as a search trial does it (experiments/demo.yaml: 240 steps, scored by
+the final evaluation on the search-validation split), over ``--seeds`` seeds, and once with a ``--long``-step run (same recipe, warm-up 10%),
 scored on the held-out test split. Cheap baselines: image-tower MACs and params,
 teacher agreement after the short run, the training loss at step 20. Reports Kendall
 tau and Spearman rho with bootstrap 95% intervals, the proxy-minus-baseline tau with a
@@ -81,9 +80,8 @@ def main() -> None:
     p.add_argument("--short-steps", type=int, default=None,
                    help="override the short run's steps, warm-up 10%% (smoke runs; fidelity against the budget)")
     p.add_argument("--store", default=None,
-                   help="resumable store of finished runs (default: runs/benchmarks/runs.jsonl for the demo, shared "
-                        "with objectives.py; runs-<experiment name>.jsonl for any other experiment, since its keys "
-                        "name student and steps, not the teacher or evaluation set)")
+                   help="resumable store of finished runs (default: the experiment's, runs/benchmarks/"
+                        "runs-<hash>.jsonl, shared with objectives.py and search_efficiency.py)")
     p.add_argument("--eval-every", type=int, default=None,
                    help="evaluate the short runs every N steps (compares readings of the proxy: final, mean of the "
                         "last evaluations, ...); the long runs are the same")
@@ -95,9 +93,7 @@ def main() -> None:
     import bench_stats
 
     config, cache, _, _ = common.load(a.config)
-    if a.store is None:
-        a.store = str(common.ROOT / "runs" / "benchmarks" /
-                      ("runs.jsonl" if config.name == "demo" else f"runs-{config.name}.jsonl"))
+    a.store = a.store or str(common.default_store(config))
     picks = resolve(STUDENTS[: a.limit], cache.embed_dim)
     short_cfg = config.distill if a.short_steps is None else common.settings(
         config.distill, steps=a.short_steps, warmup_steps=max(1, a.short_steps // 10))

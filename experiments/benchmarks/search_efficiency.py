@@ -114,7 +114,8 @@ def main() -> None:
                    help="stop GP replays after this many trials, repeats included (GP slows as the study grows)")
     p.add_argument("--proxy-steps", type=int, default=None, help="override the proxy's steps (smoke runs)")
     p.add_argument("--limit", type=int, default=None, help="only the first N grid points (smoke runs)")
-    p.add_argument("--store", default=str(common.ROOT / "runs" / "benchmarks" / "runs.jsonl"))
+    p.add_argument("--store", default=None, help="resumable store of finished runs (default: the experiment's, "
+                   "runs/benchmarks/runs-<hash>.jsonl)")
     p.add_argument("--name", default="search_efficiency")
     a = p.parse_args()
     import multiprocessing
@@ -129,6 +130,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     config, cache, _, _ = common.load(a.config)
+    a.store = a.store or str(common.default_store(config))
     spec = {**SPACE, "embed_dim": cache.embed_dim}
     spaces = {"ordinal": SearchSpace(spec), "categorical": SearchSpace(categorical(spec))}
     proxy = config.distill if a.proxy_steps is None else common.settings(config.distill, steps=a.proxy_steps)
