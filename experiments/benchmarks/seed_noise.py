@@ -27,6 +27,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--every", type=int, default=5, help="evaluate every N steps (for the last-K average)")
     p.add_argument("--last", type=int, default=3, help="K: evaluations averaged at the end")
+    p.add_argument("--mean-of", type=int, default=1,
+                   help="K > 1: also the seed std of a trial scored by the mean of K seeds (distill.seeds: K), "
+                        "measured over disjoint groups of K of the --seeds seeds")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the experiment's)")
     p.add_argument("--config", default=str(common.BENCH_YAML), help="benchmark experiment file")
     p.add_argument("--name", default="seed_noise", help="output name under experiments/results/")
@@ -51,12 +54,17 @@ def main() -> None:
                      "final_mean": float(np.mean(final)), "final_std": float(np.std(final, ddof=1)),
                      "last_k_mean": float(np.mean(lastk)), "last_k_std": float(np.std(lastk, ddof=1)),
                      "eval_se": float(np.mean([x["eval_se"] for x in runs]))})
+        groups = len(final) // a.mean_of
+        if a.mean_of > 1 and groups >= 2:
+            rows[-1]["mean_of_k_std"] = float(np.std(np.reshape(final[:groups * a.mean_of], (groups, a.mean_of)).mean(1),
+                                                     ddof=1))
         print(rows[-1]["describe"], rows[-1]["final_std"], rows[-1]["last_k_std"], flush=True)
-    pooled = {k: float(math.sqrt(np.mean([r[k] ** 2 for r in rows]))) for k in ("final_std", "last_k_std", "eval_se")}
+    pooled = {k: float(math.sqrt(np.mean([r[k] ** 2 for r in rows]))) for k in ("final_std", "last_k_std", "eval_se",
+                                                                              "mean_of_k_std") if k in rows[0]}
     data = {"sizes": vars(a), "eval_images_per_task": counts, "students": rows, "pooled": pooled,
             "note": "accuracies do not depend on machine load"}
     md = [f"# Seed noise of the proxy\n\n{a.students} students x {a.seeds} seeds, {a.steps} steps at batch {a.batch} "
-          f"(the demo's short run: 120 steps at batch 64). "
+          f"(the experiment's short run: {config.distill.steps} steps at batch {config.distill.batch_size}). "
           f"Experiment: {a.config.split('/')[-1]}. Evaluation: {sum(counts[t] for t in ind_tasks)} in-distribution images over {len(ind_tasks)} tasks.\n",
           f"| student | mean acc | seed std (final) | seed std (mean of last {a.last} evals, every {a.every}) "
           "| eval binomial SE |", "|---|---|---|---|---|"]
@@ -66,6 +74,12 @@ def main() -> None:
     md.append(f"\nSmallest resolvable accuracy difference (1.96 x sqrt 2 x pooled seed std): final "
               f"{1.96 * math.sqrt(2) * pooled['final_std']:.3f}, last-{a.last} mean "
               f"{1.96 * math.sqrt(2) * pooled['last_k_std']:.3f}. Target: seed std <= 0.01.\n")
+    if "mean_of_k_std" in pooled:
+        md.append(f"A trial scored by the mean of {a.mean_of} seeds (`distill.seeds: {a.mean_of}`), measured over "
+                  f"{a.seeds // a.mean_of} disjoint groups of {a.mean_of} seeds per student: seed std "
+                  + ", ".join(f"{r['mean_of_k_std']:.4f}" for r in rows)
+                  + f"; pooled {pooled['mean_of_k_std']:.4f} (final-reading std / sqrt {a.mean_of}: "
+                  f"{pooled['final_std'] / math.sqrt(a.mean_of):.4f}).\n")
     plt = common.plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, r in enumerate(rows):

@@ -1,6 +1,6 @@
 """Where a search trial's time goes, and what the cached teacher saves.
 
-    python experiments/benchmarks/trial_time.py [--config experiments/demo.yaml --trials 18 --steps 120 --batch 64]
+    python experiments/benchmarks/trial_time.py [--config experiments/demo.yaml --trials 18 --steps 240 --batch 64]
 
 1. A demo-style search (--config, random sampler) through the library's own trial
    objective: per trial, cost measurement, training, evaluation and bookkeeping
@@ -99,7 +99,7 @@ def throughput(student, teacher_model, pixels, tokens, t_img, t_txt, n: int) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--steps", type=int, default=20, help="short-run steps per trial (the demo uses 120)")
+    p.add_argument("--steps", type=int, default=20, help="short-run steps per trial (the demo uses 240)")
     p.add_argument("--throughput-steps", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--skip-vitb32", action="store_true")
