@@ -5,8 +5,9 @@
 The demo's earlier short run (120 steps, 50 evaluation images per class: now
 ``experiments/benchmarks/demo-120.yaml``) ranked students at Kendall tau 0.56-0.67 against
 a 1200-step run, with a seed std of 0.024: both missed the issue's targets. This asks what
-a longer short run buys (the answer made the demo's trials 240 steps long). For each budget it runs (or reuses, from the shared
-resumable store and from earlier result files) two benchmarks:
+a longer short run buys (the answer made the demo's trials 240 steps long). For each
+budget it runs (or reuses, from the shared resumable store and from earlier result files)
+two benchmarks:
 
 - ``proxy_fidelity.py --short-steps N`` on the 18 proxy-fidelity students (``--seeds``
   seeds of the short run; the 1200-step runs are shared), -> ``proxy_fidelity_bN``;
@@ -48,8 +49,9 @@ def main() -> None:
     a = p.parse_args()
     rows = []
     for n in a.budgets:
-        fid = ensure(f"proxy_fidelity_b{n}", [str(HERE / "proxy_fidelity.py"), "--short-steps", str(n), "--seeds",
-                                              str(a.seeds), "--workers", str(a.workers), "--threads", str(a.threads),
+        fid = ensure(f"proxy_fidelity_b{n}", [str(HERE / "proxy_fidelity.py"), "--short-steps", str(n), "--long",
+                                              "1200", "--seeds", str(a.seeds), "--workers", str(a.workers),
+                                              "--threads", str(a.threads),
                                               "--config", a.config, "--name", f"proxy_fidelity_b{n}"])
         noise = ensure(f"seed_noise_demo29_b{n}", [str(HERE / "seed_noise.py"), "--config", a.config,
                                                    "--students", "4", "--seeds", "5", "--steps", str(n), "--batch",

@@ -1,17 +1,17 @@
 """Proxy fidelity: does the search's short run rank students the way a 10x longer run does?
 
-    python experiments/benchmarks/proxy_fidelity.py [--long 1200 --seeds 3 --workers 2]
+    python experiments/benchmarks/proxy_fidelity.py [--long 2400 --seeds 3 --workers 2]
 
 Students: 18 fixed picks from the demo space and from `demo-plus.yaml` (the demo space
 made slightly larger: deeper/wider ViTs, 64 px, test_convnext2, a student text tower),
 both image families and both text-tower options. Each is distilled with the demo's
 short run exactly as a search trial does it (experiments/demo.yaml: 240 steps, scored by
-the final evaluation on the search-validation split), over ``--seeds`` seeds, and once with a ``--long``-step run (same recipe, warm-up 10%),
-scored on the held-out test split. Cheap baselines: image-tower MACs and params,
-teacher agreement after the short run, the training loss at step 20. Reports Kendall
-tau and Spearman rho with bootstrap 95% intervals, the proxy-minus-baseline tau with a
-paired bootstrap interval, and the noise that bounds them (the proxy's agreement with
-itself across seeds). Writes experiments/results/proxy_fidelity.{json,md,png}.
+the final evaluation on the search-validation split), over ``--seeds`` seeds, and once
+with a ``--long``-step run (same recipe, warm-up 10%), scored on the held-out test split.
+Cheap baselines: image-tower MACs and params, teacher agreement after the short run, the
+training loss at step 20. Reports Kendall tau and Spearman rho with bootstrap 95%
+intervals, the proxy-minus-baseline tau with a paired bootstrap interval, and the noise
+that bounds them (the proxy's agreement with itself across seeds). Writes experiments/results/proxy_fidelity.{json,md,png}.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def image_cost(student) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(common.DEMO_YAML), help="experiment whose teacher, cache and short run are used")
-    p.add_argument("--long", type=int, default=1200, help="steps of the long run (>= 10x the short run)")
+    p.add_argument("--long", type=int, default=None, help="steps of the long run (default: 10x the short run's)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the short run")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -97,6 +97,7 @@ def main() -> None:
     picks = resolve(STUDENTS[: a.limit], cache.embed_dim)
     short_cfg = config.distill if a.short_steps is None else common.settings(
         config.distill, steps=a.short_steps, warmup_steps=max(1, a.short_steps // 10))
+    a.long = a.long or 10 * short_cfg.steps
     tag = ""
     if a.eval_every:
         short_cfg = common.settings(short_cfg, eval_every=a.eval_every)
