@@ -71,6 +71,8 @@ def evaluate_student(image_tower: torch.nn.Module, cache: Any, image_size: int, 
     it), "test" (held out for the final numbers of full runs) or "all".
 
     Returns a flat dict: ``accuracy`` (mean top-1 over in-distribution tasks),
+    ``image_accuracy`` (the same against the teacher's class embeddings: the image tower
+    alone, equal to ``accuracy`` for a student that uses the teacher's text tower),
     ``shifted_accuracy``, ``retrieval`` (mean R@1 of both directions), ``agreement``,
     ``teacher_kl``, and per-task ``task/<name>/top1``, ``top5``, ``agreement``, plus
     the teacher's own ``teacher/<name>/top1`` for reference.
@@ -81,14 +83,17 @@ def evaluate_student(image_tower: torch.nn.Module, cache: Any, image_size: int, 
         text_tower.eval()
     mean, std = cache.mean_std
     out: dict[str, Any] = {}
-    ind, shifted, agree, kls = [], [], [], []
+    ind, ind_image, shifted, agree, kls = [], [], [], [], []
     for task in cache.tasks(split):
         labels = torch.from_numpy(task.labels)
         s_img = embed_images(image_tower, task.pixels, image_size, mean, std, batch_size)
         s_logits = LOGIT_SCALE * s_img @ _class_embeddings(task, text_tower, context_length).T
         t_img = F.normalize(torch.from_numpy(task.image_emb).float(), dim=-1)
-        t_logits = LOGIT_SCALE * t_img @ torch.from_numpy(task.class_emb).float().T
+        teacher_classes = torch.from_numpy(task.class_emb).float()
+        t_logits = LOGIT_SCALE * t_img @ teacher_classes.T
         top1 = top_k_accuracy(s_logits, labels, 1)
+        if not task.shifted:
+            ind_image.append(top1 if text_tower is None else top_k_accuracy(s_img @ teacher_classes.T, labels, 1))
         same = (s_logits.argmax(1) == t_logits.argmax(1)).float().mean().item()
         kl = F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), reduction="batchmean",
                       log_target=True).item()
@@ -99,7 +104,7 @@ def evaluate_student(image_tower: torch.nn.Module, cache: Any, image_size: int, 
         agree.append(same)
         kls.append(kl)
     if ind:
-        out["accuracy"] = float(np.mean(ind))
+        out["accuracy"], out["image_accuracy"] = float(np.mean(ind)), float(np.mean(ind_image))
     if shifted:
         out["shifted_accuracy"] = float(np.mean(shifted))
     if agree:

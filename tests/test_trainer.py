@@ -228,3 +228,19 @@ def test_a_convnet_trains_channels_last_and_comes_back_in_the_default_layout(sma
     vit_model, _ = distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, steps=2))
     patch = next(m for m in vit_model.visual.modules() if isinstance(m, torch.nn.Conv2d))
     assert patch.weight.is_contiguous()
+
+
+def test_image_accuracy_scores_the_image_tower_against_the_teachers_class_embeddings(small_cache):
+    from dime_nas.evaluate import embed_images, evaluate_student
+
+    model, _ = distill(STUDENT, small_cache, SETTINGS)  # a student with its own text tower
+    size = STUDENT.vision.image_size
+    by_hand = []
+    for task in small_cache.tasks("val"):
+        s_img = embed_images(model.visual, task.pixels, size, *small_cache.mean_std)
+        predicted = (s_img @ torch.from_numpy(task.class_emb).float().T).argmax(1)
+        by_hand.append((predicted == torch.from_numpy(task.labels)).float().mean().item())
+    own = evaluate_student(model.visual, small_cache, size, model.text, STUDENT.text.context_length)
+    assert own["image_accuracy"] == pytest.approx(np.mean(by_hand))
+    teachers = evaluate_student(model.visual, small_cache, size)  # the teacher's text tower: the same thing
+    assert teachers["accuracy"] == teachers["image_accuracy"] == pytest.approx(np.mean(by_hand))

@@ -44,6 +44,16 @@ STUDENTS = [  # demo space (teacher text) ...
     "timm test_byobnet @48px + text L1 W128 H2 ctx32",
     "timm test_efficientnet @32px + text L2 W128 H2 ctx32",
 ]
+# Six more students that train their own text tower, fixed before any of them was run: they check,
+# out of sample, the image-tower reading (image_accuracy) that was picked on the four above.
+HOLDOUT = [
+    "vit L1 W128 H2 mlp4 p8 @32px + text L2 W128 H2 ctx32",
+    "vit L3 W64 H2 mlp4 p8 @32px + text L1 W128 H2 ctx32",
+    "vit L2 W128 H2 mlp4 p16 @48px + text L1 W64 H2 ctx32",
+    "timm test_convnext2 @48px + text L2 W64 H2 ctx32",
+    "timm test_efficientnet @64px + text L1 W64 H2 ctx32",
+    "timm test_byobnet @32px + text L2 W128 H2 ctx32",
+]
 PLUS_SPACE = common.ROOT / "experiments" / "benchmarks" / "demo-plus.yaml"
 DEMO_SPACE = common.ROOT / "experiments" / "benchmarks" / "demo-22.yaml"  # the demo's space when this was measured
 
@@ -86,6 +96,7 @@ def main() -> None:
                    help="evaluate the short runs every N steps (compares readings of the proxy: final, mean of the "
                         "last evaluations, ...); the long runs are the same")
     p.add_argument("--lr", type=float, default=None, help="override the short run's peak learning rate")
+    p.add_argument("--holdout", action="store_true", help="add the 6 held-out students with their own text tower")
     p.add_argument("--name", default="proxy_fidelity")
     a = p.parse_args()
     from dime_nas.search.stats import kendall_tau, rank_agreement, spearman_rho
@@ -94,7 +105,7 @@ def main() -> None:
 
     config, cache, _, _ = common.load(a.config)
     a.store = a.store or str(common.default_store(config))
-    picks = resolve(STUDENTS[: a.limit], cache.embed_dim)
+    picks = resolve(STUDENTS[: a.limit] + (HOLDOUT if a.holdout else []), cache.embed_dim)
     short_cfg = config.distill if a.short_steps is None else common.settings(
         config.distill, steps=a.short_steps, warmup_steps=max(1, a.short_steps // 10))
     a.long = a.long or 10 * short_cfg.steps
@@ -122,9 +133,13 @@ def main() -> None:
         finals = [2 * r["accuracy"] - r["evals"][-1]["accuracy"] if r["evals"] else r["accuracy"] for r in short]
         students.append({
             "arch_key": s.arch_key, "describe": s.describe(), "space": space, "family": s.vision.kind,
+            "holdout": s.describe() in HOLDOUT,
             "text": s.text.kind, "image_mmacs": macs, "image_params_m": params,
             "proxy": float(np.mean([r["accuracy"] for r in short])),
             "proxy_seeds": [r["accuracy"] for r in short],
+            # the image tower against the teacher's class embeddings (= accuracy with the teacher's text tower)
+            "image_proxy_seeds": [r.get("image_accuracy", r["accuracy"]) if s.text.kind == "teacher"
+                                  else r["image_accuracy"] for r in short],
             "proxy_final_only_seeds": finals,
             "agreement_short": float(np.mean([r["agreement"] for r in short])),
             "loss_step20": float(np.mean([r["first_losses"][-1] for r in short])),
@@ -136,6 +151,8 @@ def main() -> None:
     predictors = {
         f"proxy: short-run accuracy, mean of {a.seeds} seeds": by_seed.mean(1),
         "proxy: one seed (seed 0, what a search trial measures)": by_seed[:, 0],
+        f"image tower against the teacher's text (image_accuracy), mean of {a.seeds} seeds":
+            np.array([np.mean(r["image_proxy_seeds"]) for r in students]),
         "image-tower MACs (more is better)": np.array([r["image_mmacs"] for r in students]),
         "image-tower params (more is better)": np.array([r["image_params_m"] for r in students]),
         "teacher agreement after the short run": np.array([r["agreement_short"] for r in students]),
@@ -144,7 +161,7 @@ def main() -> None:
     names = list(predictors)
     table = {k: rank_agreement(v, full) for k, v in predictors.items()}
     per_seed_tau = [kendall_tau(by_seed[:, k], full) for k in range(a.seeds)]
-    baselines = names[2:]
+    baselines = [k for k in names if not k.startswith(("proxy", "image tower"))]
     best_base = max(baselines, key=lambda k: table[k]["tau"])
     versus = {k: bench_stats.paired_difference_interval(kendall_tau, predictors[names[0]], predictors[k], full)
               for k in baselines}
@@ -190,10 +207,13 @@ def main() -> None:
     for label, keep in (("text=teacher only", [r["text"] == "teacher" for r in students]),
                         ("student text tower only", [r["text"] == "transformer" for r in students]),
                         ("ViT only", [r["family"] == "vit" for r in students]),
-                        ("timm convnets only", [r["family"] == "timm" for r in students])):
+                        ("timm convnets only", [r["family"] == "timm" for r in students]),
+                        ("text=teacher + held-out text towers", [r["text"] == "teacher" or r["holdout"]
+                                                                 for r in students])):
         keep = np.array(keep)
-        if keep.sum() >= 4:
+        if keep.sum() >= 4 and not (label.startswith("text=teacher +") and not a.holdout):
             subsets[label] = {"n": int(keep.sum()), "tau": kendall_tau(by_seed.mean(1)[keep], full[keep]),
+                              "tau_image": kendall_tau(predictors[names[2]][keep], full[keep]),
                               "tau_best_baseline": kendall_tau(predictors[best_base][keep], full[keep])}
     data = {"sizes": {**vars(a), "config": common.relative(a.config), "store": common.relative(a.store),
                       "short": short_cfg.steps, "short_eval_every": short_cfg.eval_every,
@@ -243,8 +263,9 @@ def main() -> None:
                f"{v['self_tau'] if v['self_tau'] is None else round(v['self_tau'], 2)} |" for k, v in readings.items()]
         md.append("")
     if subsets:
-        md += ["| subset | n | tau proxy | tau best baseline |", "|---|---|---|---|"]
-        md += [f"| {k} | {v['n']} | {v['tau']:.2f} | {v['tau_best_baseline']:.2f} |" for k, v in subsets.items()]
+        md += ["| subset | n | tau proxy | tau image_accuracy | tau best baseline |", "|---|---|---|---|---|"]
+        md += [f"| {k} | {v['n']} | {v['tau']:.2f} | {v['tau_image']:.2f} | {v['tau_best_baseline']:.2f} |"
+               for k, v in subsets.items()]
         md.append(f"\n(best baseline overall: {best_base})\n")
     md += ["| student | space | proxy (seeds) | long run (test) | MMACs | params M |", "|---|---|---|---|---|---|"]
     md += [f"| {r['describe']} | {r['space']} | {r['proxy']:.3f} ({', '.join(f'{x:.3f}' for x in r['proxy_seeds'])}) | "
