@@ -16,6 +16,9 @@ from .typed_yaml import from_mapping, load_yaml_mapping
 # metric -> (direction of "better", what it is)
 METRICS = {
     "accuracy": ("maximize", "mean zero-shot top-1 over the in-distribution evaluation tasks (0..1)"),
+    # a student's own text tower learns late: its short run ranks image towers better by this
+    "image_accuracy": ("maximize", "accuracy of the image tower against the teacher's class embeddings "
+                                   "(= accuracy for a student with the teacher's text tower)"),
     "shifted_accuracy": ("maximize", "mean zero-shot top-1 over the distribution-shifted tasks (0..1)"),
     "retrieval": ("maximize", "mean of image->text and text->image R@1 on the paired set (0..1)"),
     "agreement": ("maximize", "fraction of evaluation images where student and teacher predict the same class"),
@@ -460,7 +463,7 @@ def _evaluated_metrics(config: ExperimentConfig) -> set[str]:
     if e.shapes is not None or e.tasks:
         out.add("agreement")
     if e.shapes is not None or any(not t.shifted for t in e.tasks):  # accuracy: in-distribution tasks only
-        out.add("accuracy")
+        out.update({"accuracy", "image_accuracy"})
     if (e.shapes is not None and e.shapes.shifts) or any(t.shifted for t in e.tasks):
         out.add("shifted_accuracy")
     if (e.shapes is not None and e.shapes.retrieval_size > 0) or e.retrieval is not None:

@@ -298,3 +298,15 @@ def test_mean_over_seeds_averages_every_number_and_gives_the_spread_of_the_headl
     assert out["seed_std/accuracy"] == pytest.approx(0.02 ** 0.5)  # sample std of 0.5 and 0.7
     assert "seed_std/task/a/top1" not in out and out["split"] == "val"
     assert mean_over_seeds([{"accuracy": 0.5}]) == {"accuracy": 0.5}
+
+
+def test_image_accuracy_can_be_the_objective(tmp_path, tiny_teacher_dir):
+    """The reading that ranks students with their own text tower best: trials are scored by it."""
+    extra = "objectives:\n  - metric: image_accuracy\n  - metric: latency_ms\n"
+    config, outcome = _search(tmp_path, tiny_teacher_dir, trials=2, extra=extra)
+    trained = [t for t in outcome.study.get_trials() if t.user_attrs.get("train_steps")]
+    assert trained
+    for t in trained:
+        m = t.user_attrs["metrics"]
+        assert t.values[0] == m["image_accuracy"] == m["accuracy"]  # the teacher's text tower: the same number
+    assert "image_accuracy" in RunDir(tmp_path / "run").trials_csv.read_text().splitlines()[0].split(",")

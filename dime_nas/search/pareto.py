@@ -234,7 +234,7 @@ def top_k_along_front(points: np.ndarray, directions: Sequence[str], k: int) -> 
 
 
 # Quality metrics bounded below by 0: their worst possible value is the natural reference.
-BOUNDED_QUALITY = ("accuracy", "shifted_accuracy", "retrieval", "agreement")
+BOUNDED_QUALITY = ("accuracy", "image_accuracy", "shifted_accuracy", "retrieval", "agreement")
 
 
 def experiment_reference(objectives: Sequence[str], directions: Sequence[str], budgets: Sequence[Any],

@@ -23,10 +23,11 @@ from .pareto import (default_reference, experiment_reference, hypervolume, knee_
                      top_k_along_front)
 
 UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "params_m": "M params", "accuracy": "top-1",
-         "shifted_accuracy": "top-1", "retrieval": "R@1", "agreement": "fraction"}
+         "image_accuracy": "top-1", "shifted_accuracy": "top-1", "retrieval": "R@1", "agreement": "fraction"}
 AXIS_LABELS = {"latency_ms": "latency on the target (ms, median, counted towers)",
                "gmacs": "GMACs per image (counted towers, batch 1)", "params_m": "parameters (M)",
-               "accuracy": "zero-shot accuracy, short-run proxy (top-1)"}
+               "accuracy": "zero-shot accuracy, short-run proxy (top-1)",
+               "image_accuracy": "image-tower zero-shot accuracy with the teacher's text, short-run proxy (top-1)"}
 
 
 class SelectionReason(str, Enum):
@@ -227,7 +228,7 @@ def _flat(r: Row) -> dict[str, Any]:
     for tower, c in sorted(cost.get("per_tower", {}).items()):
         d[f"{tower}_latency_median_ms"] = c.get("latency_median_ms")
         d[f"{tower}_latency_p90_ms"] = c.get("latency_p90_ms")
-    for m in ("accuracy", "shifted_accuracy", "retrieval", "agreement", "teacher_kl"):
+    for m in ("accuracy", "image_accuracy", "shifted_accuracy", "retrieval", "agreement", "teacher_kl"):
         d[m] = r.metrics.get(m)
     for k, v in sorted(r.metrics.items()):
         if k.startswith(("task/", "retrieval/", "seed_std/")) and not k.endswith("agreement"):
