@@ -11,7 +11,9 @@ with a ``--long``-step run (same recipe, warm-up 10%), scored on the held-out te
 Cheap baselines: image-tower MACs and params, teacher agreement after the short run, the
 training loss at step 20. Reports Kendall tau and Spearman rho with bootstrap 95%
 intervals, the proxy-minus-baseline tau with a paired bootstrap interval, and the noise
-that bounds them (the proxy's agreement with itself across seeds). Writes experiments/results/proxy_fidelity.{json,md,png}.
+that bounds them (the proxy's agreement with itself across seeds). Also scored: the image
+tower alone against the teacher's text (``image_accuracy``). Writes
+experiments/results/proxy_fidelity.{json,md,png}.
 """
 from __future__ import annotations
 
