@@ -280,7 +280,12 @@ def test_seeds_score_a_trial_by_the_mean_of_several_short_runs(tmp_path, tiny_te
     path = write_experiment(tmp_path, tiny_teacher_dir, trials=2)
     path.write_text(path.read_text().replace("distill: {steps: 4,", "distill: {seed: 5, seeds: 2, steps: 4,", 1))
     seeds_run, real = [], trainer.distill
-    monkeypatch.setattr(trainer, "distill", lambda c, cache, s, **kw: seeds_run.append(s.seed) or real(c, cache, s, **kw))
+
+    def recording(config, cache, settings, **kw):
+        seeds_run.append(settings.seed)
+        return real(config, cache, settings, **kw)
+
+    monkeypatch.setattr(trainer, "distill", recording)
     outcome = api.search(load_experiment(path), out=tmp_path / "run", progress=False)
     trained = [t for t in outcome.study.get_trials() if t.user_attrs.get("train_steps")]
     assert trained and seeds_run == [5, 6] * len(trained) and outcome.train_steps == 2 * 4 * len(trained)
