@@ -16,7 +16,8 @@ from .typed_yaml import from_mapping, load_yaml_mapping
 # metric -> (direction of "better", what it is)
 METRICS = {
     "accuracy": ("maximize", "mean zero-shot top-1 over the in-distribution evaluation tasks (0..1)"),
-    # a student's own text tower learns late: its short run ranks image towers better by this
+    # the image tower alone, while a student's own text tower (which learns late) catches up;
+    # as a ranking of such students it held out no better than accuracy (README "Results")
     "image_accuracy": ("maximize", "accuracy of the image tower against the teacher's class embeddings "
                                    "(= accuracy for a student with the teacher's text tower)"),
     "shifted_accuracy": ("maximize", "mean zero-shot top-1 over the distribution-shifted tasks (0..1)"),
