@@ -315,3 +315,16 @@ def test_image_accuracy_can_be_the_objective(tmp_path, tiny_teacher_dir):
         m = t.user_attrs["metrics"]
         assert t.values[0] == m["image_accuracy"] == m["accuracy"]  # the teacher's text tower: the same number
     assert "image_accuracy" in RunDir(tmp_path / "run").trials_csv.read_text().splitlines()[0].split(",")
+
+
+def test_a_study_recorded_before_a_setting_existed_continues_at_its_old_value(tmp_path, tiny_teacher_dir):
+    from dime_nas.errors import ConfigError
+
+    config, first = _search(tmp_path, tiny_teacher_dir, trials=1)
+    recorded = dict(first.study.user_attrs["fingerprint"])
+    recorded["distill"] = {k: v for k, v in recorded["distill"].items() if k != "seeds"}  # as an older version wrote it
+    first.study.set_user_attr("fingerprint", recorded)
+    assert api.search(config, out=tmp_path / "run", trials=2, progress=False).already_done == 1
+    config.distill.seeds = 2  # not what the old study did
+    with pytest.raises(ConfigError, match="distill.seeds = 1.*has 2"):
+        api.search(config, out=tmp_path / "run", trials=3, progress=False)

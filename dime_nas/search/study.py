@@ -108,6 +108,20 @@ def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[
     return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
 
+# Settings added to the fingerprint after studies were recorded, each with the value that
+# behaves as the toolkit did before it existed: a study recorded without one continues.
+ADDED_SETTINGS = {"distill": {"seeds": 1}}
+
+
+def with_added_settings(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded fingerprint with the settings added since filled in at their old behaviour."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in recorded.items()}
+    for section, values in ADDED_SETTINGS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {**values, **out[section]}
+    return out
+
+
 def first_difference(old: Any, new: Any, key: str = "") -> str | None:
     """The first dotted key (in sorted order) whose value differs between two plain structures."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -187,6 +201,8 @@ def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, run: Ru
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
     fingerprint = experiment_fingerprint(config, ctx)
     recorded = study.user_attrs.get("fingerprint")
+    if recorded is not None:
+        recorded = with_added_settings(recorded)
     if recorded is not None and recorded != fingerprint:
         key = first_difference(recorded, fingerprint)
         if not force:
