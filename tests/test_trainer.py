@@ -225,9 +225,40 @@ def test_a_convnet_trains_channels_last_and_comes_back_in_the_default_layout(sma
                        evaluate=layout_during_training)
     assert layouts == [True, False]  # during training (step 2); the final evaluation sees the default layout
     assert all(p.is_contiguous() for p in model.visual.parameters())
-    vit_model, _ = distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, steps=2))
-    patch = next(m for m in vit_model.visual.modules() if isinstance(m, torch.nn.Conv2d))
-    assert patch.weight.is_contiguous()
+    layouts.clear()
+    distill(STUDENT, small_cache, dataclasses.replace(SETTINGS, steps=4, eval_every=2), evaluate=layout_during_training)
+    assert layouts == [False, False]  # a ViT's single convolution (its patch embedding) keeps the default
+
+
+def test_a_convnet_resumes_bit_for_bit_from_a_checkpoint_with_contiguous_optimizer_state(small_cache, tmp_path):
+    """Checkpoints written before convnets trained channels-last hold contiguous Adam moments."""
+    convnet = StudentConfig(64, VisionTowerConfig(kind="timm", timm_model="test_resnet", image_size=32),
+                            TextTowerConfig(kind="teacher"))
+    settings = dataclasses.replace(SETTINGS, steps=8, checkpoint_every=4)
+    full, _ = distill(convnet, small_cache, settings, checkpoint_dir=tmp_path / "a")
+
+    class Interrupted(Exception):
+        pass
+
+    def crash_at_4(step, metrics):
+        raise Interrupted(step)
+
+    with pytest.raises(Interrupted):
+        distill(convnet, small_cache, dataclasses.replace(settings, eval_every=4), checkpoint_dir=tmp_path / "b",
+                evaluate=lambda towers: {}, final_eval=False, on_eval=crash_at_4)
+    path = tmp_path / "b" / CHECKPOINT_NAME
+    saved = torch.load(path, weights_only=False)
+    moments = [v for st in saved["optimizer"]["state"].values() for v in st.values()
+               if torch.is_tensor(v) and v.dim() == 4]
+    assert moments and not all(v.is_contiguous() for v in moments)  # written channels-last ...
+    for st in saved["optimizer"]["state"].values():  # ... and as an older version wrote them
+        for k, v in st.items():
+            st[k] = v.contiguous() if torch.is_tensor(v) else v
+    torch.save(saved, path)
+    resumed, result = distill(convnet, small_cache, settings, checkpoint_dir=tmp_path / "b", resume=True)
+    assert result.steps == 8
+    for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, w), k
 
 
 def test_image_accuracy_scores_the_image_tower_against_the_teachers_class_embeddings(small_cache):

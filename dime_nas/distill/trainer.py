@@ -170,6 +170,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
     result = RunResult(steps=0, seconds=0.0, stopped_by="steps")
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        _state_in_parameter_layout(optimizer)
         scheduler.load_state_dict(state["scheduler"])
         images.load(state["images"])
         texts.load(state["texts"])
@@ -256,6 +257,16 @@ def convnet_memory_format(tower: nn.Module) -> torch.memory_format:
     """
     convs = sum(isinstance(m, nn.Conv2d) for m in tower.modules())
     return torch.channels_last if convs > 1 else torch.contiguous_format
+
+
+def _state_in_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Optimizer state tensors in their parameter's memory layout: a checkpoint written before
+    convnets trained channels-last holds contiguous moments, and fused AdamW assumes they match."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][name] = torch.empty_like(p).copy_(value)
 
 
 def average_last_evals(evals: list[dict[str, Any]], final: dict[str, Any], k: int) -> dict[str, Any]:
