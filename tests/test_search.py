@@ -275,6 +275,7 @@ def test_trials_and_selection_never_read_the_test_split(tmp_path, tiny_teacher_d
 
 
 def test_seeds_score_a_trial_by_the_mean_of_several_short_runs(tmp_path, tiny_teacher_dir, monkeypatch):
+    from dime_nas import evaluate
     from dime_nas.distill import trainer
 
     path = write_experiment(tmp_path, tiny_teacher_dir, trials=2)
@@ -286,11 +287,21 @@ def test_seeds_score_a_trial_by_the_mean_of_several_short_runs(tmp_path, tiny_te
         return real(config, cache, settings, **kw)
 
     monkeypatch.setattr(trainer, "distill", recording)
+    scores, score = [], evaluate.evaluate_towers
+
+    def scoring(towers, **kw):  # each short run is scored once, at its end
+        metrics = score(towers, **kw)
+        scores.append(metrics["accuracy"])
+        return metrics
+
+    monkeypatch.setattr(evaluate, "evaluate_towers", scoring)
     outcome = api.search(load_experiment(path), out=tmp_path / "run", progress=False)
     trained = [t for t in outcome.study.get_trials() if t.user_attrs.get("train_steps")]
     assert trained and seeds_run == [5, 6] * len(trained) and outcome.train_steps == 2 * 4 * len(trained)
-    for t in trained:
-        assert t.user_attrs["train_steps"] == 8 and t.user_attrs["metrics"]["seed_std/accuracy"] >= 0
+    for t, (a, b) in zip(trained, zip(scores[::2], scores[1::2])):
+        m = t.user_attrs["metrics"]
+        assert t.user_attrs["train_steps"] == 8 and m["accuracy"] == pytest.approx((a + b) / 2)
+        assert m["seed_std/accuracy"] == pytest.approx(abs(a - b) / 2 ** 0.5)
     assert "seed_std/accuracy" in RunDir(tmp_path / "run").trials_csv.read_text().splitlines()[0].split(",")
 
 

@@ -78,10 +78,10 @@ def long_settings(config, steps: int, seed: int, losses: dict[str, Any] | None =
                     average_last_evals=1, seed=seed, losses=losses or {})
 
 
-# What a stored run's key does not name: the teacher, corpora and evaluation sets, and the
-# recipe apart from the budget and seed (which the key names).
-_KEYED = ("steps", "warmup_steps", "seed", "seeds", "eval_every", "average_last_evals", "checkpoint_every",
-          "device", "compile")
+# What a stored run's key names (steps, seed) or implies (the scripts give every run a warm-up
+# of 10% of its steps), or what does not change a run's result; the rest of the recipe, the
+# teacher, corpora and evaluation sets name the store.
+_KEYED = ("steps", "warmup_steps", "seed", "seeds", "checkpoint_every", "device", "compile")
 
 
 def default_store(config) -> Path:

@@ -72,6 +72,10 @@ def resolve(names: list[str], embed_dim: int) -> list[tuple[object, str]]:
     return [(demo[n], "demo") if n in demo else (plus[n], "demo-plus") for n in names]
 
 
+def _two_places(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
 def image_cost(student) -> tuple[float, float]:
     """(image-tower MACs in millions at batch 1, image-tower params in millions)."""
     from dime_nas.cost.flops import count_macs, count_params
@@ -132,7 +136,8 @@ def main() -> None:
         short = [results[f"{s.arch_key}|short{short_cfg.steps}{tag}|seed{k}"] for k in range(a.seeds)]
         full = results[common.long_key(s, a.long, 0, "dime-fm")]
         macs, params = image_cost(s)
-        finals = [2 * r["accuracy"] - r["evals"][-1]["accuracy"] if r["evals"] else r["accuracy"] for r in short]
+        finals = [r["final_accuracy"] if "final_accuracy" in r  # runs stored before it was: mean of two evaluations
+                  else 2 * r["accuracy"] - r["evals"][-1]["accuracy"] if r["evals"] else r["accuracy"] for r in short]
         students.append({
             "arch_key": s.arch_key, "describe": s.describe(), "space": space, "family": s.vision.kind,
             "holdout": s.describe() in HOLDOUT,
@@ -140,8 +145,9 @@ def main() -> None:
             "proxy": float(np.mean([r["accuracy"] for r in short])),
             "proxy_seeds": [r["accuracy"] for r in short],
             # the image tower against the teacher's class embeddings (= accuracy with the teacher's text tower)
-            "image_proxy_seeds": [r.get("image_accuracy", r["accuracy"]) if s.text.kind == "teacher"
-                                  else r["image_accuracy"] for r in short],
+            # (None: a run stored before image_accuracy was measured)
+            "image_proxy_seeds": [r.get("image_accuracy", r["accuracy"] if s.text.kind == "teacher" else None)
+                                  for r in short],
             "proxy_final_only_seeds": finals,
             "agreement_short": float(np.mean([r["agreement"] for r in short])),
             "loss_step20": float(np.mean([r["first_losses"][-1] for r in short])),
@@ -150,11 +156,12 @@ def main() -> None:
             "short_runs": short, "long_run": full})
     full = np.array([r["full"] for r in students])
     by_seed = np.array([r["proxy_seeds"] for r in students])
+    image_key = f"image tower against the teacher's text (image_accuracy), mean of {a.seeds} seeds"
+    image = [r["image_proxy_seeds"] for r in students]
     predictors = {
         f"proxy: short-run accuracy, mean of {a.seeds} seeds": by_seed.mean(1),
         "proxy: one seed (seed 0, what a search trial measures)": by_seed[:, 0],
-        f"image tower against the teacher's text (image_accuracy), mean of {a.seeds} seeds":
-            np.array([np.mean(r["image_proxy_seeds"]) for r in students]),
+        **({image_key: np.array(image, dtype=float).mean(1)} if all(None not in row for row in image) else {}),
         "image-tower MACs (more is better)": np.array([r["image_mmacs"] for r in students]),
         "image-tower params (more is better)": np.array([r["image_params_m"] for r in students]),
         "teacher agreement after the short run": np.array([r["agreement_short"] for r in students]),
@@ -215,7 +222,8 @@ def main() -> None:
         keep = np.array(keep)
         if keep.sum() >= 4 and not (label.startswith("text=teacher +") and not a.holdout):
             subsets[label] = {"n": int(keep.sum()), "tau": kendall_tau(by_seed.mean(1)[keep], full[keep]),
-                              "tau_image": kendall_tau(predictors[names[2]][keep], full[keep]),
+                              "tau_image": kendall_tau(predictors[image_key][keep], full[keep])
+                              if image_key in predictors else None,
                               "tau_best_baseline": kendall_tau(predictors[best_base][keep], full[keep])}
     data = {"sizes": {**vars(a), "config": common.relative(a.config), "store": common.relative(a.store),
                       "short": short_cfg.steps, "short_eval_every": short_cfg.eval_every,
@@ -266,7 +274,7 @@ def main() -> None:
         md.append("")
     if subsets:
         md += ["| subset | n | tau proxy | tau image_accuracy | tau best baseline |", "|---|---|---|---|---|"]
-        md += [f"| {k} | {v['n']} | {v['tau']:.2f} | {v['tau_image']:.2f} | {v['tau_best_baseline']:.2f} |"
+        md += [f"| {k} | {v['n']} | {v['tau']:.2f} | {_two_places(v['tau_image'])} | {v['tau_best_baseline']:.2f} |"
                for k, v in subsets.items()]
         md.append(f"\n(best baseline overall: {best_base})\n")
     md += ["| student | space | proxy (seeds) | long run (test) | MMACs | params M |", "|---|---|---|---|---|---|"]

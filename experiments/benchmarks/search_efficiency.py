@@ -133,7 +133,8 @@ def main() -> None:
     a.store = a.store or str(common.default_store(config))
     spec = {**SPACE, "embed_dim": cache.embed_dim}
     spaces = {"ordinal": SearchSpace(spec), "categorical": SearchSpace(categorical(spec))}
-    proxy = config.distill if a.proxy_steps is None else common.settings(config.distill, steps=a.proxy_steps)
+    proxy = config.distill if a.proxy_steps is None else common.settings(  # warm-up 10%, as the store's keys assume
+        config.distill, steps=a.proxy_steps, warmup_steps=max(1, a.proxy_steps // 10))
     students = spaces["ordinal"].grid(embed_dim=cache.embed_dim)
     if a.limit:  # smoke runs: train only the first N; the rest are given chance accuracy (not a result)
         results = common.run_jobs([common.job(f"{s.arch_key}|short{proxy.steps}|seed0", s, common.settings(proxy, seed=0))
