@@ -397,6 +397,9 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
             raise ConfigError(exc.problem, file=file, key=f"budgets[{i}]") from None
     if not config.objectives:
         raise ConfigError("at least one objective is needed", file=file, key="objectives")
+    if config.full_distill.seeds != 1:
+        raise ConfigError("a full run trains one student: seeds is for the short runs (distill.seeds)",
+                          file=file, key="full_distill.seeds")
     evaluated = _evaluated_metrics(config)
     for i, o in enumerate(config.objectives):
         if o.metric not in evaluated:

@@ -22,6 +22,8 @@ def _mutated(tmp_path, teacher_dir, mutate):
     (lambda d: d["distill"].update(stpes=3), "distill.stpes", "did you mean 'steps'"),
     (lambda d: d["distill"].update(steps="many"), "distill.steps", "expected an integer"),
     (lambda d: d["distill"].update(lr="fast"), "distill.lr", "expected a number"),
+    (lambda d: d["distill"].update(seeds=0), "distill.seeds", "must be >= 1"),
+    (lambda d: d["full_distill"].update(seeds=3), "full_distill.seeds", "seeds is for the short runs"),
     (lambda d: d["search"].update(sampler="tpee"), "search.sampler", "unknown sampler"),
     (lambda d: d.update(target="pi5"), "target", "unknown target"),
     (lambda d: d.update(budgets=["latency_ms < 3"]), "budgets[0]", "cannot read budget"),
