@@ -278,11 +278,15 @@ def average_last_evals(evals: list[dict[str, Any]], final: dict[str, Any], k: in
     if k < 1:
         raise ValueError(f"average_last_evals must be >= 1, got {k}")
     points = [e for e in evals[-(k - 1):] if e] if k > 1 else []
-    if not points:
-        return final
-    out = dict(final)
-    for key, value in final.items():
-        values = [p[key] for p in points if isinstance(p.get(key), (int, float))]
+    return mean_of_readings(points, final) if points else final
+
+
+def mean_of_readings(earlier: list[dict[str, Any]], last: dict[str, Any]) -> dict[str, Any]:
+    """``last`` with each numeric metric averaged over it and the ``earlier`` readings that hold it
+    (evaluations of one run over time, or the runs of one trial's seeds)."""
+    out = dict(last)
+    for key, value in last.items():
+        values = [p[key] for p in earlier if isinstance(p.get(key), (int, float))]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and values:
             out[key] = float(sum(values) + value) / (len(values) + 1)
     return out

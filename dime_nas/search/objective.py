@@ -257,17 +257,16 @@ def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kep
 
 
 def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first run's metrics with each number averaged over all runs; with several runs, also
+    """The runs' metrics, each number averaged over them; with several runs, also
     ``seed_std/<metric>`` (the spread between seeds) for each headline number (not per task)."""
-    out = dict(per_seed[0])
+    from ..distill.trainer import mean_of_readings
+
     if len(per_seed) == 1:
-        return out
-    for key, value in per_seed[0].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            values = [float(m[key]) for m in per_seed]
-            out[key] = sum(values) / len(values)
-            if "/" not in key:
-                out[f"seed_std/{key}"] = statistics.stdev(values)
+        return dict(per_seed[0])
+    out = mean_of_readings(per_seed[:-1], per_seed[-1])
+    for key, value in per_seed[-1].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and "/" not in key:
+            out[f"seed_std/{key}"] = statistics.stdev(float(m[key]) for m in per_seed)
     return out
 
 
