@@ -95,11 +95,17 @@ def make_sampler(config: ExperimentConfig, n_objectives: int, trials_in_study: i
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
+def teacher_identity(teacher: dict[str, Any]) -> dict[str, Any]:
+    """A plain teacher section without where and in what batches the teacher runs: those do not
+    change its embeddings."""
+    return {k: v for k, v in teacher.items() if k not in ("device", "batch_size", "cache_dir")}
+
+
 def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[str, Any]:
     """What changes a trial's result: the teacher, corpora, evaluation, space, target, objectives,
     budgets and short-run settings. A study holds trials of one fingerprint only."""
     plain = to_plain(config)
-    teacher = {k: v for k, v in plain["teacher"].items() if k not in ("device", "batch_size", "cache_dir")}
+    teacher = teacher_identity(plain["teacher"])
     space = hashlib.sha256(Path(ctx.space.source).read_bytes()).hexdigest() if Path(ctx.space.source).is_file() \
         else ctx.space.source
     fingerprint = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"], "space": space,

@@ -88,11 +88,11 @@ def default_store(config) -> Path:
     """The resumable run store of an experiment: ``runs/benchmarks/runs-<hash>.jsonl``, the hash
     of everything that changes a run's result but is not in its key, so that experiments which
     differ (another evaluation set, say) never reuse each other's runs, and equal ones share."""
+    from dime_nas.search.study import teacher_identity
     from dime_nas.typed_yaml import to_plain
 
     plain = to_plain(config)
-    teacher = {k: v for k, v in plain["teacher"].items() if k not in ("device", "batch_size", "cache_dir")}
-    identity = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"],
+    identity = {"teacher": teacher_identity(plain["teacher"]), "data": plain["data"], "eval": plain["eval"],
                 "recipe": {k: v for k, v in plain["distill"].items() if k not in _KEYED}}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return ROOT / "runs" / "benchmarks" / f"runs-{digest}.jsonl"
