@@ -24,6 +24,9 @@ def _mutated(tmp_path, teacher_dir, mutate):
     (lambda d: d["distill"].update(lr="fast"), "distill.lr", "expected a number"),
     (lambda d: d["distill"].update(seeds=0), "distill.seeds", "must be >= 1"),
     (lambda d: d["full_distill"].update(seeds=3), "full_distill.seeds", "seeds is for the short runs"),
+    (lambda d: d["distill"].update(text_tower_step_scale=0), "distill.text_tower_step_scale", "must be > 0"),
+    (lambda d: d["full_distill"].update(text_tower_step_scale=1), "full_distill.text_tower_step_scale",
+     "the scale is for the short runs"),
     (lambda d: d["search"].update(sampler="tpee"), "search.sampler", "unknown sampler"),
     (lambda d: d.update(target="pi5"), "target", "unknown target"),
     (lambda d: d.update(budgets=["latency_ms < 3"]), "budgets[0]", "cannot read budget"),
@@ -110,3 +113,21 @@ def test_accuracy_needs_an_in_distribution_task(tmp_path, tiny_teacher_dir):
     ok = _mutated(tmp_path, tiny_teacher_dir, lambda d: d.update(eval=shifted_only,
                                                                  objectives=[{"metric": "shifted_accuracy"}]))
     assert load_experiment(ok).objectives[0].metric == "shifted_accuracy"
+
+
+def test_a_student_with_its_own_text_tower_gets_a_longer_short_run_of_the_same_shape():
+    from dime_nas.config import DistillConfig
+    from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
+
+    vision = VisionTowerConfig(kind="vit", layers=1, width=32, heads=2, mlp_ratio=2.0, patch_size=16, image_size=32)
+    own_text = StudentConfig(vision=vision, text=TextTowerConfig(kind="transformer", layers=1, width=32, heads=2,
+                                                                 context_length=16), embed_dim=32)
+    teacher_text = StudentConfig(vision=vision, text=TextTowerConfig(kind="teacher"), embed_dim=32)
+    short = DistillConfig(steps=240, warmup_steps=24, eval_every=60, seconds=10.0, lr=1e-3)
+    assert short.for_student(teacher_text) == short and short.step_scale(teacher_text) == 1.0
+    longer = short.for_student(own_text)
+    assert (longer.steps, longer.warmup_steps, longer.eval_every, longer.seconds) == (480, 48, 120, 20.0)
+    assert longer.lr == short.lr and short.steps == 240  # the rest unchanged; the experiment's settings untouched
+    assert DistillConfig(steps=5, warmup_steps=1, text_tower_step_scale=1.5).for_student(own_text).steps == 8
+    unscaled = DistillConfig(text_tower_step_scale=1.0)
+    assert unscaled.for_student(own_text) is unscaled

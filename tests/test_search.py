@@ -332,10 +332,55 @@ def test_a_study_recorded_before_a_setting_existed_continues_at_its_old_value(tm
     from dime_nas.errors import ConfigError
 
     config, first = _search(tmp_path, tiny_teacher_dir, trials=1)
-    recorded = dict(first.study.user_attrs["fingerprint"])
-    recorded["distill"] = {k: v for k, v in recorded["distill"].items() if k != "seeds"}  # as an older version wrote it
-    first.study.set_user_attr("fingerprint", recorded)
+    _recorded_without_added_settings(first.study)
     assert api.search(config, out=tmp_path / "run", trials=2, progress=False).already_done == 1
     config.distill.seeds = 2  # not what the old study did
     with pytest.raises(ConfigError, match="distill.seeds = 1.*has 2"):
         api.search(config, out=tmp_path / "run", trials=3, progress=False)
+
+
+TEXT_TOWER_SPACE = """
+name: with-text
+embed_dim: 64
+image:
+  kind: vit
+  vit: {layers: [1], width: [32], heads: [2], mlp_ratio: [2.0], patch_size: [16], image_size: [32]}
+text:
+  kind: [teacher, transformer]
+  transformer: {layers: [1], width: [32], heads: [2], context_length: [16]}
+"""
+
+
+def test_students_with_their_own_text_tower_train_the_scaled_short_run(tmp_path, tiny_teacher_dir):
+    path = write_experiment(tmp_path, tiny_teacher_dir, trials=2)
+    (tmp_path / "space.yaml").write_text(TEXT_TOWER_SPACE)
+    path.write_text(path.read_text().replace("distill: {steps: 4,", "distill: {text_tower_step_scale: 1.5, steps: 4,", 1))
+    outcome = api.search(load_experiment(path), out=tmp_path / "run", progress=False)
+    steps = {t.user_attrs["config"]["text"]["kind"]: t.user_attrs["train_steps"] for t in outcome.study.get_trials()}
+    assert steps == {"teacher": 4, "transformer": 6} and outcome.train_steps == 10
+
+
+def _recorded_without_added_settings(study):
+    recorded = dict(study.user_attrs["fingerprint"])  # as a version before seeds and the text-tower scale wrote it
+    recorded["distill"] = {k: v for k, v in recorded["distill"].items() if k not in ("seeds", "text_tower_step_scale")}
+    study.set_user_attr("fingerprint", recorded)
+
+
+def test_the_text_tower_scale_splits_studies_only_where_the_space_has_a_student_text_tower(tmp_path, tiny_teacher_dir):
+    from dime_nas.errors import ConfigError
+
+    config, first = _search(tmp_path, tiny_teacher_dir, trials=1)  # teacher text only: the scale changes nothing
+    _recorded_without_added_settings(first.study)
+    config.distill.text_tower_step_scale = 3.0
+    assert api.search(config, out=tmp_path / "run", trials=2, progress=False).already_done == 1
+
+    other = tmp_path / "with_text"
+    other.mkdir()
+    path = write_experiment(other, tiny_teacher_dir, trials=1)
+    (other / "space.yaml").write_text(TEXT_TOWER_SPACE)
+    config = load_experiment(path)
+    _recorded_without_added_settings(api.search(config, out=other / "run", progress=False).study)
+    with pytest.raises(ConfigError, match=r"distill.text_tower_step_scale = 1.0.*has 2.0"):
+        api.search(config, out=other / "run", trials=2, progress=False)
+    config.distill.text_tower_step_scale = 1.0  # what the old study did: it continues
+    assert api.search(config, out=other / "run", trials=2, progress=False).already_done == 1

@@ -209,18 +209,20 @@ def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kep
         record.write(trial, status="infeasible", reason=reason, metrics=metrics, train_steps=0)
         return _values(ctx, metrics)
 
+    settings = ctx.experiment.distill.for_student(config)
+    scale = ctx.experiment.distill.step_scale(config)
+
     def on_eval(step: int, m: dict[str, Any]) -> None:
         if ctx.multi_objective or not ctx.experiment.search.prune:
             return
         value = m.get(ctx.objectives[0].metric)
         if value is not None:
-            trial.report(value, step)
+            trial.report(value, round(step / scale))  # the pruner compares trials at the same share of their run
             if trial.should_prune():
                 record.write(trial, status="pruned",
                              reason=f"pruned at step {step}: {ctx.objectives[0].metric} = {value:.4g}")
                 raise optuna.TrialPruned()
 
-    settings = ctx.experiment.distill
     evaluate = functools.partial(evaluate_towers, cache=ctx.cache)
     timings["train_s"] = timings["eval_s"] = 0.0
     steps, per_seed = 0, []

@@ -108,15 +108,18 @@ def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[
     teacher = teacher_identity(plain["teacher"])
     space = hashlib.sha256(Path(ctx.space.source).read_bytes()).hexdigest() if Path(ctx.space.source).is_file() \
         else ctx.space.source
+    distill = plain["distill"]
+    if "transformer" not in ctx.space.kinds["text"]:
+        distill["text_tower_step_scale"] = 1.0  # no student text tower here: the scale changes no trial
     fingerprint = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"], "space": space,
                    "target": ctx.target.to_dict(), "objectives": [o.metric for o in ctx.objectives],
-                   "budgets": [str(b) for b in ctx.budgets], "distill": plain["distill"]}
+                   "budgets": [str(b) for b in ctx.budgets], "distill": distill}
     return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
 
 # Settings added to the fingerprint after studies were recorded, each with the value that
 # behaves as the toolkit did before it existed: a study recorded without one continues.
-ADDED_SETTINGS = {"distill": {"seeds": 1}}
+ADDED_SETTINGS = {"distill": {"seeds": 1, "text_tower_step_scale": 1.0}}
 
 
 def with_added_settings(recorded: dict[str, Any]) -> dict[str, Any]:

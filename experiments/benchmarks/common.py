@@ -79,9 +79,10 @@ def long_settings(config, steps: int, seed: int, losses: dict[str, Any] | None =
 
 
 # What a stored run's key names (steps, seed) or implies (the scripts give every run a warm-up
-# of 10% of its steps), or what does not change a run's result; the rest of the recipe, the
-# teacher, corpora and evaluation sets name the store.
-_KEYED = ("steps", "warmup_steps", "seed", "seeds", "checkpoint_every", "device", "compile")
+# of 10% of its steps), what only chooses those (text_tower_step_scale sets a student's steps),
+# or what does not change a run's result; the rest of the recipe, the teacher, corpora and
+# evaluation sets name the store.
+_KEYED = ("steps", "warmup_steps", "seed", "seeds", "text_tower_step_scale", "checkpoint_every", "device", "compile")
 
 
 def default_store(config) -> Path:

@@ -103,6 +103,9 @@ def main() -> None:
                         "last evaluations, ...); the long runs are the same")
     p.add_argument("--lr", type=float, default=None, help="override the short run's peak learning rate")
     p.add_argument("--holdout", action="store_true", help="add the 6 held-out students with their own text tower")
+    p.add_argument("--text-tower-step-scale", type=float, default=None,
+                   help="override distill.text_tower_step_scale: the short run of a student with its own text "
+                        "tower takes this many times the steps (1: the same short run for every student)")
     p.add_argument("--name", default="proxy_fidelity")
     a = p.parse_args()
     from dime_nas.search.stats import kendall_tau, rank_agreement, spearman_rho
@@ -122,18 +125,27 @@ def main() -> None:
     if a.lr is not None:
         short_cfg = common.settings(short_cfg, lr=a.lr)
         tag += f"|lr{a.lr:g}"
+    if a.text_tower_step_scale is not None:
+        short_cfg = common.settings(short_cfg, text_tower_step_scale=a.text_tower_step_scale)
+
+    def short_of(s):
+        """(settings, store key prefix) of a student's short run, as a search trial runs it."""
+        cfg = short_cfg.for_student(s)
+        return cfg, f"{s.arch_key}|short{cfg.steps}{tag}"
+
     jobs = []
     for s, _ in picks:
         jobs.append(common.job(common.long_key(s, a.long, 0, "dime-fm"), s, common.long_settings(config, a.long, 0),
                                splits=("test", "all")))
     for k in range(a.seeds):
         for s, _ in picks:
-            jobs.append(common.job(f"{s.arch_key}|short{short_cfg.steps}{tag}|seed{k}", s, common.settings(short_cfg, seed=k)))
+            cfg, key = short_of(s)
+            jobs.append(common.job(f"{key}|seed{k}", s, common.settings(cfg, seed=k)))
     results = common.run_jobs(jobs, a.config, a.store, a.workers, a.threads)
 
     students = []
     for s, space in picks:
-        short = [results[f"{s.arch_key}|short{short_cfg.steps}{tag}|seed{k}"] for k in range(a.seeds)]
+        short = [results[f"{short_of(s)[1]}|seed{k}"] for k in range(a.seeds)]
         full = results[common.long_key(s, a.long, 0, "dime-fm")]
         macs, params = image_cost(s)
         finals = [r["final_accuracy"] if "final_accuracy" in r  # runs stored before it was: mean of two evaluations
@@ -242,7 +254,10 @@ def main() -> None:
           + f": {short_cfg.steps} steps at batch {short_cfg.batch_size}, score = "
           + (f"mean of the evaluations every {short_cfg.eval_every} steps (last {short_cfg.average_last_evals})"
              if short_cfg.eval_every and short_cfg.average_last_evals > 1 else "the final evaluation")
-          + f" on the search-validation split, {a.seeds} seeds. Long run: {a.long} steps "
+          + f" on the search-validation split, {a.seeds} seeds"
+          + (f" ({round(short_cfg.steps * short_cfg.text_tower_step_scale)} steps for students that train their own "
+             "text tower)" if short_cfg.text_tower_step_scale != 1 else "")
+          + f". Long run: {a.long} steps "
           f"({a.long / short_cfg.steps:.0f}x), same recipe, seed 0, scored on the held-out test split. "
           f"{a.workers} worker process(es) x {a.threads} thread(s).\n",
           "| predictor of long-run accuracy | Kendall tau [95% CI] | Spearman rho [95% CI] |", "|---|---|---|"]

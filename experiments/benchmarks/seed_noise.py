@@ -44,7 +44,7 @@ def main() -> None:
     for s in common.spread_students(space, cache.embed_dim, a.students, seed=2):
         runs = []
         for seed in range(a.seeds):
-            r = common.run(s, cache, common.settings(cfg, seed=seed))
+            r = common.run(s, cache, common.settings(cfg, seed=seed).for_student(s))  # as a search trial runs it
             points = [e["accuracy"] for e in r["evals"]] + [r["accuracy"]]
             se = math.sqrt(sum(common.binomial_se(r[f"task/{t}/top1"], counts[t]) ** 2 for t in ind_tasks)) / len(ind_tasks)
             runs.append({"seed": seed, "final": r["accuracy"], "last_k_mean": float(np.mean(points[-a.last:])),
