@@ -206,7 +206,7 @@ class DistillConfig:
     # short runs of students that train their own text tower take this many times the steps (warm-up and
     # evaluation points alike): such a tower starts from nothing and lags after the demo's 240 steps; at 2x
     # the short run ranks 24 students at Kendall tau 0.75 against 2400-step runs, at 1x 0.59
-    # (experiments/results/proxy_fidelity_text480.md). Full runs train `steps` whatever the student.
+    # (experiments/results/proxy_fidelity_holdout_scale2.md). Full runs train `steps` whatever the student.
     text_tower_step_scale: float = 2.0
     eval_every: int | None = None  # evaluate every N steps (for pruning and curves; None: only at the end)
     average_last_evals: int = 1  # score = mean of the last K evaluations (needs eval_every); 1: the final one only

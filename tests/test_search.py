@@ -384,3 +384,14 @@ def test_the_text_tower_scale_splits_studies_only_where_the_space_has_a_student_
         api.search(config, out=other / "run", trials=2, progress=False)
     config.distill.text_tower_step_scale = 1.0  # what the old study did: it continues
     assert api.search(config, out=other / "run", trials=2, progress=False).already_done == 1
+
+
+def test_the_pruner_sees_trials_at_the_same_share_of_their_run(tmp_path, tiny_teacher_dir, monkeypatch):
+    path = write_experiment(tmp_path, tiny_teacher_dir, trials=2, extra="objectives: [{metric: accuracy}]")
+    (tmp_path / "space.yaml").write_text(TEXT_TOWER_SPACE)
+    config = load_experiment(path)
+    config.distill.eval_every = 2  # steps 4; a text-tower student trains 8 and is evaluated at step 4
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: False)
+    outcome = api.search(config, out=tmp_path / "run", progress=False)
+    reported = {t.user_attrs["config"]["text"]["kind"]: list(t.intermediate_values) for t in outcome.study.get_trials()}
+    assert reported == {"teacher": [2], "transformer": [2]}

@@ -52,7 +52,9 @@ def main() -> None:
         fid = ensure(f"proxy_fidelity_b{n}", [str(HERE / "proxy_fidelity.py"), "--short-steps", str(n), "--long",
                                               "1200", "--seeds", str(a.seeds), "--workers", str(a.workers),
                                               "--threads", str(a.threads),
-                                              "--config", a.config, "--name", f"proxy_fidelity_b{n}"])
+                                              "--config", a.config, "--name", f"proxy_fidelity_b{n}",
+                                              # every student at the same budget, as when these were measured
+                                              "--text-tower-step-scale", "1"])
         noise = ensure(f"seed_noise_demo29_b{n}", [str(HERE / "seed_noise.py"), "--config", a.config,
                                                    "--students", "4", "--seeds", "5", "--steps", str(n), "--batch",
                                                    "64", "--every", str(n // 2), "--last", "1", "--name",

@@ -5,8 +5,9 @@
 Students: 18 fixed picks from the demo space and from `demo-plus.yaml` (the demo space
 made slightly larger: deeper/wider ViTs, 64 px, test_convnext2, a student text tower),
 both image families and both text-tower options. Each is distilled with the demo's
-short run exactly as a search trial does it (experiments/demo.yaml: 240 steps, scored by
-the final evaluation on the search-validation split), over ``--seeds`` seeds, and once
+short run exactly as a search trial does it (experiments/demo.yaml: 240 steps, twice that
+for a student with its own text tower (distill.text_tower_step_scale), scored by the final
+evaluation on the search-validation split), over ``--seeds`` seeds, and once
 with a ``--long``-step run (same recipe, warm-up 10%), scored on the held-out test split.
 Cheap baselines: image-tower MACs and params, teacher agreement after the short run, the
 training loss at step 20. Reports Kendall tau and Spearman rho with bootstrap 95%

@@ -31,6 +31,9 @@ def main() -> None:
                    help="K > 1: also the seed std of a trial scored by the mean of K seeds (distill.seeds: K), "
                         "measured over disjoint groups of K of the --seeds seeds")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the experiment's)")
+    p.add_argument("--text-tower-step-scale", type=float, default=None,
+                   help="override distill.text_tower_step_scale (1: students with their own text tower train "
+                        "--steps too)")
     p.add_argument("--config", default=str(common.BENCH_YAML), help="benchmark experiment file")
     p.add_argument("--name", default="seed_noise", help="output name under experiments/results/")
     a = p.parse_args()
@@ -39,7 +42,8 @@ def main() -> None:
     ind_tasks = [t.name for t in cache.tasks() if not t.shifted]
     cfg = common.settings(config.distill, steps=a.steps, warmup_steps=max(1, a.steps // 10), batch_size=a.batch,
                           text_batch_size=a.batch, eval_every=a.every,
-                          lr=a.lr or config.distill.lr)
+                          lr=a.lr or config.distill.lr, text_tower_step_scale=a.text_tower_step_scale
+                          or config.distill.text_tower_step_scale)
     rows = []
     for s in common.spread_students(space, cache.embed_dim, a.students, seed=2):
         runs = []
