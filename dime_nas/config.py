@@ -6,6 +6,7 @@ file are resolved against the file's folder.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -188,6 +189,9 @@ class LossConfig:
     kind: str = "dime-fm"  # dime-fm, or feature (cosine feature distillation baseline)
 
 
+SHORT_RUN_ONLY = ("seeds", "text_tower_step_scale")  # DistillConfig settings a full run does not use
+
+
 @dataclass
 class DistillConfig:
     """One distillation run's budget and optimiser."""
@@ -222,8 +226,9 @@ class DistillConfig:
             raise ConfigError(f"must be cpu, cuda or cuda:N, got {self.device!r}", key="distill.device")
         if self.seeds < 1:
             raise ConfigError(f"must be >= 1, got {self.seeds}", key="distill.seeds")
-        if not self.text_tower_step_scale > 0:
-            raise ConfigError(f"must be > 0, got {self.text_tower_step_scale}", key="distill.text_tower_step_scale")
+        if not 0 < self.text_tower_step_scale < math.inf:
+            raise ConfigError(f"must be a number > 0, got {self.text_tower_step_scale}",
+                              key="distill.text_tower_step_scale")
         if self.average_last_evals < 1:
             raise ConfigError(f"must be >= 1, got {self.average_last_evals}", key="distill.average_last_evals")
         if self.average_last_evals > 1 and not self.eval_every:
@@ -235,8 +240,9 @@ class DistillConfig:
         return 1.0 if student.text.kind == "teacher" else self.text_tower_step_scale
 
     def for_student(self, student) -> DistillConfig:
-        """The short-run settings of one student: its steps, warm-up, evaluation points and time cap
-        scaled by ``step_scale``, so that its schedule has the same shape, only longer."""
+        """The short-run settings of one student: its steps, warm-up, evaluation interval and time
+        cap scaled by ``step_scale``, so that its schedule has the same shape, only longer (rounding
+        may give it one evaluation more or fewer than the unscaled run)."""
         scale = self.step_scale(student)
         if scale == 1.0:
             return self

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from .config import METRICS
+from .config import METRICS, SHORT_RUN_ONLY
 from .errors import ConfigError
 from .run_dir import RunDir
 from .search.record import TrialRecord, trial_status
@@ -119,9 +119,9 @@ def distill_selected(run: RunDir, select: str, *, steps: int | None = None, prog
             from .deliverable import export_student
 
             out = run.export_dir(student.arch_key)
+            recipe = {k: v for k, v in dataclasses.asdict(settings).items() if k not in SHORT_RUN_ONLY}
             card = export_student(student, towers, out, preprocess_cfg=cache.manifest["preprocess"],
-                                  teacher=teacher, card={"metrics": full, "data": cache.summary(),
-                                                         "distill": dataclasses.asdict(settings)})
+                                  teacher=teacher, card={"metrics": full, "data": cache.summary(), "distill": recipe})
             entry["export"] = str(out)
             entry["model_card"] = card["name"]
         results = [r for r in results if r["arch_key"] != student.arch_key] + [entry]

@@ -68,6 +68,8 @@ def test_distill_hand_off_and_export(tmp_path, tiny_teacher_dir, monkeypatch):
     assert f"**{results[0]['test']['accuracy']:.3f}**" in report
     key = results[0]["arch_key"]
     assert (run.export_dir(key) / "model_card.json").is_file() and results[0]["export"] == str(run.export_dir(key))
+    recipe = json.loads((run.export_dir(key) / "model_card.json").read_text())["distill"]
+    assert recipe["steps"] == 6 and not {"seeds", "text_tower_step_scale"} & set(recipe)  # the full run's recipe only
     # distilling the same pick again resumes the finished run: no optimiser step is taken twice
     import torch
 

@@ -15,7 +15,7 @@ from conftest import write_experiment
 from dime_nas import api
 from dime_nas.config import load_experiment
 from dime_nas.run_dir import RunDir
-from dime_nas.search.record import trial_status
+from dime_nas.search.record import TrialRecord, trial_status
 from dime_nas.search.study import trial_counts
 
 
@@ -356,8 +356,13 @@ def test_students_with_their_own_text_tower_train_the_scaled_short_run(tmp_path,
     (tmp_path / "space.yaml").write_text(TEXT_TOWER_SPACE)
     path.write_text(path.read_text().replace("distill: {steps: 4,", "distill: {text_tower_step_scale: 1.5, steps: 4,", 1))
     outcome = api.search(load_experiment(path), out=tmp_path / "run", progress=False)
-    steps = {t.user_attrs["config"]["text"]["kind"]: t.user_attrs["train_steps"] for t in outcome.study.get_trials()}
+    steps = {t.user_attrs["config"]["text"]["kind"]: t.user_attrs["train_steps"] for t in _evaluated(outcome.study)}
     assert steps == {"teacher": 4, "transformer": 6} and outcome.train_steps == 10
+
+
+def _evaluated(study):
+    """The trials that trained a student (not the repeats that reused a result)."""
+    return [t for t in study.get_trials() if not TrialRecord.from_trial(t).is_repeat]
 
 
 def _recorded_without_added_settings(study):
@@ -386,12 +391,14 @@ def test_the_text_tower_scale_splits_studies_only_where_the_space_has_a_student_
     assert api.search(config, out=other / "run", trials=2, progress=False).already_done == 1
 
 
-def test_the_pruner_sees_trials_at_the_same_share_of_their_run(tmp_path, tiny_teacher_dir, monkeypatch):
+def test_the_pruner_compares_the_same_evaluation_of_each_trial(tmp_path, tiny_teacher_dir):
+    """A student with its own text tower reports its k-th evaluation at the step where a plain
+    trial has its k-th, also where the scale makes no whole number of steps."""
     path = write_experiment(tmp_path, tiny_teacher_dir, trials=2, extra="objectives: [{metric: accuracy}]")
     (tmp_path / "space.yaml").write_text(TEXT_TOWER_SPACE)
     config = load_experiment(path)
-    config.distill.eval_every = 2  # steps 4; a text-tower student trains 8 and is evaluated at step 4
-    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: False)
+    config.distill.steps, config.distill.eval_every, config.distill.text_tower_step_scale = 16, 5, 2.5
     outcome = api.search(config, out=tmp_path / "run", progress=False)
-    reported = {t.user_attrs["config"]["text"]["kind"]: list(t.intermediate_values) for t in outcome.study.get_trials()}
-    assert reported == {"teacher": [2], "transformer": [2]}
+    reported = {t.user_attrs["config"]["text"]["kind"]: list(t.intermediate_values) for t in _evaluated(outcome.study)}
+    # the plain trial evaluates at steps 5, 10, 15; the text-tower one (40 steps) at 12, 24, 36
+    assert reported == {"teacher": [5, 10, 15], "transformer": [5, 10, 15]}

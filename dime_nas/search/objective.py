@@ -210,14 +210,15 @@ def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kep
         return _values(ctx, metrics)
 
     settings = ctx.experiment.distill.for_student(config)
-    scale = ctx.experiment.distill.step_scale(config)
 
     def on_eval(step: int, m: dict[str, Any]) -> None:
         if ctx.multi_objective or not ctx.experiment.search.prune:
             return
         value = m.get(ctx.objectives[0].metric)
         if value is not None:
-            trial.report(value, round(step / scale))  # the pruner compares trials at the same share of their run
+            # the pruner compares the k-th evaluations of trials: a longer short run (its own text
+            # tower) reports its k-th at the step where a plain one has it
+            trial.report(value, step // settings.eval_every * ctx.experiment.distill.eval_every)
             if trial.should_prune():
                 record.write(trial, status="pruned",
                              reason=f"pruned at step {step}: {ctx.objectives[0].metric} = {value:.4g}")

@@ -109,7 +109,7 @@ def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[
     space = hashlib.sha256(Path(ctx.space.source).read_bytes()).hexdigest() if Path(ctx.space.source).is_file() \
         else ctx.space.source
     distill = plain["distill"]
-    if "transformer" not in ctx.space.kinds["text"]:
+    if all(kind == "teacher" for kind in ctx.space.kinds["text"]):
         distill["text_tower_step_scale"] = 1.0  # no student text tower here: the scale changes no trial
     fingerprint = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"], "space": space,
                    "target": ctx.target.to_dict(), "objectives": [o.metric for o in ctx.objectives],

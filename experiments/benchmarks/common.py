@@ -68,6 +68,7 @@ def settings(base, **overrides):
                 setattr(s.losses, lk, lv)
         else:
             setattr(s, k, v)
+    s.__post_init__()  # the same checks as a config file's (a scale of 0, say, is refused)
     return s
 
 

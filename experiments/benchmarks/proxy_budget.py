@@ -58,7 +58,7 @@ def main() -> None:
         noise = ensure(f"seed_noise_demo29_b{n}", [str(HERE / "seed_noise.py"), "--config", a.config,
                                                    "--students", "4", "--seeds", "5", "--steps", str(n), "--batch",
                                                    "64", "--every", str(n // 2), "--last", "1", "--name",
-                                                   f"seed_noise_demo29_b{n}"])
+                                                   f"seed_noise_demo29_b{n}", "--text-tower-step-scale", "1"])
         table = fid["rank_agreement"]
         proxy = next(v for k, v in table.items() if k.startswith("proxy: short-run accuracy, mean of"))
         agreement = table["teacher agreement after the short run"]

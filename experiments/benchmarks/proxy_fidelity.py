@@ -119,21 +119,20 @@ def main() -> None:
     short_cfg = config.distill if a.short_steps is None else common.settings(
         config.distill, steps=a.short_steps, warmup_steps=max(1, a.short_steps // 10))
     a.long = a.long or 10 * short_cfg.steps
-    tag = ""
     if a.eval_every:
         short_cfg = common.settings(short_cfg, eval_every=a.eval_every)
-        tag = f"|eval{a.eval_every}"
     if a.lr is not None:
         short_cfg = common.settings(short_cfg, lr=a.lr)
-        tag += f"|lr{a.lr:g}"
     if a.text_tower_step_scale is not None:
         short_cfg = common.settings(short_cfg, text_tower_step_scale=a.text_tower_step_scale)
 
     def short_of(s):
         """(settings, store key prefix) of a student's short run, as a search trial runs it."""
         cfg = short_cfg.for_student(s)
+        tag = (f"|eval{cfg.eval_every}" if a.eval_every else "") + (f"|lr{a.lr:g}" if a.lr is not None else "")
         return cfg, f"{s.arch_key}|short{cfg.steps}{tag}"
 
+    text_steps = next((short_of(s)[0].steps for s, _ in picks if s.text.kind != "teacher"), short_cfg.steps)
     jobs = []
     for s, _ in picks:
         jobs.append(common.job(common.long_key(s, a.long, 0, "dime-fm"), s, common.long_settings(config, a.long, 0),
@@ -204,12 +203,14 @@ def main() -> None:
     # readings of the same short runs: which evaluation points the score averages
     steps = short_cfg.steps
 
-    def points(r):
-        pts = {e["step"]: e["accuracy"] for e in r["evals"]}
+    def points(r, eval_every):
+        """Accuracy by evaluation point, the k-th evaluation of a longer run (its own text tower) at
+        the step of a plain run's k-th, as the pruner sees them; the final one at ``steps``."""
+        pts = {e["step"] // eval_every * short_cfg.eval_every: e["accuracy"] for e in r["evals"]}
         pts[steps] = r.get("final_accuracy", 2 * r["accuracy"] - r["evals"][-1]["accuracy"] if r["evals"] else r["accuracy"])
         return pts
 
-    pts = [[points(r) for r in st["short_runs"]] for st in students]
+    pts = [[points(r, short_of(s)[0].eval_every) for r in st["short_runs"]] for (s, _), st in zip(picks, students)]
     available = set.intersection(*(set(p) for row in pts for p in row))
     candidates = {f"step {steps} only": (steps,), f"mean of steps {steps // 2}, {steps}": (steps // 2, steps),
                   f"mean of steps {steps * 2 // 3}, {steps}": (steps * 2 // 3, steps),
@@ -239,7 +240,8 @@ def main() -> None:
                               if image_key in predictors else None,
                               "tau_best_baseline": kendall_tau(predictors[best_base][keep], full[keep])}
     data = {"sizes": {**vars(a), "config": common.relative(a.config), "store": common.relative(a.store),
-                      "short": short_cfg.steps, "short_eval_every": short_cfg.eval_every,
+                      "short": short_cfg.steps, "text_tower_step_scale": short_cfg.text_tower_step_scale,
+                      "short_with_text_tower": text_steps, "short_eval_every": short_cfg.eval_every,
                       "short_average_last_evals": short_cfg.average_last_evals, "batch": short_cfg.batch_size,
                       "students": len(students)},
             "machine": common.machine(), "students": students, "rank_agreement": table,
@@ -256,8 +258,8 @@ def main() -> None:
           + (f"mean of the evaluations every {short_cfg.eval_every} steps (last {short_cfg.average_last_evals})"
              if short_cfg.eval_every and short_cfg.average_last_evals > 1 else "the final evaluation")
           + f" on the search-validation split, {a.seeds} seeds"
-          + (f" ({round(short_cfg.steps * short_cfg.text_tower_step_scale)} steps for students that train their own "
-             "text tower)" if short_cfg.text_tower_step_scale != 1 else "")
+          + (f" ({text_steps} steps for students that train their own text tower)" if text_steps != short_cfg.steps
+             else "")
           + f". Long run: {a.long} steps "
           f"({a.long / short_cfg.steps:.0f}x), same recipe, seed 0, scored on the held-out test split. "
           f"{a.workers} worker process(es) x {a.threads} thread(s).\n",
@@ -311,7 +313,8 @@ def main() -> None:
                             fmt=mk, c=col, label=f"{fam}, text={text}", capsize=2)
     t = table[names[0]]
     ax.set_title(f"tau {t['tau']:.2f} [{t['tau_lo']:.2f}, {t['tau_hi']:.2f}], n={len(students)}", fontsize=9)
-    ax.set_xlabel(f"short-run proxy ({short_cfg.steps} steps, mean of {a.seeds} seeds; bars: seed std)")
+    ax.set_xlabel(f"short-run proxy ({short_cfg.steps} steps" + (f", {text_steps} with a text tower" if text_steps
+                  != short_cfg.steps else "") + f", mean of {a.seeds} seeds; bars: seed std)")
     ax.set_ylabel(f"long-run accuracy ({a.long} steps, test split)")
     ax.legend(fontsize=7)
     fig.tight_layout()

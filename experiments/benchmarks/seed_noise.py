@@ -42,8 +42,8 @@ def main() -> None:
     ind_tasks = [t.name for t in cache.tasks() if not t.shifted]
     cfg = common.settings(config.distill, steps=a.steps, warmup_steps=max(1, a.steps // 10), batch_size=a.batch,
                           text_batch_size=a.batch, eval_every=a.every,
-                          lr=a.lr or config.distill.lr, text_tower_step_scale=a.text_tower_step_scale
-                          or config.distill.text_tower_step_scale)
+                          lr=a.lr or config.distill.lr, text_tower_step_scale=config.distill.text_tower_step_scale
+                          if a.text_tower_step_scale is None else a.text_tower_step_scale)
     rows = []
     for s in common.spread_students(space, cache.embed_dim, a.students, seed=2):
         runs = []
@@ -54,7 +54,7 @@ def main() -> None:
             runs.append({"seed": seed, "final": r["accuracy"], "last_k_mean": float(np.mean(points[-a.last:])),
                          "eval_points": points, "eval_se": se, "train_s": r["train_s"]})
         final, lastk = [x["final"] for x in runs], [x["last_k_mean"] for x in runs]
-        rows.append({"arch_key": s.arch_key, "describe": s.describe(), "runs": runs,
+        rows.append({"arch_key": s.arch_key, "describe": s.describe(), "text": s.text.kind, "runs": runs,
                      "final_mean": float(np.mean(final)), "final_std": float(np.std(final, ddof=1)),
                      "last_k_mean": float(np.mean(lastk)), "last_k_std": float(np.std(lastk, ddof=1)),
                      "eval_se": float(np.mean([x["eval_se"] for x in runs]))})
@@ -68,7 +68,9 @@ def main() -> None:
     data = {"sizes": vars(a), "eval_images_per_task": counts, "students": rows, "pooled": pooled,
             "note": "accuracies do not depend on machine load"}
     md = [f"# Seed noise of the proxy\n\n{a.students} students x {a.seeds} seeds, {a.steps} steps at batch {a.batch} "
-          f"(the experiment's short run: {config.distill.steps} steps at batch {config.distill.batch_size}). "
+          + (f"({cfg.text_tower_step_scale:g}x the steps and evaluation interval for a student with its own text "
+             "tower) " if any(r["text"] != "teacher" for r in rows) and cfg.text_tower_step_scale != 1 else "")
+          + f"(the experiment's short run: {config.distill.steps} steps at batch {config.distill.batch_size}). "
           f"Experiment: {a.config.split('/')[-1]}. Evaluation: {sum(counts[t] for t in ind_tasks)} in-distribution images over {len(ind_tasks)} tasks.\n",
           f"| student | mean acc | seed std (final) | seed std (mean of last {a.last} evals, every {a.every}) "
           "| eval binomial SE |", "|---|---|---|---|---|"]

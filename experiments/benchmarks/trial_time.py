@@ -50,7 +50,8 @@ def search_split(config, cache, text_cfg, trials: int, steps: int) -> dict:
         t = trial.user_attrs.get("timings", {})
         rows.append({"arch_key": trial.user_attrs.get("arch_key"), "status": trial.user_attrs.get("status"),
                      "wall_s": wall, "cost_s": t.get("cost_s", 0.0), "train_s": t.get("train_s", 0.0),
-                     "eval_s": t.get("eval_s", 0.0), "teacher_forwards": trial.user_attrs.get("teacher_forwards", 0)})
+                     "eval_s": t.get("eval_s", 0.0), "teacher_forwards": trial.user_attrs.get("teacher_forwards", 0),
+                     "text": trial.user_attrs["config"]["text"]["kind"]})
         rows[-1]["bookkeeping_s"] = wall - rows[-1]["cost_s"] - rows[-1]["train_s"] - rows[-1]["eval_s"]
         print(rows[-1], flush=True)
     return {"trials": rows}
@@ -143,7 +144,10 @@ def main() -> None:
     data = {"sizes": vars(a), "search": split, "throughput": shapes, "load_avg_1m_at_end": os.getloadavg()[0]}
     keys = ["cost_s", "train_s", "eval_s", "bookkeeping_s"]
     md = [f"# Where a trial's time goes\n\n{a.trials} distinct trials of `{a.config.split('/')[-1]}` (random sampler, "
-          f"{a.steps} training steps per trial, batch {a.batch}; {os.cpu_count()}-core CPU, 1-min load average "
+          f"{a.steps} training steps per trial"
+          + (f" ({config.distill.text_tower_step_scale:g}x for a student with its own text tower)"
+             if any(r["text"] != "teacher" for r in split["trials"]) else "")
+          + f", batch {a.batch}; {os.cpu_count()}-core CPU, 1-min load average "
           f"{os.getloadavg()[0]:.1f} at the end).\n",
           "| | " + " | ".join(keys) + " | wall_s | teacher forwards |", "|---|" + "---|" * (len(keys) + 2)]
     if trained:
