@@ -79,7 +79,6 @@ def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None 
         ConfigError: bad config, a run folder or study of other settings, an unreachable storage.
         CacheError: (workers) no complete cache for this experiment.
     """
-    from .cost.targets import get_target
     from .errors import ConfigError
     from .pipeline import open_shared_cache, prepare_cache
     from .search.objective import TrialContext
@@ -87,7 +86,6 @@ def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None 
     from .search.report import write_report
     from .search.storage import open_storage
     from .search.study import run_search
-    from .space import SearchSpace
 
     t0 = time.time()
     config = load(experiment)
@@ -102,11 +100,11 @@ def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None 
     # workers share a cache built once; they never build one
     cache, text_cfg = open_shared_cache(config) if worker else prepare_cache(config, progress=progress)
     prepared = time.time() - t0
-    ctx = TrialContext(config, SearchSpace.load(config.space), cache, get_target(config.target, config.targets_file),
-                       text_cfg, objectives=config.objectives, budgets=config.budget_list, progress=progress)
+    ctx = TrialContext.for_experiment(config, cache, text_cfg, progress=progress)
+    ctx.evaluator.prepare(ctx)  # e.g. a supernet trained (or loaded) before the first trial
     n = 1 if worker else config.search.local_workers
     if config.search.local_workers > 1:  # this process and its local workers share the machine's cores
-        ctx.timing_gate = TimingGate(run.path / "timing.lock")
+        ctx.meter.timing_gate = TimingGate(run.path / "timing.lock")
     with LocalWorkers(config.source, url, run.path, n - 1, threads_each(n), trials=trials) as helpers, \
             torch_threads(threads_each(n) if n > 1 else None):
         result = run_search(config, ctx, run, url, trials=trials, force=force, progress=progress)

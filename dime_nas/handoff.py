@@ -84,9 +84,7 @@ def distill_selected(run: RunDir, select: str, *, steps: int | None = None, prog
     from .distill.trainer import distill
     from .evaluate import evaluate_student, evaluate_towers
     from .pipeline import prepare_cache, teacher_spec
-    from .cost.targets import get_target
-    from .search.objective import TrialContext, measure_cost
-    from .space import SearchSpace
+    from .cost.meter import CostMeter
     from .teacher import load_teacher
 
     config = run.load_config()
@@ -94,8 +92,7 @@ def distill_selected(run: RunDir, select: str, *, steps: int | None = None, prog
     teacher = load_teacher(teacher_spec(config.teacher, progress), device=config.teacher.device)
     cache, text_cfg = prepare_cache(config, progress=progress, teacher=teacher)
     settings = config.full_distill if steps is None else dataclasses.replace(config.full_distill, steps=steps)
-    target = get_target(config.target, config.targets_file)
-    ctx = TrialContext(config, SearchSpace.load(config.space), cache, target, text_cfg)
+    meter = CostMeter.for_experiment(config, text_cfg)
     results = json.loads(run.distill_results.read_text()) if run.distill_results.exists() else []
     for pick in picks:
         student = StudentConfig.from_dict(pick["config"])
@@ -104,7 +101,7 @@ def distill_selected(run: RunDir, select: str, *, steps: int | None = None, prog
                                  evaluate=functools.partial(evaluate_towers, cache=cache))
         if not result.is_main:  # under torchrun, rank 0 alone measures, evaluates and writes
             continue
-        cost = measure_cost(student, ctx)
+        cost = meter.measure(student)
         full = {**result.metrics, "latency_ms": cost["latency_ms"], "gmacs": cost["gmacs"],
                 "params_m": cost["params_m"]}
         # the held-out test split: seen by no trial and no selection, so free of selection bias

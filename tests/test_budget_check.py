@@ -1,7 +1,6 @@
 """Near-budget latency decisions: re-measured with a reference, decided on the pooled median."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 
@@ -11,7 +10,7 @@ from dime_nas.cost.budget_check import decide_latency_budget
 from dime_nas.cost.latency import LatencyBackend, LatencyMeasurement
 from dime_nas.cost.targets import Target
 from dime_nas.errors import ConfigError
-from dime_nas.search.objective import TimedTowers, TrialContext, measure_cost, time_again
+from dime_nas.cost.meter import CostMeter, TimedTowers
 from dime_nas.student import StudentConfig
 
 BUDGET = Budget.parse("latency_ms <= 0.3")
@@ -84,15 +83,14 @@ class _ScriptedBackend(LatencyBackend):
 
 
 def _scripted_trial(monkeypatch, candidate: list[float], reference: tuple[float, ...] = (1.0,) * 4):
-    """A student and a trial context whose latencies are the scripted medians (4 near-budget rounds)."""
+    """A student and a cost meter whose latencies are the scripted medians (4 near-budget rounds)."""
     monkeypatch.setitem(latency.LATENCY_BACKENDS, "onnxruntime", _ScriptedBackend)
     _ScriptedBackend.script = {"candidate": list(candidate), "reference": list(reference)}
     _ScriptedBackend.calls = []
     vision = {"kind": "vit", "image_size": 32, "patch_size": 16, "layers": 1, "width": 64, "heads": 2, "mlp_ratio": 2.0}
     student = StudentConfig.from_dict({"embed_dim": 32, "vision": vision, "text": {"kind": "teacher"}})
     target = Target(name="scripted", description="scripted timings", warmup=0, runs=1)
-    return student, TrialContext(SimpleNamespace(search=SearchConfig(near_budget_rounds=4)), None, None, target, None,
-                                 budgets=[BUDGET], progress=False)
+    return student, CostMeter(target, None, [BUDGET], near_budget_rounds=4)
 
 
 @pytest.mark.parametrize("script, feasible", [
@@ -100,8 +98,8 @@ def _scripted_trial(monkeypatch, candidate: list[float], reference: tuple[float,
     ({"candidate": [0.28, 0.33, 0.34, 0.31, 0.35], "reference": [1.0] * 4}, False),
 ])
 def test_a_trial_records_both_measurements_and_follows_the_pooled_median(monkeypatch, script, feasible):
-    student, ctx = _scripted_trial(monkeypatch, script["candidate"], script["reference"])
-    cost = measure_cost(student, ctx)
+    student, meter = _scripted_trial(monkeypatch, script["candidate"], script["reference"])
+    cost = meter.measure(student)
     decision = cost["latency_decision"]
     assert decision["near"] and decision["first_ms"] == script["candidate"][0]
     assert decision["rounds_ms"] == script["candidate"] and decision["reference_ms"] == script["reference"]
@@ -113,26 +111,26 @@ def test_a_trial_records_both_measurements_and_follows_the_pooled_median(monkeyp
 @pytest.mark.parametrize("first, again, kept", [(0.20, 0.10, 0.10), (0.10, 0.20, 0.10)])
 def test_the_latency_timed_again_after_training_keeps_the_lower_reading(monkeypatch, tmp_path, first, again, kept):
     """A reading slowed by other work on the machine (the first here) is replaced by a later, faster one."""
-    student, ctx = _scripted_trial(monkeypatch, [first, again])
+    student, meter = _scripted_trial(monkeypatch, [first, again])
     holder = TimedTowers(str(tmp_path))
-    cost = measure_cost(student, ctx, holder)
+    cost = meter.measure(student, holder)
     assert cost["latency_ms"] == first and "latency_decision" in cost and not cost["latency_decision"]["near"]
-    after = time_again(cost, ctx, holder)
+    after = meter.time_again(cost, holder)
     assert after["latency_ms"] == kept and after["latency_readings_ms"] == [first, again]
     assert after["latency_p90_ms"] == pytest.approx(kept * 1.1)  # the spread of the reading kept
     assert _ScriptedBackend.calls == ["candidate", "candidate"]  # the same export, timed twice
 
 
 def test_a_near_budget_decision_is_not_timed_again(monkeypatch, tmp_path):
-    student, ctx = _scripted_trial(monkeypatch, [0.29, 0.28, 0.30, 0.27, 0.31, 0.05])
+    student, meter = _scripted_trial(monkeypatch, [0.29, 0.28, 0.30, 0.27, 0.31, 0.05])
     holder = TimedTowers(str(tmp_path))
-    cost = measure_cost(student, ctx, holder)
+    cost = meter.measure(student, holder)
     assert cost["latency_decision"]["near"]
-    assert time_again(cost, ctx, holder) == cost and len(_ScriptedBackend.calls) == 9  # 1 + 4 rounds x 2
+    assert meter.time_again(cost, holder) == cost and len(_ScriptedBackend.calls) == 9  # 1 + 4 rounds x 2
 
 
 def test_the_lower_reading_after_training_also_replaces_the_tower_s_own_latency(monkeypatch, tmp_path):
-    student, ctx = _scripted_trial(monkeypatch, [0.20, 0.10])
+    student, meter = _scripted_trial(monkeypatch, [0.20, 0.10])
     holder = TimedTowers(str(tmp_path))
-    after = time_again(measure_cost(student, ctx, holder), ctx, holder)
+    after = meter.time_again(meter.measure(student, holder), holder)
     assert after["per_tower"]["image"]["latency_median_ms"] == 0.10 == after["latency_ms"]

@@ -11,7 +11,7 @@ import pytest
 from dime_nas.config import LatencyPredictorConfig
 from dime_nas.cost.predictor import KINDS, LatencyPredictor, fit_predictor, tower_features
 from dime_nas.cost.targets import Target
-from dime_nas.search.latency_gate import LatencyGate
+from dime_nas.cost.latency_gate import LatencyGate
 
 TARGET = Target(name="board", description="synthetic", intra_op_threads=1)
 

@@ -158,14 +158,16 @@ def test_cli_targets_shows_each_agents_device_and_latency_measures_there(agent, 
 
 def _trial_context(target: Target, tmp: Path):
     from dime_nas.config import Objective
+    from dime_nas.cost.meter import CostMeter
+    from dime_nas.search.evaluators import ShortDistill
     from dime_nas.search.objective import TrialContext
     from dime_nas.space import SearchSpace
     from conftest import TEST_SPACE
 
     space = tmp / "space.yaml"
     return TrialContext(SimpleNamespace(latency_predictor=None, search=SimpleNamespace(prune=False)),
-                        SearchSpace.load(_write(space, TEST_SPACE)), SimpleNamespace(embed_dim=64), target, None,
-                        objectives=[Objective("accuracy"), Objective("latency_ms")])
+                        SearchSpace.load(_write(space, TEST_SPACE)), SimpleNamespace(embed_dim=64),
+                        CostMeter(target, None), ShortDistill(), objectives=[Objective("accuracy"), Objective("latency_ms")])
 
 
 def _write(path: Path, text: str) -> Path:
@@ -174,12 +176,12 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_trial_records_the_device_of_each_measurement(agent, tmp_path):
-    from dime_nas.search.objective import measure_cost
+    from dime_nas.cost.meter import CostMeter
     from dime_nas.student import StudentConfig, VisionTowerConfig
 
     config = StudentConfig(embed_dim=64, vision=VisionTowerConfig(kind="vit", image_size=32, layers=1, width=32,
                                                                   heads=2, mlp_ratio=2.0, patch_size=8))
-    cost = measure_cost(config, _trial_context(remote_target(agent, runs=3), tmp_path))
+    cost = CostMeter(remote_target(agent, runs=3), None).measure(config)
     device = cost["per_tower"]["image"]["device"]
     assert device["agent"] == agent.url and device["labels"] == {"board": "a"}
     assert cost["latency_source"] == "measured" and cost["latency_ms"] > 0

@@ -306,7 +306,7 @@ def test_seeds_score_a_trial_by_the_mean_of_several_short_runs(tmp_path, tiny_te
 
 
 def test_mean_over_seeds_averages_every_number_and_gives_the_spread_of_the_headline_ones():
-    from dime_nas.search.objective import mean_over_seeds
+    from dime_nas.search.evaluators import mean_over_seeds
 
     out = mean_over_seeds([{"accuracy": 0.5, "task/a/top1": 0.2, "split": "val"},
                            {"accuracy": 0.7, "task/a/top1": 0.4, "split": "val"}])

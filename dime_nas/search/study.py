@@ -112,7 +112,7 @@ def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[
     if all(kind == "teacher" for kind in ctx.space.kinds["text"]):
         distill["text_tower_step_scale"] = 1.0  # no student text tower here: the scale changes no trial
     fingerprint = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"], "space": space,
-                   "target": ctx.target.to_dict(), "objectives": [o.metric for o in ctx.objectives],
+                   "target": ctx.meter.target.to_dict(), "objectives": [o.metric for o in ctx.objectives],
                    "budgets": [str(b) for b in ctx.budgets], "distill": distill}
     return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
@@ -230,7 +230,7 @@ def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, run: Ru
         study.set_user_attr("fingerprint", fingerprint)
         study.set_user_attr("objectives", [o.metric for o in ctx.objectives])
         study.set_user_attr("budgets", [str(b) for b in ctx.budgets])
-        study.set_user_attr("target", ctx.target.to_dict())
+        study.set_user_attr("target", ctx.meter.target.to_dict())
         study.set_user_attr("space", ctx.space.source)
         study.set_user_attr("hv_reference", config.search.hv_reference)
     # workers sharing a database each get their own seed, or they would propose the same students

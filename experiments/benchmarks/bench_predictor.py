@@ -115,7 +115,7 @@ def main() -> int:
     from dime_nas.cost.latency import machine_facts
     from dime_nas.cost.predictor import KINDS, errors, fit_predictor
     from dime_nas.cost.targets import Target
-    from dime_nas.search.latency_gate import LatencyGate
+    from dime_nas.cost.latency_gate import LatencyGate
 
     torch.set_num_threads(2)
     t_start = time.time()

@@ -25,15 +25,11 @@ import common
 def search_split(config, cache, text_cfg, trials: int, steps: int) -> dict:
     import optuna
 
-    from dime_nas.cost.targets import get_target
     from dime_nas.search.objective import TrialContext, run_trial
-    from dime_nas.space import SearchSpace, resolve_space_path
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config.distill = common.settings(config.distill, steps=steps, warmup_steps=max(1, steps // 10))
-    ctx = TrialContext(config, SearchSpace.load(resolve_space_path(config.space)), cache,
-                       get_target(config.target, config.targets_file), text_cfg, objectives=config.objectives,
-                       budgets=config.budget_list, progress=False)
+    ctx = TrialContext.for_experiment(config, cache, text_cfg, progress=False)
     study = optuna.create_study(directions=[o.direction for o in config.objectives],
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     rows = []

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import LatencyPredictorConfig
-from ..cost.predictor import LatencyPredictor, family, fit_predictor, samples_from_cost
-from ..cost.targets import Target
 from ..errors import ConfigError
+from .predictor import LatencyPredictor, family, fit_predictor, samples_from_cost
+from .targets import Target
+
+if TYPE_CHECKING:
+    from ..config import LatencyPredictorConfig
 
 _log = logging.getLogger(__name__)
 
@@ -74,17 +76,3 @@ class LatencyGate:
             _log.info("latency predictor refitted on %d towers (%s, cross-validated MAPE %.1f%%)",
                       len(self.samples), self.predictor.kind, 100 * self.predictor.report["held_out"]["mape"])
 
-
-def gate_for(ctx: Any) -> LatencyGate | None:
-    """The search's gate, made on first use; None when the experiment has no latency predictor."""
-    options = getattr(ctx.experiment, "latency_predictor", None)
-    if options is None:
-        return None
-    gate = getattr(ctx, "_latency_gate", None)
-    if gate is None:
-        budgets = [b.value for b in ctx.budgets if b.metric == "latency_ms" and b.op == "<="]
-        if not budgets:
-            return None
-        gate = LatencyGate(options, ctx.target, min(budgets))
-        ctx._latency_gate = gate  # lives as long as the search's context
-    return gate

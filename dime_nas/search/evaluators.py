@@ -1,0 +1,138 @@
+"""How a search scores a student it has costed: the :class:`TrialEvaluator` seam.
+
+The objective (``search/objective.py``) owns a trial's flow: claim the architecture, reuse
+an earlier result, measure the cost, reject a student over a cost budget, record. Between
+the cost and the record, an evaluator turns the student into quality metrics:
+
+- ``short_distill``: a short DIME-FM run from scratch per seed, scored on the validation split;
+- ``supernet``: the student's weights inherited from a trained weight-sharing supernet.
+
+A study uses one evaluator (``search.evaluator``); adding one is a class and a line in
+:data:`EVALUATORS`.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from ..errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from ..student import StudentConfig
+    from .objective import TrialContext
+
+
+@dataclass
+class Evaluation:
+    """What an evaluator measured of one student."""
+
+    metrics: dict[str, Any]  # quality metrics on the validation split (accuracy, per task, ...)
+    train_steps: int  # optimiser steps it took (0: none)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, e.g. train_s, eval_s
+    record: dict[str, Any] = field(default_factory=dict)  # further TrialRecord fields (train_device, loss_curve)
+
+
+class TrialEvaluator(abc.ABC):
+    """Scores students of one study.
+
+    Call order: :meth:`prepare` once per process before its first trial, then
+    :meth:`evaluate` for each student that passed its cost budgets. ``evaluate`` never runs
+    the teacher (the objective checks), reads only the validation split, and may raise
+    ``optuna.TrialPruned`` to stop a student early.
+    """
+
+    name: str = ""
+
+    def prepare(self, ctx: TrialContext) -> None:
+        """Build or load what every trial shares (nothing by default)."""
+
+    @abc.abstractmethod
+    def evaluate(self, trial: optuna.Trial, ctx: TrialContext, config: StudentConfig) -> Evaluation:
+        """The student's quality metrics."""
+
+
+class ShortDistill(TrialEvaluator):
+    """A short DIME-FM run from scratch (``distill`` settings), per seed; scored by the mean over seeds.
+
+    In a single-objective study the first seed's intermediate evaluations feed the pruner.
+    """
+
+    name = "short_distill"
+
+    def evaluate(self, trial: optuna.Trial, ctx: TrialContext, config: StudentConfig) -> Evaluation:
+        from ..distill.trainer import average_last_evals, distill
+        from ..evaluate import evaluate_towers
+
+        settings = ctx.experiment.distill.for_student(config)
+        evaluate = functools.partial(evaluate_towers, cache=ctx.cache)
+        gate = ctx.meter.timing_gate
+        timings = {"train_s": 0.0, "eval_s": 0.0}
+        steps, per_seed = 0, []
+        for k in range(settings.seeds):  # seeds > 1: the mean of several short runs, for a steadier score
+            t0 = time.time()
+            model, result = distill(config, ctx.cache, dataclasses.replace(settings, seed=settings.seed + k),
+                                    progress=ctx.progress, on_eval=_pruner(trial, ctx, settings) if k == 0 else None,
+                                    evaluate=evaluate, final_eval=False,
+                                    before_step=gate.step if gate is not None else None)
+            steps += result.steps
+            timings["train_s"] += time.time() - t0
+            t0 = time.time()
+            per_seed.append(average_last_evals(result.evals, evaluate(model), settings.average_last_evals))
+            timings["eval_s"] += time.time() - t0
+        return Evaluation(mean_over_seeds(per_seed), steps, timings,
+                          {"train_stopped_by": result.stopped_by, "train_device": result.device,
+                           "loss_curve": [{"step": c["step"], "total": c["total"]} for c in result.curve]})
+
+
+def _pruner(trial: optuna.Trial, ctx: TrialContext, settings: Any) -> Any:
+    """The on_eval callback that reports to Optuna's pruner (None where pruning is off)."""
+    from . import record
+
+    if ctx.multi_objective or not ctx.experiment.search.prune:
+        return None
+    metric = ctx.objectives[0].metric
+
+    def on_eval(step: int, m: dict[str, Any]) -> None:
+        value = m.get(metric)
+        if value is not None:
+            # the pruner compares the k-th evaluations of trials: a longer short run (its own text
+            # tower) reports its k-th at the step where a plain one has it
+            trial.report(value, step // settings.eval_every * ctx.experiment.distill.eval_every)
+            if trial.should_prune():
+                record.write(trial, status="pruned", reason=f"pruned at step {step}: {metric} = {value:.4g}")
+                raise optuna.TrialPruned()
+
+    return on_eval
+
+
+def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs' metrics, each number averaged over them; with several runs, also
+    ``seed_std/<metric>`` (the spread between seeds) for each headline number (not per task)."""
+    import statistics
+
+    from ..distill.trainer import mean_of_readings
+
+    if len(per_seed) == 1:
+        return dict(per_seed[0])
+    out = mean_of_readings(per_seed[:-1], per_seed[-1])
+    for key, value in per_seed[-1].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and "/" not in key:
+            out[f"seed_std/{key}"] = statistics.stdev(float(m[key]) for m in per_seed)
+    return out
+
+
+EVALUATORS: dict[str, type[TrialEvaluator]] = {ShortDistill.name: ShortDistill}
+
+
+def make_evaluator(name: str) -> TrialEvaluator:
+    """The evaluator called ``name`` (``search.evaluator``)."""
+    if name not in EVALUATORS:
+        raise ConfigError(f"unknown evaluator {name!r}" + did_you_mean(name, EVALUATORS)
+                          + f"; known: {', '.join(EVALUATORS)}", key="search.evaluator")
+    return EVALUATORS[name]()
