@@ -101,7 +101,7 @@ def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None 
     cache, text_cfg = open_shared_cache(config) if worker else prepare_cache(config, progress=progress)
     prepared = time.time() - t0
     ctx = TrialContext.for_experiment(config, cache, text_cfg, progress=progress)
-    ctx.evaluator.prepare(ctx)  # e.g. a supernet trained (or loaded) before the first trial
+    ctx.evaluator.prepare(ctx, build=not worker)  # e.g. a supernet trained (or loaded) before the first trial
     n = 1 if worker else config.search.local_workers
     if config.search.local_workers > 1:  # this process and its local workers share the machine's cores
         ctx.meter.timing_gate = TimingGate(run.path / "timing.lock")
@@ -187,6 +187,27 @@ def build_cache(experiment: str | Path | ExperimentConfig, *, progress: bool = T
 
     cache, _ = prepare_cache(load(experiment), progress=progress)
     return cache
+
+
+def train_supernet(experiment: str | Path | ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume, or find stored) the weight-sharing supernet of an experiment's space, as a
+    ``search.evaluator: supernet`` search does before its first trial; returns its ``summary.json``.
+
+    Raises:
+        ConfigError: the space has timm trunks or a continuous dimension (no supernet for it).
+    """
+    import json
+
+    from .pipeline import prepare_cache
+    from .space import SearchSpace
+    from .supernet.store import load_or_train, supernet_dir
+
+    config = load(experiment)
+    space = SearchSpace.load(config.space)
+    cache, _ = prepare_cache(config, progress=progress)
+    load_or_train(config, space, cache, progress=progress)
+    folder = supernet_dir(config, space)
+    return {"folder": str(folder), **json.loads((folder / "summary.json").read_text())}
 
 
 def _run(run_dir: str | Path | RunDir) -> RunDir:

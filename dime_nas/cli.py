@@ -156,6 +156,14 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("experiment", metavar="EXPERIMENT.yaml")
     ca.set_defaults(func=_cmd_cache)
 
+    sn = sub.add_parser("supernet", help="train the weight-sharing supernet of an experiment (search.evaluator: "
+                        "supernet)", description="Train the experiment's supernet once from its feature cache (the "
+                        "search does this before its first trial); resumes after a kill, reuses a stored one. "
+                        "Prints where it is kept and what its largest and smallest students reach.")
+    sn.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    sn.add_argument("--quiet", action="store_true", help="no progress bars")
+    sn.set_defaults(func=_cmd_supernet)
+
     se = sub.add_parser("search", help="run (or continue) the architecture search",
                         description="Run the Optuna search of an experiment; rerunning continues the same study. "
                         "Ctrl-C stops after the current trial. Writes the report at the end.")
@@ -398,6 +406,14 @@ def _cmd_cache(args) -> int:
     s = build_cache(args.experiment).summary()
     print(json.dumps({k: s[k] for k in ("root", "images", "sentences", "images_skipped", "sentences_dropped",
                                         "eval_tasks", "seconds")}, indent=1))
+    return 0
+
+
+def _cmd_supernet(args) -> int:
+    from .api import train_supernet
+
+    s = train_supernet(args.experiment, progress=not args.quiet)
+    print(json.dumps({k: s[k] for k in ("folder", "steps", "train_s", "seconds_per_step", "reached")}, indent=1))
     return 0
 
 

@@ -29,6 +29,7 @@ METRICS = {
     "params_m": ("minimize", "parameters of the counted towers, in millions"),
 }
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+EVALUATORS = ("short_distill", "supernet")  # how a trial scores a student (search/evaluators.py)
 _BUDGET_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -220,8 +221,13 @@ class DistillConfig:
     # rank's local GPU, cuda:LOCAL_RANK), else the CPU
     device: str | None = None
     losses: LossConfig = field(default_factory=LossConfig)
+    # full runs: "scratch" (random initialisation) or "supernet" (the weights the study's supernet holds
+    # for the student: search.evaluator supernet); a short run always starts from scratch
+    init: str = "scratch"
 
     def __post_init__(self) -> None:
+        if self.init not in ("scratch", "supernet"):
+            raise ConfigError(f"must be scratch or supernet, got {self.init!r}", key="full_distill.init")
         if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"must be cpu, cuda or cuda:N, got {self.device!r}", key="distill.device")
         if self.seeds < 1:
@@ -295,8 +301,45 @@ class Budget:
 
 
 @dataclass
+class SupernetConfig:
+    """The weight-sharing supernet (search.evaluator: supernet): trained once by DIME-FM from the feature
+    cache, then every trial scores its student with the weights the supernet holds for it."""
+
+    steps: int = 2000  # optimiser steps of the supernet's training
+    batch_size: int = 64  # images per step (each sampled subnet sees the same batch)
+    text_batch_size: int = 64  # sentences per step
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.05  # not applied to 1-D parameters, biases and embeddings
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to 0
+    grad_clip: float | None = 1.0  # max gradient norm (None: off)
+    # the sandwich rule: each step trains the largest and the smallest subnet and this many drawn by
+    # the space's own distribution, their gradients summed
+    random_subnets: int = 2
+    # smaller subnets also learn the largest one's image embeddings (in-place distillation, BigNAS)
+    inplace_distill: bool = False
+    finetune_steps: int = 0  # DIME-FM steps on each extracted student before it is scored (0: none)
+    finetune_lr: float = 5e-4  # constant learning rate of those steps
+    checkpoint_every: int = 250  # steps between resumable checkpoints
+    seed: int = 0  # seeds initialisation, data order and the subnets drawn
+    device: str | None = None  # cpu, cuda or cuda:N (None: the GPU when there is one)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "text_batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", key=f"supernet.{name}")
+        for name in ("random_subnets", "finetune_steps", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", key=f"supernet.{name}")
+        if not self.lr > 0 or not self.finetune_lr > 0:
+            raise ConfigError("learning rates must be > 0", key="supernet.lr")
+
+
+@dataclass
 class SearchConfig:
     sampler: str = "tpe"  # tpe, nsga2, gp, random or grid
+    # how a trial scores a student: short_distill (a short DIME-FM run from scratch) or supernet
+    # (the weights a trained weight-sharing supernet holds for it: ViT spaces only, see `supernet`)
+    evaluator: str = "short_distill"
     seed: int = 0  # sampler seed
     # distinct architectures to evaluate (a repeat reuses a result and is not counted; None: until timeout_s)
     trials: int | None = 20
@@ -320,6 +363,9 @@ class SearchConfig:
             raise ConfigError(f"must be within [0, 1], got {self.near_budget_margin}", key="search.near_budget_margin")
         if self.near_budget_rounds < 0:
             raise ConfigError(f"must be >= 0, got {self.near_budget_rounds}", key="search.near_budget_rounds")
+        if self.evaluator not in EVALUATORS:
+            raise ConfigError(f"unknown evaluator {self.evaluator!r}" + did_you_mean(self.evaluator, EVALUATORS),
+                              key="search.evaluator")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}" + did_you_mean(self.sampler, SAMPLERS),
                               key="search.sampler")
@@ -373,6 +419,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)  # the short run of each trial
     full_distill: DistillConfig = field(default_factory=lambda: DistillConfig(steps=2000, checkpoint_every=250))
     search: SearchConfig = field(default_factory=SearchConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)  # with search.evaluator: supernet
     out_dir: str = "runs/{name}"  # run directory ({name} = the experiment name)
     cache_dir: str | None = None  # teacher-feature cache (default: the user cache dir, keyed by teacher+data)
     source: str | None = None  # set by load_experiment: the file this came from
@@ -432,6 +479,20 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
             raise ConfigError(exc.problem, file=file, key=f"budgets[{i}]") from None
     if not config.objectives:
         raise ConfigError("at least one objective is needed", file=file, key="objectives")
+    if config.distill.init != "scratch":
+        raise ConfigError("a search's short run starts from scratch: init is for full runs (full_distill.init)",
+                          file=file, key="distill.init")
+    if config.full_distill.init == "supernet" and config.search.evaluator != "supernet":
+        raise ConfigError("starting full runs from the supernet needs search.evaluator: supernet", file=file,
+                          key="full_distill.init")
+    if config.search.evaluator == "supernet":
+        from .space import SearchSpace
+        from .supernet.elastic import SupernetShape
+
+        try:
+            SupernetShape.of_space(SearchSpace.load(config.space), 1)
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, file=file, key="search.evaluator") from None
     if config.full_distill.seeds != 1:
         raise ConfigError("a full run trains one student: seeds is for the short runs (distill.seeds)",
                           file=file, key="full_distill.seeds")

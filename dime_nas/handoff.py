@@ -93,12 +93,14 @@ def distill_selected(run: RunDir, select: str, *, steps: int | None = None, prog
     cache, text_cfg = prepare_cache(config, progress=progress, teacher=teacher)
     settings = config.full_distill if steps is None else dataclasses.replace(config.full_distill, steps=steps)
     meter = CostMeter.for_experiment(config, text_cfg)
+    supernet = _supernet(config, cache, progress) if settings.init == "supernet" else None
     results = json.loads(run.distill_results.read_text()) if run.distill_results.exists() else []
     for pick in picks:
         student = StudentConfig.from_dict(pick["config"])
         work = run.full_run(student.arch_key)
+        initial = _inherited(supernet, student) if supernet is not None else None
         towers, result = distill(student, cache, settings, checkpoint_dir=work, resume=True, progress=progress,
-                                 evaluate=functools.partial(evaluate_towers, cache=cache))
+                                 evaluate=functools.partial(evaluate_towers, cache=cache), initial=initial)
         if not result.is_main:  # under torchrun, rank 0 alone measures, evaluates and writes
             continue
         cost = meter.measure(student)
@@ -124,3 +126,18 @@ def distill_selected(run: RunDir, select: str, *, steps: int | None = None, prog
         results = [r for r in results if r["arch_key"] != student.arch_key] + [entry]
         run.distill_results.write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def _supernet(config: Any, cache: Any, progress: bool) -> Any:
+    """The study's supernet (``full_distill.init: supernet``), from the store or trained now."""
+    from .space import SearchSpace
+    from .supernet.store import load_or_train
+
+    return load_or_train(config, SearchSpace.load(config.space), cache, progress=progress)
+
+
+def _inherited(supernet: Any, student: StudentConfig) -> dict[str, Any]:
+    """The weights ``supernet`` holds for ``student``: where its full run starts."""
+    from .supernet.extract import extract
+
+    return extract(supernet, student).state_dict()

@@ -96,6 +96,13 @@ class Dimension:
             return tuple(round(self.low + i * self.step, 10) for i in range(n))
         raise ConfigError(f"{self.name} is a continuous range and has no finite value list")
 
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` is one of this dimension's values (within a continuous range)."""
+        if self.discrete:
+            return any(value == v or (isinstance(v, float) and isinstance(value, (int, float))
+                                      and math.isclose(value, v)) for v in self.values())
+        return self.low <= value <= self.high
+
     def suggest(self, trial: Any, allowed: tuple | None = None) -> Any:
         """Sample through Optuna's trial API; ``allowed`` narrows a discrete dimension."""
         if allowed is not None and allowed != self.values():
@@ -361,6 +368,36 @@ class SearchSpace:
         """Sample one valid StudentConfig through an Optuna trial (any sampler)."""
         return self._sample(trial, embed_dim)[0]
 
+    def sample(self, rng: Any, embed_dim: int | None = None) -> StudentConfig:
+        """One valid StudentConfig drawn by the space's own distribution (what Optuna's random
+        sampler draws: each branch and each dimension uniform among its allowed values), from a
+        ``numpy.random.Generator``."""
+        return self._sample(_RandomTrial(rng), embed_dim)[0]
+
+    def admits(self, values: dict[str, Any]) -> bool:
+        """Whether some student of the space has these dotted dimension values
+        (e.g. ``{"image.vit.image_size": 64, "image.vit.patch_size": 4}``)."""
+        for (image_kind, text_kind), ok in self._branch_ok.items():
+            active = self._active(image_kind, text_kind)
+            if not ok or not set(values) <= {d.name for d in active} \
+                    or not all(self.dims[n].admits(v) for n, v in values.items()):
+                continue
+            if all(c.holds(values) for c in self._applicable(values)) \
+                    and self._first_solution(active, dict(values)) is not None:
+                return True
+        return False
+
+    def contains(self, config: StudentConfig) -> bool:
+        """Whether ``config`` is one of this space's students (every dimension and constraint)."""
+        values = _assignment(config)
+        if values["image.kind"] not in self.kinds["image"] or values["text.kind"] not in self.kinds["text"]:
+            return False
+        for dim in self._active(values["image.kind"], values["text.kind"]):
+            value = values.get(dim.name)
+            if value is None or not dim.admits(value):
+                return False
+        return all(c.holds(values) for c in self._applicable(values))
+
     def _sample(self, trial: Any, embed_dim: int | None) -> tuple[StudentConfig, dict[str, Any]]:
         image_choices = tuple(k for k in self.kinds["image"] if any(self._branch_ok[(k, t)] for t in self.kinds["text"]))
         image_kind = trial.suggest_categorical("image.kind", list(image_choices)) if len(image_choices) > 1 \
@@ -443,6 +480,44 @@ class SearchSpace:
                 values = {"image.kind": ik, "text.kind": tk, **{d.name: v for d, v in zip(dims, combo)}}
                 if all(c.holds(values) for c in self._applicable(values)):
                     yield values
+
+
+def _assignment(config: StudentConfig) -> dict[str, Any]:
+    """The dotted dimension values of a StudentConfig (the inverse of ``_to_config``)."""
+    v, t = config.vision, config.text
+    out: dict[str, Any] = {"image.kind": v.kind, "text.kind": t.kind}
+    if v.kind == "vit":
+        out.update({"image.vit.layers": v.layers, "image.vit.width": v.width, "image.vit.heads": v.heads,
+                    "image.vit.head_width": v.width // v.heads, "image.vit.mlp_ratio": v.mlp_ratio,
+                    "image.vit.patch_size": v.patch_size, "image.vit.image_size": v.image_size})
+    else:
+        out.update({"image.timm.model": v.timm_model, "image.timm.image_size": v.image_size,
+                    "image.timm.pool": v.timm_pool, "image.timm.proj": v.timm_proj})
+    if t.kind == "transformer":
+        out.update({"text.transformer.layers": t.layers, "text.transformer.width": t.width,
+                    "text.transformer.heads": t.heads, "text.transformer.context_length": t.context_length,
+                    "text.transformer.mlp_ratio": t.mlp_ratio})
+    return out
+
+
+class _RandomTrial:
+    """A stand-in for an Optuna trial that draws every answer uniformly (as RandomSampler does)."""
+
+    def __init__(self, rng: Any):
+        self.rng = rng
+
+    def suggest_categorical(self, name, choices):
+        return choices[int(self.rng.integers(len(choices)))]
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        if log:
+            return int(round(math.exp(self.rng.uniform(math.log(low), math.log(high)))))
+        return int(low + step * self.rng.integers((high - low) // step + 1))
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        if step is not None:
+            return round(low + step * int(self.rng.integers(int(math.floor((high - low) / step + 1e-9)) + 1)), 10)
+        return float(math.exp(self.rng.uniform(math.log(low), math.log(high))) if log else self.rng.uniform(low, high))
 
 
 class _AssignTrial:

@@ -106,12 +106,31 @@ def dime_fm_losses(
     total = w_vl * out["vl"] + w_pvl * out["pvl"] + w_udist * out["udist"]
 
     if student_text is not None:
-        s_t = F.normalize(student_text, dim=-1)
-        out["text_vl"] = kl_t(t_it.T, _logits(s_t, t_i), t_vl) + kl_t(t_it, _logits(t_i, s_t), t_vl)
-        out["text_pvl"] = 2.0 * kl_t(_logits(t_t, t_t), _logits(s_t, t_t), t_pvl)
-        total = total + w_text_vl * out["text_vl"] + w_text_pvl * out["text_pvl"]
+        text = dime_fm_text_losses(student_text, teacher_image, teacher_text, w_text_vl=w_text_vl,
+                                   w_text_pvl=w_text_pvl, t_vl=t_vl, t_pvl=t_pvl)
+        out["text_vl"], out["text_pvl"] = text["text_vl"], text["text_pvl"]
+        total = total + text["total"]
 
     out["total"] = total
+    return out
+
+
+def dime_fm_text_losses(student_text: torch.Tensor, teacher_image: torch.Tensor, teacher_text: torch.Tensor, *,
+                        w_text_vl: float = 0.7, w_text_pvl: float = 0.3, t_vl: float = 1.0, t_pvl: float = 3.0
+                        ) -> dict[str, torch.Tensor]:
+    """The student-text terms alone: the mirror of VL and P-VL for a student's own text tower.
+
+    ``text_vl``: sentence->image over the image batch plus image->sentence over the sentence
+    batch, against the teacher's; ``text_pvl``: the teacher's sentence embeddings act as
+    pseudo-images. Returns ``text_vl``, ``text_pvl`` and their weighted ``total``.
+    """
+    s_t = F.normalize(student_text, dim=-1)
+    t_i = F.normalize(teacher_image.detach(), dim=-1)
+    t_t = F.normalize(teacher_text.detach(), dim=-1)
+    t_it = _logits(t_i, t_t)
+    out = {"text_vl": kl_t(t_it.T, _logits(s_t, t_i), t_vl) + kl_t(t_it, _logits(t_i, s_t), t_vl),
+           "text_pvl": 2.0 * kl_t(_logits(t_t, t_t), _logits(s_t, t_t), t_pvl)}
+    out["total"] = w_text_vl * out["text_vl"] + w_text_pvl * out["text_pvl"]
     return out
 
 

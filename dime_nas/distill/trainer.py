@@ -66,7 +66,7 @@ class RunResult:
     is_main: bool = True  # False on the other ranks of a torchrun job: they hold no evaluation
 
 
-class _Stream:
+class IndexStream:
     """An endless, per-epoch reshuffled index stream with a resumable position."""
 
     def __init__(self, n: int, seed: int):
@@ -122,7 +122,8 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
             evaluate: Callable[[StudentTowers], dict[str, Any]] | None = None, final_eval: bool = True,
             on_eval: Callable[[int, dict[str, Any]], None] | None = None,
-            before_step: Callable[[], None] | None = None) -> tuple[StudentTowers, RunResult]:
+            before_step: Callable[[], None] | None = None,
+            initial: dict[str, Any] | None = None) -> tuple[StudentTowers, RunResult]:
     """Distil ``config`` from ``cache`` under ``settings`` (a DistillConfig).
 
     Args:
@@ -136,6 +137,8 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
         on_eval: called with (step, metrics) after each intermediate evaluation; it
             may raise (e.g. ``optuna.TrialPruned``) to stop the run.
         before_step: called before each optimiser step (e.g. to wait while a latency is timed).
+        initial: a ``StudentTowers`` state dict to start from instead of a random initialisation
+            (a supernet's weights for this student); a resumed checkpoint takes precedence.
 
         device: overrides ``settings.device`` (see ``resolve_device``).
 
@@ -152,6 +155,8 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
     if resume and ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
+    elif initial is not None:
+        model.load_state_dict(initial)
     model.to(device).train()
     memory_format = convnet_memory_format(model.visual)
     model.visual.to(memory_format=memory_format)
@@ -165,7 +170,8 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
     optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999),
                                   fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(settings.warmup_steps, settings.steps))
-    images, texts = _Stream(cache.n_images, settings.seed * 2 + 1), _Stream(cache.n_texts, settings.seed * 2 + 2)
+    images = IndexStream(cache.n_images, settings.seed * 2 + 1)
+    texts = IndexStream(cache.n_texts, settings.seed * 2 + 2)
     augment_rng = torch.Generator().manual_seed(settings.seed + 7)
     result = RunResult(steps=0, seconds=0.0, stopped_by="steps")
     if state is not None:
@@ -181,7 +187,7 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
     if use_amp and settings.compile:
         wrapped = torch.compile(wrapped)
     log = _open_log(Path(checkpoint_dir), result.steps) if checkpoint_dir and dist.is_main else None
-    bar = _progress_bar(progress and dist.is_main, settings.steps, result.steps)
+    bar = progress_bar(progress and dist.is_main, settings.steps, result.steps)
     student_inputs = corpus_inputs(cache, image_size, mean, std, settings.augment, augment_rng)
     start, elapsed0 = time.time(), result.seconds
     try:
@@ -326,10 +332,11 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, images, texts, aug
                     "config": model.config.to_dict(), "result": result}, tmp)
 
 
-def _progress_bar(enabled: bool, total: int, initial: int):
+def progress_bar(enabled: bool, total: int, initial: int, desc: str = "distill"):
+    """A tqdm bar of training steps (disabled: prints nothing)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="distill", unit="step", disable=not enabled, leave=False,
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, leave=False,
                 dynamic_ncols=True)
 
 

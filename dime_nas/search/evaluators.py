@@ -49,8 +49,11 @@ class TrialEvaluator(abc.ABC):
 
     name: str = ""
 
-    def prepare(self, ctx: TrialContext) -> None:
-        """Build or load what every trial shares (nothing by default)."""
+    def prepare(self, ctx: TrialContext, *, build: bool = True) -> None:
+        """Build or load what every trial shares (nothing by default).
+
+        ``build`` False (a worker joining a shared study): load only, refuse what is missing.
+        """
 
     @abc.abstractmethod
     def evaluate(self, trial: optuna.Trial, ctx: TrialContext, config: StudentConfig) -> Evaluation:
@@ -127,7 +130,59 @@ def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-EVALUATORS: dict[str, type[TrialEvaluator]] = {ShortDistill.name: ShortDistill}
+class SupernetSubnet(TrialEvaluator):
+    """The student's weights inherited from the study's trained supernet (``supernet/``), after
+    ``supernet.finetune_steps`` DIME-FM steps from them (none by default), scored on the validation split.
+
+    The supernet is trained once, before the first trial, and kept in the user cache (``supernet/store.py``).
+    """
+
+    name = "supernet"
+
+    def __init__(self) -> None:
+        self.supernet: Any = None
+
+    def prepare(self, ctx: TrialContext, *, build: bool = True) -> None:
+        from ..supernet.store import load_or_train
+
+        self.supernet = load_or_train(ctx.experiment, ctx.space, ctx.cache, build=build, progress=ctx.progress)
+
+    def evaluate(self, trial: optuna.Trial, ctx: TrialContext, config: StudentConfig) -> Evaluation:
+        from ..distill.trainer import distill
+        from ..evaluate import evaluate_towers
+        from ..supernet.extract import extract
+
+        if self.supernet is None:
+            raise RuntimeError("SupernetSubnet.evaluate before prepare: the supernet is not loaded")
+        t0 = time.time()
+        towers = extract(self.supernet, config)
+        timings = {"extract_s": time.time() - t0}
+        steps, record = 0, {}
+        settings = finetune_settings(ctx.experiment)
+        if settings.steps:
+            gate = ctx.meter.timing_gate
+            t0 = time.time()
+            towers, result = distill(config, ctx.cache, settings, initial=towers.state_dict(), final_eval=False,
+                                     progress=ctx.progress, before_step=gate.step if gate is not None else None)
+            timings["train_s"] = time.time() - t0
+            steps = result.steps
+            record = {"train_stopped_by": result.stopped_by, "train_device": result.device,
+                      "loss_curve": [{"step": c["step"], "total": c["total"]} for c in result.curve]}
+        t0 = time.time()
+        metrics = evaluate_towers(towers, ctx.cache)
+        timings["eval_s"] = time.time() - t0
+        return Evaluation(metrics, steps, timings, record)
+
+
+def finetune_settings(config: Any) -> Any:
+    """The short DIME-FM run a supernet search gives each extracted student: ``supernet.finetune_steps``
+    at ``supernet.finetune_lr`` (cosine to 0, no warm-up), with the short run's batches and losses."""
+    s = config.supernet
+    return dataclasses.replace(config.distill, steps=s.finetune_steps, lr=s.finetune_lr, warmup_steps=0, seconds=None,
+                               eval_every=None, average_last_evals=1, seeds=1)
+
+
+EVALUATORS: dict[str, type[TrialEvaluator]] = {ShortDistill.name: ShortDistill, SupernetSubnet.name: SupernetSubnet}
 
 
 def make_evaluator(name: str) -> TrialEvaluator:

@@ -45,7 +45,7 @@ class TrialContext:
                        progress: bool = True) -> TrialContext:
         """The context of an experiment's search, over its feature cache."""
         return cls(config, SearchSpace.load(config.space), cache, CostMeter.for_experiment(config, teacher_text_cfg),
-                   make_evaluator("short_distill"), objectives=config.objectives, progress=progress)
+                   make_evaluator(config.search.evaluator), objectives=config.objectives, progress=progress)
 
     @property
     def budgets(self) -> list[Budget]:

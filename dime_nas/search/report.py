@@ -318,6 +318,16 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _evaluator_label(fingerprint: dict[str, Any]) -> str:
+    """How the study's trials scored their students (its ``search.evaluator``)."""
+    evaluator = fingerprint.get("evaluator") or {"name": "short_distill"}
+    if evaluator["name"] != "supernet":
+        return f"a short DIME-FM run of each from scratch (`{evaluator['name']}`)"
+    s = evaluator.get("supernet", {})
+    return (f"the weights of one weight-sharing supernet (`supernet`: trained {s.get('steps')} steps, then "
+            f"{s.get('finetune_steps')} fine-tuning steps per student)")
+
+
 def _write_markdown(run: RunDir, study: optuna.Study, summary: dict[str, Any], rows: list[Row], nd_rows: list[Row],
                     quality: str, title: str | None) -> None:
     c = summary["counts"]
@@ -328,6 +338,7 @@ def _write_markdown(run: RunDir, study: optuna.Study, summary: dict[str, Any], r
              f"- budgets: {', '.join(summary['budgets']) or 'none'}",
              f"- latency target: `{target.get('name')}` - {target.get('description', '')}",
              f"- search space: `{_space_label(study.user_attrs.get('space'), run.path)}`",
+             f"- students scored by: {_evaluator_label(study.user_attrs.get('fingerprint') or {})}",
              f"- trials: {c['trials']}, of which {c['distinct']} distinct architectures ({c.get('ok', 0)} feasible, "
              f"{c.get('infeasible', 0)} over budget of which {c['rejected_before_training']} rejected before "
              f"training, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed) and {c['reused']} repeats that "

@@ -111,15 +111,19 @@ def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[
     distill = plain["distill"]
     if all(kind == "teacher" for kind in ctx.space.kinds["text"]):
         distill["text_tower_step_scale"] = 1.0  # no student text tower here: the scale changes no trial
+    evaluator = {"name": config.search.evaluator}
+    if config.search.evaluator == "supernet":  # its recipe makes every score
+        evaluator["supernet"] = plain["supernet"]
     fingerprint = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"], "space": space,
                    "target": ctx.meter.target.to_dict(), "objectives": [o.metric for o in ctx.objectives],
-                   "budgets": [str(b) for b in ctx.budgets], "distill": distill}
+                   "budgets": [str(b) for b in ctx.budgets], "distill": distill, "evaluator": evaluator}
     return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
 
 # Settings added to the fingerprint after studies were recorded, each with the value that
 # behaves as the toolkit did before it existed: a study recorded without one continues.
-ADDED_SETTINGS = {"distill": {"seeds": 1, "text_tower_step_scale": 1.0}}
+ADDED_SETTINGS = {"distill": {"seeds": 1, "text_tower_step_scale": 1.0, "init": "scratch"},
+                  "evaluator": {"name": "short_distill"}}
 
 
 def with_added_settings(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +132,8 @@ def with_added_settings(recorded: dict[str, Any]) -> dict[str, Any]:
     for section, values in ADDED_SETTINGS.items():
         if isinstance(out.get(section), dict):
             out[section] = {**values, **out[section]}
+        elif section not in out:  # a whole section added since
+            out[section] = dict(values)
     return out
 
 
