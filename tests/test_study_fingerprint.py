@@ -1,0 +1,201 @@
+"""A continued study is refused when anything its fingerprint holds has changed: the space
+file's content, the target, a budget, the objectives and every other fingerprinted setting
+(the settings are read from the fingerprint itself, so one added later is covered too)."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from conftest import write_experiment
+from dime_nas.config import load_experiment
+from dime_nas.cost.targets import get_target
+from dime_nas.errors import ConfigError
+from dime_nas.run_dir import RunDir
+from dime_nas.search.objective import TrialContext
+from dime_nas.search.study import experiment_fingerprint, join_study
+from dime_nas.space import SearchSpace
+
+# a student text tower in the space: every distill setting (text_tower_step_scale too) counts
+SPACE = """
+name: fingerprint
+embed_dim: 64
+image:
+  kind: vit
+  vit: {layers: [1, 2], width: [32], heads: [2], mlp_ratio: [2.0], patch_size: [16], image_size: [32]}
+text:
+  kind: [teacher, transformer]
+  transformer: {layers: [1], width: [32], heads: [2], context_length: [16]}
+"""
+SECOND_TARGET = """
+other-cpu:
+  description: the same machine, two threads
+  backend: onnxruntime
+  providers: [CPUExecutionProvider]
+  intra_op_threads: 2
+  batch_size: 1
+  towers: [image]
+  precision: fp32
+  warmup: 1
+  runs: 5
+"""
+# The parts of the fingerprint that must be there, whatever else is added later.
+REQUIRED_PARTS = {"teacher", "data", "eval", "space", "target", "objectives", "budgets", "distill"}
+
+
+def _experiment(root, teacher_dir):
+    path = write_experiment(root, teacher_dir, budgets=["latency_ms <= 50"])
+    (root / "space.yaml").write_text(SPACE)
+    (root / "targets.yaml").write_text((root / "targets.yaml").read_text() + SECOND_TARGET)
+    return path
+
+
+def _context(config) -> TrialContext:
+    """What ``api.search`` builds for a study (no cache: the fingerprint never reads it)."""
+    return TrialContext(config, SearchSpace.load(config.space), None, get_target(config.target, config.targets_file),
+                        None, objectives=config.objectives, budgets=config.budget_list, progress=False)
+
+
+def _join(config, ctx, url, tmp_path):
+    return join_study(config, ctx, url, run=RunDir.of(config, tmp_path / "run"))
+
+
+def _refused_key(config, ctx, url, tmp_path) -> str:
+    with pytest.raises(ConfigError, match="trials of different settings must not mix") as info:
+        _join(config, ctx, url, tmp_path)
+    return info.value.key
+
+
+@pytest.fixture
+def recorded(tmp_path, tiny_teacher_dir):
+    """(experiment file, study URL) of a study that recorded its fingerprint."""
+    path = _experiment(tmp_path, tiny_teacher_dir)
+    config = load_experiment(path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _join(config, _context(config), url, tmp_path)
+    return path, url
+
+
+def test_the_fingerprint_holds_every_part_that_changes_a_trial(recorded, tmp_path):
+    path, url = recorded
+    config = load_experiment(path)
+    assert REQUIRED_PARTS <= set(experiment_fingerprint(config, _context(config)))
+    _join(config, _context(config), url, tmp_path)  # unchanged: the study continues
+
+
+def test_an_edited_space_file_is_refused(recorded, tmp_path):
+    path, url = recorded
+    (tmp_path / "space.yaml").write_text(SPACE.replace("layers: [1, 2]", "layers: [1, 2, 3]"))
+    config = load_experiment(path)
+    assert _refused_key(config, _context(config), url, tmp_path) == "space"
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda text: text.replace("target: fast-cpu", "target: other-cpu"), "target.description"),
+    (lambda text: text.replace("latency_ms <= 50", "latency_ms <= 40"), "budgets"),
+    (lambda text: text.replace("  - latency_ms <= 50\n", "  - latency_ms <= 50\n  - params_m <= 9\n"), "budgets"),
+    (lambda text: text + "objectives: [{metric: accuracy}, {metric: params_m}]\n", "objectives"),
+])
+def test_an_edited_target_budget_or_objective_is_refused(recorded, tmp_path, edit, key):
+    path, url = recorded
+    path.write_text(edit(path.read_text()))
+    config = load_experiment(path)
+    assert _refused_key(config, _context(config), url, tmp_path) == key
+
+
+def test_an_edited_target_definition_is_refused(recorded, tmp_path):
+    path, url = recorded
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(targets.read_text().replace("runs: 5", "runs: 9", 1))
+    config = load_experiment(path)
+    assert _refused_key(config, _context(config), url, tmp_path) == "target.runs"
+
+
+def _leaves(tree: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a plain structure's leaves (what ``first_difference`` compares)."""
+    if isinstance(tree, dict) and tree:
+        return [leaf for k, v in tree.items() for leaf in _leaves(v, f"{prefix}.{k}" if prefix else k)]
+    return [prefix]
+
+
+def _changed(value: Any) -> Any:
+    """Another value of the same kind (the fingerprint only records values; nothing validates them here)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-edited"
+    if isinstance(value, (list, tuple)):
+        return [*value, "edited"]
+    if value is None:
+        return "edited"
+    raise TypeError(f"no edit for {value!r}")
+
+
+class _EditedRecord:
+    """Stands in for a context object the fingerprint reads through ``to_dict()`` (the target)."""
+
+    def __init__(self, plain: dict[str, Any]):
+        self.plain = plain
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.plain
+
+
+def _edit(config, ctx, key: str) -> None:
+    """Change the setting behind one fingerprint leaf, where the study's inputs hold it."""
+    part, _, rest = key.partition(".")
+    if part == "space":
+        return  # a hash of the space file's content: edited in its own test
+    if part == "target":
+        plain = copy.deepcopy(ctx.target.to_dict())
+        holder = plain
+        *parents, last = rest.split(".")
+        for p in parents:
+            holder = holder[p]
+        holder[last] = _changed(holder[last])
+        ctx.target = _EditedRecord(plain)
+    elif part == "objectives":
+        ctx.objectives = [*ctx.objectives, type(ctx.objectives[0])("params_m")]
+    elif part == "budgets":
+        ctx.budgets = ctx.budgets[:-1]
+    elif hasattr(config, part):  # a section of the experiment config
+        holder = config
+        *parents, last = key.split(".")
+        for p in parents:
+            holder = holder[p] if isinstance(holder, dict) else getattr(holder, p)
+        if isinstance(holder, dict):
+            holder[last] = _changed(holder[last])
+        else:
+            setattr(holder, last, _changed(getattr(holder, last)))
+    else:
+        pytest.fail(f"fingerprint part {part!r} is neither a config section nor a known context part: "
+                    "teach this test how to edit it")
+
+
+def test_editing_any_fingerprinted_setting_is_refused_naming_it(recorded, tmp_path):
+    path, url = recorded
+    config = load_experiment(path)
+    leaves = [k for k in _leaves(experiment_fingerprint(config, _context(config))) if k != "space"]
+    assert len(leaves) > 40 and "distill.losses.t_pvl" in leaves and "data.shapes.n_images" in leaves
+    not_refused = []
+    for key in leaves:
+        config = load_experiment(path)
+        ctx = _context(config)
+        _edit(config, ctx, key)
+        try:
+            _join(config, ctx, url, tmp_path)
+            not_refused.append(key)
+        except ConfigError as err:
+            assert err.key == key, f"editing {key} was refused naming {err.key}"
+    assert not not_refused, f"a study continued after these settings changed: {not_refused}"
+
+
+def test_settings_that_leave_trials_unchanged_continue_the_study(recorded, tmp_path):
+    path, url = recorded
+    config = load_experiment(path)
+    config.teacher.batch_size, config.teacher.device = 7, "cuda:3"  # where and in what batches the teacher runs
+    config.search.trials, config.full_distill.steps = 99, 123  # how many trials, the final run
+    _join(config, _context(config), url, tmp_path)
