@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,27 @@ def test_search_extra_holds_the_pinned_torch_and_every_search_library(repo_root)
     assert HEAVY <= _requirements(repo_root)["search"]
 
 
-def test_the_make_targets_install_the_search_extra(repo_root):
-    assert "-e '.[search,test]'" in (repo_root / "Makefile").read_text()
+def _dry_run(repo_root: Path, target: str, venv: Path) -> list[list[str]]:
+    """The commands ``make TARGET`` would run where ``venv`` does not exist yet, split into words."""
+    proc = subprocess.run(["make", "-n", "--no-print-directory", f"VENV={venv}", target], cwd=repo_root,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.replace("\\\n", " ").splitlines()  # a recipe line continued with a backslash is one
+    return [shlex.split(line) for line in lines if line.strip()]
+
+
+def test_the_make_targets_install_the_search_extra(repo_root, tmp_path):
+    """Each target a user runs first installs the package with the search extra into its venv,
+    before it runs anything from there."""
+    venv = tmp_path / "fresh-venv"
+    for target in ("demo", "test", "test-slow"):
+        commands = _dry_run(repo_root, target, venv)
+        installs = [i for i, c in enumerate(commands) if c[:2] == [f"{venv}/bin/pip", "install"]]
+        assert installs, f"make {target} installs nothing: {commands}"
+        spec = next(a for a in commands[installs[0]] if a.startswith(".["))
+        assert {"search", "test"} <= set(spec[2:-1].split(",")), spec
+        uses = [i for i, c in enumerate(commands) if c[0].startswith(f"{venv}/bin/") and i not in installs]
+        assert uses and installs[0] < min(uses), f"make {target} runs the venv before installing it: {commands}"
 
 
 def test_search_command_without_the_search_extra_names_the_extra(tmp_path):
