@@ -1,12 +1,15 @@
-"""DIME-FM losses against hand-written numpy references."""
+"""DIME-FM losses against values from the authors' released code and hand-written numpy references."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dime_nas.config import LossConfig
 from dime_nas.distill.losses import (
     NonFiniteLossError,
     check_finite,
@@ -69,6 +72,37 @@ def _batch(seed: int, n_img: int = 5, n_txt: int = 3, dim: int = 4, scale: float
 
 def _t(x: np.ndarray, grad: bool = False) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64, requires_grad=grad)
+
+
+# ---- the authors' released implementation -------------------------------------------
+# tests/data/dime_fm_reference.json: values computed by get_loss of github.com/sunxm2357/DIME-FM
+# (Training/utils/utils.py), run unmodified by tests/data/make_dime_fm_reference.py.
+
+AUTHORS = json.loads((Path(__file__).parent / "data" / "dime_fm_reference.json").read_text())
+
+
+@pytest.mark.parametrize("case", AUTHORS["cases"], ids=lambda c: f"{c['inputs']}-{c['setting']}")
+def test_losses_match_the_authors_released_get_loss(case) -> None:
+    x = {k: torch.tensor(v, dtype=torch.float64) for k, v in AUTHORS["inputs"][case["inputs"]].items()}
+    a = case["args"]
+    out = dime_fm_losses(x["student_image"], x["teacher_image"], x["teacher_text"], w_vl=a["w_vl_loss"],
+                         w_pvl=a["w_pvl_loss"], w_udist=a["w_udist_loss"], t_vl=a["t_vl"], t_pvl=a["t_pvl"],
+                         t_udist=a["t_udist"])
+    want = case["expected"]
+    terms = ["total", "vl"] + ["pvl"] * a["use_pvl_loss"] + ["udist"] * a["use_udist_loss"]  # the ones it computed
+    for term in terms:
+        assert float(out[term]) == pytest.approx(want[term], rel=1e-9, abs=1e-12), term
+    if case["setting"] == "readme":  # the authors' defaults are the function's
+        plain = dime_fm_losses(x["student_image"], x["teacher_image"], x["teacher_text"])
+        assert float(plain["total"]) == pytest.approx(want["total"], rel=1e-9, abs=1e-12)
+
+
+def test_the_authors_defaults_are_the_config_defaults() -> None:
+    """The README's training command: the loss settings at the authors' defaults are ours."""
+    readme = next(c for c in AUTHORS["cases"] if c["setting"] == "readme")["args"]
+    ours = LossConfig()
+    assert (ours.w_vl, ours.w_pvl, ours.w_udist) == (readme["w_vl_loss"], readme["w_pvl_loss"], readme["w_udist_loss"])
+    assert (ours.t_vl, ours.t_pvl, ours.t_udist) == (readme["t_vl"], readme["t_pvl"], readme["t_udist"])
 
 
 # ---- tests --------------------------------------------------------------------------
