@@ -1,6 +1,7 @@
 """The benchmark reports' statistics (experiments/benchmarks/bench_stats.py) on hand-checked cases."""
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -16,12 +17,26 @@ from dime_nas.search.stats import kendall_tau, spearman_rho  # noqa: E402
 def test_paired_difference_hand_checked():
     y = [1, 2, 3, 4]
     a = [1, 2, 3, 4]  # tau 1
-    b = [1, 3, 2, 4]  # tau 4/6
-    out = bench_stats.paired_difference_interval(kendall_tau, a, b, y, n_boot=500)
+    b = [1, 3, 2, 4]  # tau 4/6: students 1 and 2 swapped
+    out = bench_stats.paired_difference_interval(kendall_tau, a, b, y, n_boot=2000)
     assert out["diff"] == pytest.approx(1 - 4 / 6)
-    # a is never below b on any resample (a ranks y perfectly), so the interval starts at >= 0
-    assert out["lo"] >= 0.0 and out["hi"] <= 2.0
-    assert out["lo"] <= out["diff"] <= out["hi"]
+    # The exact bootstrap distribution: all 4^4 resamples are equally likely. Paired, a never
+    # loses to b (diff >= 0), and diff is 0 unless both swapped students are drawn.
+    exact = []
+    for k in itertools.product(range(4), repeat=4):
+        pick = list(k)
+        d = kendall_tau(np.take(a, pick), np.take(y, pick)) - kendall_tau(np.take(b, pick), np.take(y, pick))
+        if not np.isnan(d):
+            exact.append(d)
+    exact = np.array(exact)
+    assert len(exact) == 252 and exact.min() == 0.0
+    # 14 of 252 resamples (5.6% > 2.5%) hold only the swapped pair, where b ranks exactly backwards:
+    # the 97.5% point is diff 2; more than 2.5% are 0, so the 2.5% point is 0
+    assert np.mean(exact == 2.0) == pytest.approx(14 / 252) and np.mean(exact == 0.0) == pytest.approx(142 / 252)
+    assert out["lo"] == 0.0 and out["hi"] == 2.0
+    # the share of resamples where a does not beat b, within 4 binomial standard errors of 142/252
+    p = 142 / 252
+    assert out["p_not_above"] == pytest.approx(p, abs=4 * (p * (1 - p) / 2000) ** 0.5)
 
 
 def test_paired_difference_of_a_predictor_with_itself_is_zero():
