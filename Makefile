@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow bench clean postgres-server
+.PHONY: demo test test-slow bench clean postgres-server mutation
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ postgres-server:
 
 test-slow: $(BIN)/.installed  ## also the slow checks (big reference models)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# Mutation testing of the safety-critical modules (hours; not part of `make test`): see
+# docs/testing.md. MODULES= picks some (names: python experiments/mutation.py --list).
+mutation: $(BIN)/.installed postgres-server
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[mutation]'
+	$(BIN)/python experiments/mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) *.egg-info
