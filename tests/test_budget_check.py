@@ -134,3 +134,18 @@ def test_the_lower_reading_after_training_also_replaces_the_tower_s_own_latency(
     holder = TimedTowers(str(tmp_path))
     after = meter.time_again(meter.measure(student, holder), holder)
     assert after["per_tower"]["image"]["latency_median_ms"] == 0.10 == after["latency_ms"]
+
+
+def test_the_reference_is_built_once_and_timed_on_its_image_tower_alone(monkeypatch, tmp_path):
+    """Also for a target that counts the text tower too (the reference has none of its own)."""
+    import dataclasses
+
+    from dime_nas.cost import budget_check, towers
+    from dime_nas.cost.targets import get_target
+
+    built, real = [], towers.towers_from_student
+    monkeypatch.setattr(towers, "towers_from_student", lambda *a, **k: built.append(1) or real(*a, **k))
+    target = dataclasses.replace(get_target("local-cpu"), towers=("image", "text"), warmup=1, runs=3, sessions=1)
+    timer = budget_check.reference_timer(target, str(tmp_path / "reference"))
+    assert timer() > 0 and timer() > 0
+    assert len(built) == 1 and sorted(p.name for p in (tmp_path / "reference").glob("*.onnx")) == ["image.onnx"]
