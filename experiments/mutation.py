@@ -121,8 +121,10 @@ def prepare(name: str, module: Module) -> Path:
     return root
 
 
-def run(name: str, module: Module, children: int) -> int:
-    """``mutmut run`` in the module's folder, under nice; its output goes to mutmut.log there."""
+def run(name: str, module: Module, children: int, only: list[str] | None = None) -> int:
+    """``mutmut run`` in the module's folder, under nice; its output goes to mutmut.log there.
+
+    ``only``: these mutants alone, tested again (after tests were added for them)."""
     root = prepare(name, module)
     # before Python starts: a PYTHONPATH folder missing at start-up is never searched later
     (root / "mutants").mkdir(exist_ok=True)
@@ -133,7 +135,7 @@ def run(name: str, module: Module, children: int) -> int:
     if module.whole:
         env["DIME_NAS_MUTATE_WHOLE"] = str(root / "mutants" / f"{module.path}.meta")
     mutmut = Path(sys.executable).with_name("mutmut")
-    cmd = ["nice", "-n", "10", str(mutmut), "run", "--max-children", str(children), *module.patterns()]
+    cmd = ["nice", "-n", "10", str(mutmut), "run", "--max-children", str(children), *(only or module.patterns())]
     print(f"[{name}] {module.path} against {len(module.tests)} test file(s)/test(s); log: {root / 'mutmut.log'}",
           flush=True)
     with open(root / "mutmut.log", "w") as log:
@@ -196,6 +198,8 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests, run nothing")
     parser.add_argument("--collect-only", action="store_true", help="only re-read the results of earlier runs")
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only the mutants that survived the last run (after adding tests)")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -207,7 +211,12 @@ def main() -> None:
     for name in args.modules or list(MODULES):
         start = time.time()
         if not args.collect_only:
-            code = run(name, MODULES[name], args.children)
+            recorded = json.loads(RESULTS.read_text())["modules"].get(name, {}) if RESULTS.exists() else {}
+            only = list(recorded.get("survivors", {})) if args.survivors else None
+            if only == []:
+                print(f"[{name}] no surviving mutants recorded: nothing to test again")
+                continue
+            code = run(name, MODULES[name], args.children, only)
             if code != 0:
                 print(f"[{name}] mutmut exited {code}; see {WORK / name / 'mutmut.log'}", file=sys.stderr)
                 continue

@@ -130,7 +130,7 @@ def _changed(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [*value, "edited"]
     if value is None:
-        return "edited"
+        return {"edited": True}  # an optional section (None) filled in
     raise TypeError(f"no edit for {value!r}")
 
 
@@ -199,3 +199,20 @@ def test_settings_that_leave_trials_unchanged_continue_the_study(recorded, tmp_p
     config.teacher.batch_size, config.teacher.device = 7, "cuda:3"  # where and in what batches the teacher runs
     config.search.trials, config.full_distill.steps = 99, 123  # how many trials, the final run
     _join(config, _context(config), url, tmp_path)
+
+
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_a_recorded_fingerprint_with_a_setting_missing_or_extra_is_refused(recorded, tmp_path, change):
+    """A setting the study did not record (and that is not filled in as added later), or one it
+    recorded that this version no longer has, stops the study like a changed one."""
+    path, url = recorded
+    config = load_experiment(path)
+    study, _ = _join(config, _context(config), url, tmp_path)
+    fingerprint = copy.deepcopy(study.user_attrs["fingerprint"])
+    if change == "missing":
+        del fingerprint["distill"]["lr"]
+    else:
+        fingerprint["distill"]["retired_setting"] = 1
+    study.set_user_attr("fingerprint", fingerprint)
+    key = "distill.lr" if change == "missing" else "distill.retired_setting"
+    assert _refused_key(config, _context(config), url, tmp_path) == key
