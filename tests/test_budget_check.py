@@ -145,9 +145,12 @@ def test_the_reference_is_built_once_and_timed_on_its_image_tower_alone(monkeypa
 
     built, real = [], towers.towers_from_student
     monkeypatch.setattr(towers, "towers_from_student", lambda *a, **k: built.append(1) or real(*a, **k))
+    exported, real_export = [], latency.export_tower
+    monkeypatch.setattr(latency, "export_tower", lambda *a, **k: exported.append(1) or real_export(*a, **k))
     target = dataclasses.replace(get_target("local-cpu"), towers=("image", "text"), warmup=1, runs=3, sessions=1)
     workdir = tmp_path / "trial" / "reference"  # its folders are made as needed
     timer = budget_check.reference_timer(target, str(workdir))
     assert timer() > 0 and timer() > 0
-    assert len(built) == 1 and sorted(p.name for p in workdir.glob("*.onnx")) == ["image.onnx"]
+    assert len(built) == len(exported) == 1  # built and exported once, timed each round
+    assert sorted(p.name for p in workdir.glob("*.onnx")) == ["image.onnx"]
     assert budget_check.reference_timer(target, str(workdir))() > 0  # a folder that exists already is used
