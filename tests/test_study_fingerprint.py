@@ -11,12 +11,10 @@ import pytest
 
 from conftest import write_experiment
 from dime_nas.config import load_experiment
-from dime_nas.cost.targets import get_target
 from dime_nas.errors import ConfigError
 from dime_nas.run_dir import RunDir
 from dime_nas.search.objective import TrialContext
 from dime_nas.search.study import experiment_fingerprint, join_study
-from dime_nas.space import SearchSpace
 
 # a student text tower in the space: every distill setting (text_tower_step_scale too) counts
 SPACE = """
@@ -54,8 +52,7 @@ def _experiment(root, teacher_dir):
 
 def _context(config) -> TrialContext:
     """What ``api.search`` builds for a study (no cache: the fingerprint never reads it)."""
-    return TrialContext(config, SearchSpace.load(config.space), None, get_target(config.target, config.targets_file),
-                        None, objectives=config.objectives, budgets=config.budget_list, progress=False)
+    return TrialContext.for_experiment(config, None, None, progress=False)
 
 
 def _join(config, ctx, url, tmp_path):
