@@ -11,4 +11,12 @@ agent imports this package on devices that need none of the toolkit.
 """
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
+
+# onnxruntime's telemetry off in every process that imports the toolkit. Its 1DS uploader
+# starts when onnxruntime is imported (a device id and an event database under
+# ~/.cache/Microsoft/DeveloperTools), so ``disable_telemetry_events()`` comes too late: only
+# the environment, set before the import, stops it. The name changed between releases.
+os.environ.update(ORT_DISABLE_TELEMETRY="1", ORT_TELEMETRY_DISABLED="1")

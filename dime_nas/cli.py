@@ -107,15 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                         description="The measurement agent: a small HTTP service that stores ONNX models by hash "
                         "and times them with onnxruntime. Needs only `pip install 'dime-nas[agent]'` (no torch). "
                         "Every request must carry `Authorization: Bearer TOKEN`.")
-    ag.add_argument("--token-file", required=True, help="file holding the token (mode 600; at least 16 characters)")
-    ag.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    ag.add_argument("--port", type=int, default=8765)
-    ag.add_argument("--store", default="~/.cache/dime_nas_agent", help="folder for received models")
-    ag.add_argument("--max-model-mb", type=float, default=512.0, help="largest model accepted (default 512)")
-    ag.add_argument("--queue-limit", type=int, default=8, help="measure requests that may wait (more get 503)")
-    ag.add_argument("--timeout-s", type=float, default=600.0, help="longest one measurement may run (504 after)")
-    ag.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                    help="shown in the device description, e.g. board=pi4-a (repeatable)")
+    from .agent.server import add_arguments as add_agent_arguments  # standard library only
+
+    add_agent_arguments(ag)
     ag.set_defaults(func=_cmd_agent)
 
     pr = sub.add_parser("predictor", help="latency predictor from measured towers", description="Latency predictor.")
@@ -334,10 +328,9 @@ def _cmd_targets(args) -> int:
 
 
 def _cmd_agent(args) -> int:
-    from .agent.server import parse_labels, serve  # torch-free: the device may not have it
+    from .agent.server import serve_from_args  # torch-free: the device may not have it
 
-    serve(args.token_file, host=args.host, port=args.port, store=args.store, max_model_mb=args.max_model_mb,
-          queue_limit=args.queue_limit, timeout_s=args.timeout_s, labels=parse_labels(args.label))
+    serve_from_args(args)
     return 0
 
 

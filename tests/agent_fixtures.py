@@ -49,17 +49,20 @@ def write_token(path: Path, token: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def loopback_agent(root: Path, *args: str, token: str | None = None) -> Iterator[LoopbackAgent]:
-    """`python -m dime_nas.agent` on a free loopback port; stopped (and waited for) after."""
+def loopback_agent(root: Path, *args: str, token: str | None = None,
+                   environ: dict[str, str] | None = None) -> Iterator[LoopbackAgent]:
+    """`python -m dime_nas.agent` on a free loopback port, run in ``root`` with ``environ``
+    (default: this process's environment); stopped (and waited for) after."""
     root.mkdir(parents=True, exist_ok=True)
     token_file = root / "token"
     token = write_token(token_file, token)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    environ = os.environ if environ is None else environ
+    env = {**environ, "PYTHONPATH": os.pathsep.join([str(REPO), environ.get("PYTHONPATH", "")])}
     log = open(root / "agent.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "dime_nas.agent", "--token-file", str(token_file),
                                 "--port", str(port), "--store", str(root / "store"), *args],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
+                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     agent = LoopbackAgent(f"http://127.0.0.1:{port}", token, token_file, root / "store", process)
     try:
         deadline = time.time() + 60

@@ -1,8 +1,8 @@
-"""``python -m dime_nas.agent ...``: the same as ``dime-nas agent ...``."""
+"""``python -m dime_nas.agent ...``: the same as ``dime-nas agent ...``, without loading the toolkit's CLI."""
 from __future__ import annotations
 
 import sys
 
-from dime_nas.cli import main
+from .server import main
 
-sys.exit(main(["agent", *sys.argv[1:]]))
+sys.exit(main())

@@ -1,11 +1,18 @@
-"""Start the agent: read the token file safely, then serve the app with uvicorn."""
+"""Start the agent: its command-line options, the token file read safely, uvicorn serving the app.
+
+``python -m dime_nas.agent`` and ``dime-nas agent`` share these options; this module
+imports only the standard library, so neither entry point loads the toolkit.
+"""
 from __future__ import annotations
 
+import argparse
 import os
 import stat
+import sys
 from pathlib import Path
 
 DEFAULT_STORE = "~/.cache/dime_nas_agent"
+MEMORY_SHARE = 0.5  # default memory limit per measurement: this share of the device's RAM
 
 
 class AgentConfigError(ValueError):
@@ -40,18 +47,77 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     return labels
 
 
+def default_memory_mb() -> float:
+    """``MEMORY_SHARE`` of the device's RAM in MB (2048 when the RAM cannot be read)."""
+    from .device import memory_bytes
+
+    total = memory_bytes()
+    return round(total * MEMORY_SHARE / 1024**2) if total else 2048.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The agent's options (one definition for ``dime-nas agent`` and ``python -m dime_nas.agent``)."""
+    parser.add_argument("--token-file", required=True, help="file holding the token (mode 600; at least 16 characters)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--store", default=DEFAULT_STORE, help=f"folder for received models (default {DEFAULT_STORE})")
+    parser.add_argument("--max-model-mb", type=float, default=512.0, help="largest model accepted (default 512)")
+    parser.add_argument("--max-memory-mb", type=float, default=None,
+                        help=f"memory one measurement may use: its inputs and what the model allocates (default "
+                             f"{MEMORY_SHARE:.0%}% of the device's RAM; over it: 413 or 422)")
+    parser.add_argument("--timeout-s", type=float, default=600.0,
+                        help="deadline of one measurement, from leaving the queue: loading, inputs, warm-up and "
+                             "runs (default 600; 504 after)")
+    parser.add_argument("--upload-timeout-s", type=float, default=300.0,
+                        help="time to receive one upload's whole body (default 300; 408 after)")
+    parser.add_argument("--max-uploads", type=int, default=2, help="uploads at a time (default 2; more get 503)")
+    parser.add_argument("--queue-limit", type=int, default=8, help="measure requests that may wait (more get 503)")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="shown in the device description, e.g. board=pi4-a (repeatable)")
+
+
+def serve_from_args(args: argparse.Namespace) -> None:
+    """Serve with parsed options until interrupted; AgentConfigError for bad ones."""
+    serve(args.token_file, host=args.host, port=args.port, store=args.store, max_model_mb=args.max_model_mb,
+          max_memory_mb=args.max_memory_mb, timeout_s=args.timeout_s, upload_timeout_s=args.upload_timeout_s,
+          max_uploads=args.max_uploads, queue_limit=args.queue_limit, labels=parse_labels(args.label))
+
+
 def serve(token_file: str | Path, host: str = "127.0.0.1", port: int = 8765, store: str | Path = DEFAULT_STORE,
-          max_model_mb: float = 512.0, queue_limit: int = 8, timeout_s: float = 600.0,
+          max_model_mb: float = 512.0, max_memory_mb: float | None = None, timeout_s: float = 600.0,
+          upload_timeout_s: float = 300.0, max_uploads: int = 2, queue_limit: int = 8,
           labels: dict[str, str] | None = None) -> None:
     """Serve the agent until interrupted (binds to 127.0.0.1 unless ``host`` says otherwise)."""
     import uvicorn
 
-    from .app import create_app
+    from .app import AgentLimits, create_app
 
-    if max_model_mb <= 0 or queue_limit < 0 or timeout_s <= 0:
-        raise AgentConfigError("max_model_mb and timeout_s must be positive, queue_limit non-negative")
-    app = create_app(read_token(token_file), Path(store).expanduser(), int(max_model_mb * 1024**2),
-                     queue_limit=queue_limit, timeout_s=timeout_s, labels=labels)
-    print(f"dime-nas agent on http://{host}:{port} (store {Path(store).expanduser()}, models up to "
-          f"{max_model_mb:g} MB, queue {queue_limit}, timeout {timeout_s:g} s)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    memory_mb = default_memory_mb() if max_memory_mb is None else max_memory_mb
+    try:
+        limits = AgentLimits(max_model_bytes=int(max_model_mb * 1024**2), max_memory_bytes=int(memory_mb * 1024**2),
+                             timeout_s=timeout_s, upload_timeout_s=upload_timeout_s, max_uploads=max_uploads,
+                             queue_limit=queue_limit)
+    except ValueError as err:
+        raise AgentConfigError(str(err)) from None
+    app = create_app(read_token(token_file), Path(store).expanduser(), limits, labels=labels)
+    print(f"dime-nas agent on http://{host}:{port} (store {Path(store).expanduser()}; models up to {max_model_mb:g} MB, "
+          f"{max_uploads} upload(s) at a time, {upload_timeout_s:g} s each; one measurement at a time, "
+          f"{queue_limit} waiting, {timeout_s:g} s and {memory_mb:g} MB each; onnxruntime telemetry off)", flush=True)
+    # ws="none": the API has no WebSocket route, so no upgrade is ever attempted
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, ws="none")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dime_nas.agent``: parse, serve; a bad option or token file exits 2 with one line."""
+    parser = argparse.ArgumentParser(prog="python -m dime_nas.agent", description="The dime-nas measurement agent "
+                                     "(the same as `dime-nas agent`; docs/agent.md).")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        serve_from_args(args)
+    except AgentConfigError as err:
+        print(f"dime-nas agent: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

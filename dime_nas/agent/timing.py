@@ -5,20 +5,15 @@ means the same on both sides. numpy and onnxruntime only.
 """
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
                "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
-
-
-class MeasureTimeout(RuntimeError):
-    """The measurement ran past its time limit and was stopped."""
 
 
 def latency_stats(times_ms: Any) -> dict[str, float]:
@@ -78,8 +73,10 @@ def fixed_input(shape: list[int] | tuple[int, ...], dtype: Any, seed: int = 0) -
     if np.issubdtype(dtype, np.integer):
         return rng.integers(1, 256, size=list(shape), dtype=dtype)  # valid ids in any vocabulary
     if dtype == np.bool_:
-        return rng.integers(0, 2, size=list(shape)).astype(np.bool_)
-    return rng.standard_normal(list(shape)).astype(dtype)
+        return rng.integers(0, 2, size=list(shape), dtype=np.uint8).astype(np.bool_)
+    if dtype in (np.float32, np.float64):  # drawn in the input's type: no float64 copy of a float32 input
+        return rng.standard_normal(list(shape), dtype=dtype)
+    return rng.standard_normal(list(shape), dtype=np.float32).astype(dtype)
 
 
 def session_options(threads: int) -> Any:
@@ -105,51 +102,3 @@ def usable_providers(requested: list[str]) -> list[str]:
         raise ValueError(f"none of the providers {list(requested)} is available here "
                          f"(available: {sorted(available)})")
     return providers
-
-
-def measure_onnx(path: str, providers: list[str], threads: int, warmup: int, runs: int,
-                 inputs: dict[str, list[int]], timeout_s: float | None = None, sessions: int = 1) -> dict[str, Any]:
-    """Time the model at ``path`` on fixed inputs of the given shapes.
-
-    Returns:
-        the statistics of :func:`timed_sessions` (``runs`` calls over ``sessions``
-        sessions), plus ``warmup``, ``threads`` and ``providers`` (those that actually
-        ran, from the session).
-
-    Raises:
-        ValueError: no requested provider is available, or ``inputs`` does not name the
-            model's inputs.
-        MeasureTimeout: the calls ran past ``timeout_s`` (onnxruntime's terminate flag
-            stops a call in flight).
-    """
-    import onnxruntime as ort
-
-    providers = usable_providers(providers)
-    session = ort.InferenceSession(path, session_options(threads), providers=providers)
-    wanted = {i.name: i for i in session.get_inputs()}
-    if set(inputs) != set(wanted):
-        raise ValueError(f"inputs must name exactly the model's inputs {sorted(wanted)}, got {sorted(inputs)}")
-    feed = {name: fixed_input(shape, _ORT_DTYPES.get(wanted[name].type, np.float32))
-            for name, shape in inputs.items()}
-    run_options = ort.RunOptions()
-    timer = None
-    if timeout_s is not None:
-        timer = threading.Timer(timeout_s, lambda: setattr(run_options, "terminate", True))
-        timer.daemon = True
-        timer.start()
-    opened = [session]
-
-    def open_session() -> Callable[[], Any]:
-        s = opened.pop() if opened else ort.InferenceSession(path, session_options(threads), providers=providers)
-        return lambda: s.run(None, feed, run_options)
-
-    try:
-        stats = timed_sessions(open_session, warmup, runs, sessions)
-    except Exception as err:
-        if run_options.terminate:
-            raise MeasureTimeout(f"measurement stopped after the {timeout_s:g} s limit") from None
-        raise ValueError(f"the model failed to run: {err}") from err
-    finally:
-        if timer is not None:
-            timer.cancel()
-    return {**stats, "warmup": warmup, "threads": threads, "providers": list(session.get_providers())}
