@@ -107,7 +107,9 @@ def test_an_edited_target_definition_is_refused(recorded, tmp_path):
     targets = tmp_path / "targets.yaml"
     targets.write_text(targets.read_text().replace("runs: 5", "runs: 9", 1))
     config = load_experiment(path)
-    assert _refused_key(config, _context(config), url, tmp_path) == "target.runs"
+    with pytest.raises(ConfigError, match=r"was run with target\.runs = 5, this experiment has 9") as info:
+        _join(config, _context(config), url, tmp_path)
+    assert info.value.key == "target.runs"
 
 
 def _leaves(tree: Any, prefix: str = "") -> list[str]:
