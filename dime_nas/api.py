@@ -4,6 +4,8 @@
     report(outcome.run)                                       # rewrite the report (e.g. other budgets)
     results = distill_selected(outcome.run, "knee")           # full runs of the picks, exported
     exported = export(outcome.run.full_run(key))              # again, elsewhere
+    found = find("experiments/demo.yaml", ["latency_ms <= 0.1"])  # budget -> verified deliverable
+    checked = verify(found.chosen["export"], target="local-cpu")     # the same files, another target
 
 Heavy libraries (torch, optuna) are imported inside the functions, so importing this
 module (and ``dime_nas``) stays instant.
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     import optuna
 
     from .config import Budget, ExperimentConfig
+    from .find import FindOutcome
 
 
 @dataclass
@@ -155,10 +158,13 @@ def distill_selected(run_dir: str | Path | RunDir, select: str = "knee", *, step
 def export(checkpoint: str | Path, *, out: str | Path | None = None, onnx: bool = True,
            int8: bool = True) -> Exported:
     """Export a fully distilled student (``RUN_DIR/full/<key>`` or its ``checkpoint.pt``): open_clip
-    checkpoint and config, ONNX towers (fp32, int8), model card; by default into ``<its folder>/export``."""
+    checkpoint and config, ONNX towers (fp32, int8), model card and README; by default into
+    ``<its folder>/export``. The card carries the full run's scores when the run recorded them."""
+    import json
+
     import torch
 
-    from .deliverable import export_student
+    from .deliverable import export_student, run_card
     from .distill.trainer import StudentTowers
     from .pipeline import prepare_cache, teacher_spec
     from .student import StudentConfig
@@ -168,17 +174,57 @@ def export(checkpoint: str | Path, *, out: str | Path | None = None, onnx: bool 
     ckpt = ckpt / "checkpoint.pt" if ckpt.is_dir() else ckpt
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt}")
-    config = RunDir.enclosing(ckpt.parent).load_config()
+    run = RunDir.enclosing(ckpt.parent)
+    config = run.load_config()
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     student = StudentConfig.from_dict(state["config"])
     towers = StudentTowers(student)
     towers.load_state_dict(state["model"])
     teacher = load_teacher(teacher_spec(config.teacher), device="cpu")
     cache, _ = prepare_cache(config, teacher=teacher)
+    results = json.loads(run.distill_results.read_text()) if run.distill_results.is_file() else []
+    full_run = next((r for r in results if r["arch_key"] == student.arch_key
+                     and r["steps"] == state["result"].steps), None)
     folder = Path(out) if out else ckpt.parent / "export"
     card = export_student(student, towers, folder, preprocess_cfg=cache.manifest["preprocess"], teacher=teacher,
-                          onnx=onnx, int8=int8, card={"checkpoint": str(ckpt), "steps": state["result"].steps})
+                          onnx=onnx, int8=int8,
+                          card={"checkpoint": str(ckpt), **run_card(config, cache, state["result"].steps, full_run)})
     return Exported(folder, card)
+
+
+def find(experiment: str | Path | ExperimentConfig, budgets: Sequence[str | Budget], *, target: str | None = None,
+         precision: str | None = None, out: str | Path | None = None, trials: int | None = None,
+         progress: bool = True) -> FindOutcome:
+    """The most accurate student that meets ``budgets`` on the target, verified as it ships.
+
+    Runs or continues the search with ``budgets`` added to the experiment's, then distils,
+    exports and verifies students along the front until one passes on the target (see
+    ``dime_nas/find.py``); every stage resumes. Returns the outcome (also in ``find.json``).
+    """
+    from .find import find as run_find
+
+    return run_find(experiment, list(budgets), target=target, precision=precision, out=out, trials=trials,
+                    progress=progress)
+
+
+def verify(export_dir: str | Path, *, target: str | None = None, budgets: Sequence[str | Budget] = (),
+           precision: str | None = None, experiment: str | Path | ExperimentConfig | None = None,
+           progress: bool = True) -> dict[str, Any]:
+    """Measure an export on a target: latency per tower and precision with intervals, test-split
+    accuracy through onnxruntime beside the checkpoint's, the precision to ship, budget verdicts.
+
+    Defaults come from the run the export lies in (or ``experiment``): its target, its budgets
+    (``budgets`` replace them) and ``deliverable`` settings. Writes ``verification.json`` and
+    updates the model card and README (see ``dime_nas/verify.py``).
+    """
+    from .config import Budget
+    from .cost.targets import get_target
+    from .verify import verify_export
+
+    config = load(experiment) if experiment is not None else RunDir.enclosing(export_dir).load_config()
+    checked = [b if isinstance(b, Budget) else Budget.parse(b) for b in budgets] or config.budget_list
+    return verify_export(export_dir, config, get_target(target or config.target, config.targets_file), checked,
+                         precision=precision, progress=progress)
 
 
 def build_cache(experiment: str | Path | ExperimentConfig, *, progress: bool = True) -> Any:

@@ -205,6 +205,35 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_distill)
 
+    f = sub.add_parser("find", help="budget -> the most accurate student under it, distilled, exported, verified",
+                       description="Run or continue the search with the budget(s), then fully distil, export and "
+                       "verify students along the front (most accurate first) until one meets every budget on the "
+                       "target as shipped. Every stage resumes when run again. Reference: docs/find.md.")
+    f.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    f.add_argument("--budget", action="append", required=True, help="e.g. 'latency_ms <= 5' (repeatable; the "
+                   "experiment's own budgets apply too)")
+    f.add_argument("--target", default=None, help="target to search and verify on (default: the experiment's)")
+    f.add_argument("--precision", choices=("fp32", "int8", "auto"), default=None,
+                   help="what to ship (default: deliverable.precision, auto: int8 when within the accuracy "
+                   "tolerance and faster)")
+    f.add_argument("--out", default=None, help="run directory (default: <out_dir>-find-<budget>)")
+    f.add_argument("--trials", type=int, default=None, help="distinct architectures to search (default: the config)")
+    f.add_argument("--quiet", action="store_true", help="no progress")
+    f.set_defaults(func=_cmd_find)
+
+    v = sub.add_parser("verify", help="measure an exported student on a target as it ships",
+                       description="Time each exported ONNX tower at each precision on the target (with a bootstrap "
+                       "interval of the median), score the ONNX files on the test split through onnxruntime beside "
+                       "the checkpoint, choose the precision to ship, check the budgets. Writes verification.json, "
+                       "updates model_card.json and README.md. Exit code 1 when a budget is missed.")
+    v.add_argument("export_dir", metavar="EXPORT_DIR")
+    v.add_argument("--target", default=None, help="default: the run's target")
+    v.add_argument("--budget", action="append", default=[], help="budget to check (repeatable; default: the run's)")
+    v.add_argument("--precision", choices=("fp32", "int8", "auto"), default=None)
+    v.add_argument("--experiment", default=None, help="the experiment, for an export outside its run directory")
+    v.add_argument("--quiet", action="store_true", help="no progress")
+    v.set_defaults(func=_cmd_verify)
+
     e = sub.add_parser("export", help="export a fully distilled student",
                        description="Write an open_clip checkpoint + model config, ONNX towers (fp32, int8) and a "
                        "model card for a student distilled by `dime-nas distill`.")
@@ -452,6 +481,43 @@ def _cmd_distill(args) -> int:
               f"{r['proxy'].get('accuracy')}, full accuracy {r['full'].get('accuracy')}; "
               f"latency {r['full'].get('latency_ms'):.3f} ms" + (f"; exported to {r['export']}" if 'export' in r else ""))
     return 0
+
+
+def _cmd_find(args) -> int:
+    from .api import find
+
+    o = find(args.experiment, args.budget, target=args.target, precision=args.precision, out=args.out,
+             trials=args.trials, progress=not args.quiet)
+    s = o.seconds
+    for a in o.attempts:
+        print(f"  tried trial {a['trial']} {a['arch_key']}: {'passes' if a['passes'] else 'misses'} "
+              f"({'; '.join(b['text'] for b in a['budgets'])})")
+    print(f"\n{'found' if o.chosen else 'not found'}: {o.message}")
+    print(f"time: {s['total']:.0f} s (teacher, data and cache {s['prepare']:.0f} s, search {s['search']:.0f} s, "
+          f"distillation {s['distill']:.0f} s, export {s['export']:.0f} s, verification {s['verify']:.0f} s)")
+    if o.chosen:
+        print(f"read: {o.chosen['export']}/README.md; record: {o.run.path / 'find.json'}")
+    return 0 if o.chosen else 1
+
+
+def _cmd_verify(args) -> int:
+    from .api import verify
+
+    v = verify(args.export_dir, target=args.target, budgets=args.budget, precision=args.precision,
+               experiment=args.experiment, progress=not args.quiet)
+    metric, fp32 = v["metric"], v["variants"]["fp32"][v["metric"]]
+    print(f"{v['export']} on {v['target']['name']}: test {metric} (onnxruntime) and latency of the counted towers "
+          f"({', '.join(v['target']['towers'])}), ms median [95% interval]")
+    for name, var in v["variants"].items():
+        lo, hi = var["total_interval_ms"]
+        print(f"  {name:20s} {var['precision']:4s}  {metric} {var[metric]:.3f} ({(var[metric] - fp32) * 100:+.1f})  "
+              f"latency {var['total_median_ms']:.4g} [{lo:.4g}-{hi:.4g}]")
+    print(f"  {'torch checkpoint':20s} fp32  {metric} {v['torch'][metric]:.3f}")
+    print(f"shipped: {v['shipped']['variant']}: {v['shipped']['reason']}")
+    for b in v["budgets"]:
+        print(f"budget {'met' if b['passes'] else 'MISSED'}: {b['text']}")
+    print(f"wrote {v['export']}/verification.json, model_card.json, README.md")
+    return 0 if v["passes"] else 1
 
 
 def _cmd_export(args) -> int:

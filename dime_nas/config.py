@@ -404,6 +404,41 @@ class LatencyPredictorConfig:
                               key="latency_predictor")
 
 
+PRECISIONS = ("fp32", "int8", "auto")
+
+
+@dataclass
+class DeliverableConfig:
+    """What `dime-nas find` and `dime-nas verify` ship, and how they check it on the target."""
+
+    # fp32, int8, or auto: int8 when its test accuracy is within int8_tolerance of fp32's and it is faster
+    precision: str = "auto"
+    int8_tolerance: float = 0.01  # largest loss of test accuracy (0.01 = 1 point) that auto accepts for int8
+    # int8 variants compared (dime_nas/quantize.py): dynamic or static (calibrated on corpus data), per tensor
+    # or per channel; the fastest within the tolerance stands for int8
+    quantization: list[str] = field(default_factory=lambda: ["dynamic", "dynamic-per-channel", "static",
+                                                             "static-per-channel"])
+    calibration_samples: int = 128  # corpus images (sentences for a text tower) that calibrate static int8
+    latency_rounds: int = 3  # measurements per tower and variant; the interval is over all their sessions
+    candidates: int = 3  # students `find` distils and verifies at most before it gives up
+
+    def __post_init__(self) -> None:
+        from .quantize import QUANTIZATIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+                              key="deliverable.precision")
+        if not 0 <= self.int8_tolerance < 1:
+            raise ConfigError(f"must be within [0, 1), got {self.int8_tolerance}", key="deliverable.int8_tolerance")
+        unknown = [q for q in self.quantization if q not in QUANTIZATIONS]
+        if unknown or not self.quantization:
+            raise ConfigError(f"must be a non-empty list from {', '.join(QUANTIZATIONS)}, got {self.quantization}",
+                              key="deliverable.quantization")
+        for name in ("calibration_samples", "latency_rounds", "candidates"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", key=f"deliverable.{name}")
+
+
 @dataclass
 class ExperimentConfig:
     name: str  # names the study and the run
@@ -420,6 +455,7 @@ class ExperimentConfig:
     full_distill: DistillConfig = field(default_factory=lambda: DistillConfig(steps=2000, checkpoint_every=250))
     search: SearchConfig = field(default_factory=SearchConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)  # with search.evaluator: supernet
+    deliverable: DeliverableConfig = field(default_factory=DeliverableConfig)  # what find/verify ship and check
     out_dir: str = "runs/{name}"  # run directory ({name} = the experiment name)
     cache_dir: str | None = None  # teacher-feature cache (default: the user cache dir, keyed by teacher+data)
     source: str | None = None  # set by load_experiment: the file this came from
@@ -441,6 +477,19 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     _resolve_paths(config, path.parent)
     _validate(config, path)
     return config
+
+
+def with_budgets(config: ExperimentConfig, budgets: list[Budget], target: str | None = None) -> ExperimentConfig:
+    """A copy of ``config`` with ``budgets`` added to its own (and ``target`` in place of its target),
+    validated as a loaded file is (a budget on a metric the experiment does not measure is refused)."""
+    import copy
+
+    out = copy.deepcopy(config)
+    out.budgets = [*config.budgets, *(str(b) for b in budgets if str(b) not in map(str, config.budget_list))]
+    if target is not None:
+        out.target = target
+    _validate(out, Path(config.source or "<experiment>"))
+    return out
 
 
 def _resolve_paths(config: ExperimentConfig, base: Path) -> None:

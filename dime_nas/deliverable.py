@@ -9,6 +9,8 @@ Output folder::
     image.onnx, image.int8.onnx  ONNX image tower (dynamic batch), int8 variant
     text.onnx, text.int8.onnx    ONNX text tower
     model_card.json              architecture key, config, teacher, data, metrics, cost, files
+    README.md                    the card in words (Hugging Face style): how to load it, limits, scores
+    verification.json            after `dime-nas verify`: accuracy and latency per precision on a target
 
 Load with ``open_clip.create_model('local-dir:DIR')``, or
 ``open_clip.add_model_config('DIR/<name>.json')`` then
@@ -23,9 +25,11 @@ from typing import Any
 
 import torch
 
+from .card_readme import write_readme
 from .student import StudentConfig, build_student, write_open_clip_config
 from .teacher import save_checkpoint_dir
 
+VERIFICATION = "verification.json"
 # CLIP attributes that make up its text tower (open_clip.model.CLIP keeps them at top level)
 _TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 
@@ -86,4 +90,20 @@ def export_student(config: StudentConfig, towers: Any, out_dir: str | Path, *, p
                   "load": {"open_clip": f"open_clip.create_model('local-dir:{out}')"},
                   "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(card or {})}
     (out / "model_card.json").write_text(json.dumps(model_card, indent=1, default=str) + "\n")
+    (out / VERIFICATION).unlink(missing_ok=True)  # it verified the files just replaced
+    write_readme(out)
     return model_card
+
+
+def run_card(config: Any, cache: Any, steps: int, full_run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a model card says about the run a student came from: the full run's recipe (``steps``
+    taken), the data, and its scores when ``full_run`` (its ``distill_results.json`` entry) is given."""
+    import dataclasses
+
+    from .config import SHORT_RUN_ONLY
+
+    recipe = {k: v for k, v in dataclasses.asdict(config.full_distill).items() if k not in SHORT_RUN_ONLY}
+    card: dict[str, Any] = {"steps": steps, "distill": {**recipe, "steps": steps}, "data": cache.summary()}
+    if full_run is not None:
+        card["metrics"], card["test"] = full_run["full"], full_run.get("test", {})
+    return card

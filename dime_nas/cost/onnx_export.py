@@ -8,8 +8,6 @@ run by onnxruntime at batch 1 and 3 and compared with torch.
 """
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -24,10 +22,6 @@ from dime_nas.cost.towers import Tower, tracing_mode
 DEFAULT_OPSET = 18
 PARITY_ATOL = 1e-4
 _TWO_GB = 2 * 1024**3
-# Dynamic int8 covers weight matmuls only: onnxruntime's ConvInteger runs slower than
-# fp32 Conv on CPU (measured: convnext_atto @224, 22 ms -> 133 ms), and it rejects convs
-# whose weights are not plain initializers (efficientvit). Convnets need static int8.
-INT8_OP_TYPES = ("MatMul", "Gemm")
 
 
 class ExportParityError(RuntimeError):
@@ -44,7 +38,7 @@ class ExportedTower:
     """An ONNX file of one tower, checked and parity-tested.
 
     ``input_shape`` names the dynamic axis ("batch"); ``int8_*`` are set when a
-    dynamically quantised variant was made (int8 weights of ``INT8_OP_TYPES`` ops;
+    dynamically quantised variant was made (``dime_nas.quantize``: int8 weights of MatMul/Gemm;
     cosines compare its outputs with fp32's over a batch of 8).
     """
 
@@ -186,24 +180,9 @@ def _file_bytes(path: Path) -> int:
 
 def _add_int8(exported: ExportedTower, tower: Tower, batch: int = 8) -> None:
     """Write the int8 variant and record how close its outputs stay to fp32's."""
-    import logging
+    from dime_nas.quantize import quantize_onnx, quantized_path
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    int8_path = exported.path.with_suffix(".int8.onnx")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs advice on the root logger
-    try:
-        # onnxruntime's shape inference dumps a debug model into the working directory when it
-        # gives up: run it from a scratch folder so users' folders stay clean.
-        source, target = str(exported.path.resolve()), str(int8_path.resolve())  # before leaving the cwd
-        with tempfile.TemporaryDirectory(prefix="dime_nas_quant_") as scratch, contextlib.chdir(scratch):
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=list(INT8_OP_TYPES),
-                             use_external_data_format=exported.file_bytes > _TWO_GB * 0.95)
-    finally:
-        root.setLevel(level)
+    int8_path = quantize_onnx(exported.path, quantized_path(exported.path, "dynamic"), "dynamic")
     x = tower.example_input(batch).numpy()
     fp32 = _session(exported.path).run(None, {exported.input_name: x})[0]
     q = _session(int8_path).run(None, {exported.input_name: x})[0]

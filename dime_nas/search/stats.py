@@ -1,4 +1,5 @@
-"""Statistics for judging a search: rank agreement with intervals, hypervolume curves.
+"""Statistics for judging a search and a deliverable: rank agreement with intervals, hypervolume
+curves, intervals of summed medians (latency).
 
 Pure numpy (scipy is not needed); ties are handled the way scipy's defaults do
 (Kendall's tau-b, Spearman's rho on average ranks), so results agree with
@@ -74,6 +75,23 @@ def bootstrap_interval(stat: Callable[[np.ndarray, np.ndarray], float], x: Seque
     if len(values) == 0:
         return float("nan"), float("nan")
     lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def sum_of_medians_interval(groups: Sequence[Sequence[float]], *, n_boot: int = 2000, level: float = 0.95,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the sum of the groups' medians (one group: its median).
+
+    Each group (e.g. one tower's session medians) is resampled on its own, with replacement.
+    """
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    if not arrays or any(a.ndim != 1 or len(a) == 0 or not np.all(np.isfinite(a)) for a in arrays):
+        raise ValueError("need at least one group, each a non-empty 1-D sequence of finite values")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    total = sum(np.median(a[rng.integers(0, len(a), size=(n_boot, len(a)))], axis=1) for a in arrays)
+    lo, hi = np.quantile(total, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
 
 
