@@ -218,3 +218,27 @@ def test_every_quantisation_writes_a_file_that_runs_close_to_fp32(tmp_path, towe
         quantize_onnx(fp32, tmp_path / "x.onnx", "static")
     with pytest.raises(ValueError, match="unknown quantisation"):
         quantize_onnx(fp32, tmp_path / "x.onnx", "float8")
+
+
+@pytest.mark.slow
+def test_onnx_accuracy_matches_the_checkpoint_on_the_demo_test_split(repo_root, tmp_path):
+    """The demo's teacher, cache and test split (built into the tests' private cache: minutes)."""
+    from dime_nas.deliverable import export_student
+    from dime_nas.distill.trainer import distill
+    from dime_nas.pipeline import teacher_spec
+    from dime_nas.student import StudentConfig
+    from dime_nas.teacher import load_teacher
+
+    config = load_experiment(repo_root / "experiments" / "demo.yaml")
+    config = dataclasses.replace(config, deliverable=dataclasses.replace(config.deliverable, quantization=["dynamic"],
+                                                                         latency_rounds=1))
+    cache = api.build_cache(config, progress=False)
+    student = StudentConfig.from_dict({"embed_dim": cache.embed_dim, "vision": {
+        "kind": "vit", "image_size": 32, "layers": 1, "width": 64, "heads": 2, "mlp_ratio": 4.0, "patch_size": 8},
+        "text": {"kind": "teacher"}})
+    towers, _ = distill(student, cache, config.distill)  # the demo's short run: well above chance
+    export_student(student, towers, tmp_path, preprocess_cfg=cache.manifest["preprocess"],
+                   teacher=load_teacher(teacher_spec(config.teacher)))
+    v = verify_export(tmp_path, config, get_target(config.target), [], progress=False)
+    assert v["torch"]["accuracy"] > 0.4
+    assert abs(v["variants"]["fp32"]["accuracy"] - v["torch"]["accuracy"]) <= 0.005
