@@ -1,7 +1,8 @@
 """The ``dime-nas`` command: a thin layer over the library's public functions.
 
 Bad input (ConfigError, missing files) prints one line naming the problem and exits
-with code 2; ``--debug`` shows the traceback instead.
+with code 2; a study's database lost for good, code 3; any other error, code 1; a second
+Ctrl-C, 130 (docs/workers.md). ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dime-nas: error: `dime-nas {command}` needs the search tools, which this install lacks "
                   f"(no module named {exc.name!r}): pip install 'dime-nas[search]'", file=sys.stderr)
             return 2
+        if type(exc).__name__ == "StorageUnavailable":  # the study's database stayed away: a worker stops
+            print(f"dime-nas: error: {exc}", file=sys.stderr)
+            return 3
         from .errors import ConfigError
 
         user_error = isinstance(exc, (ConfigError, FileNotFoundError)) or type(exc).__name__ in (

@@ -289,12 +289,22 @@ def _fail_interrupted(study: optuna.Study, *, heartbeat: bool = False, orphan_gr
         elif not heartbeat and worker.get("host") == host and not _alive(worker.get("pid", -1)):
             stale.append(t)
     retry = retry_callback(retries)
-    for t in stale:
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    failed = [t for t in stale if _fail_if_running(study, t)]
+    for t in failed:
         if retries:
             retry(study, t)
-    if stale:
-        _log.warning("marked %d interrupted trial(s) as failed%s", len(stale), " and queued them again" if retries else "")
+    if failed:
+        _log.warning("marked %d interrupted trial(s) as failed%s", len(failed),
+                     " and queued them again" if retries else "")
+
+
+def _fail_if_running(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """Fail a trial; False when another worker finished or failed it first (then it, not this
+    one, queues the retry: two workers must not both queue one)."""
+    try:
+        return study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -1,4 +1,4 @@
-"""One worker's share of a study: Optuna's own loop, stopped when the study has enough.
+"""One worker's share of a study: ask a trial, run it, tell its result, until the study has enough.
 
 Any number of workers (processes, machines) run :func:`work_on` against one study.
 Before each trial a worker takes the study's :class:`ClaimLock` and counts distinct
@@ -7,8 +7,14 @@ does not start one (it waits while others' trials may still fail, then leaves). 
 trial it starts records the worker (host, pid, device) and its architecture before the
 lock is released, so no two workers can claim the last slot or train one student twice.
 
-Ctrl-C: the first finishes the current trial and leaves (``study.stop()``), the second
-stops at once and records the trial as interrupted.
+The loop is Optuna's ask and tell rather than ``study.optimize``, so that nothing the
+study's database does ends a worker: a transient error is retried (``with_retries``,
+``RetryingRDBStorage``), a failed heartbeat is logged and beaten again, and a trial that
+other workers failed meanwhile (its heartbeat was late: a frozen or starved machine) is
+dropped with one line instead of ending the worker (``tell`` skips a finished trial).
+
+Ctrl-C: the first finishes the current trial and leaves, the second stops at once and
+records the trial as interrupted.
 """
 from __future__ import annotations
 
@@ -21,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
+from optuna.trial import TrialState
 
 from . import record
 from .objective import TrialContext, claim_architecture, record_failure, run_trial
-from .storage import ClaimLock, retried_trial_number, with_retries
+from .storage import ClaimLock, Heartbeat, heartbeat_interval, retried_trial_number, with_retries
 
 _log = logging.getLogger(__name__)
 WAIT_POLL_S = 2.0  # how often a worker with nothing to start looks again at others' trials in flight
@@ -57,7 +64,7 @@ def work_on(study: optuna.Study, ctx: TrialContext, lock: ClaimLock, *, want: in
     """
     start, me = time.time(), worker_identity(ctx)
     state = {"new": 0, "capped": False}
-    ctrl_c = _StopOnCtrlC(study)
+    ctrl_c = _StopOnCtrlC()
 
     def may_start() -> bool:
         """Under the lock: True (lock kept until the trial is claimed) or False (stop)."""
@@ -92,36 +99,72 @@ def work_on(study: optuna.Study, ctx: TrialContext, lock: ClaimLock, *, want: in
             finally:
                 lock.release()  # the trial is claimed: others now count it in flight
             return run_trial(trial, ctx, config)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
             raise
         except KeyboardInterrupt:
             record.write(trial, status="interrupted", reason="interrupted (Ctrl-C)")
             raise
-        except Exception as exc:  # one bad config must not end the search: recorded, then caught by optimize
+        except Exception as exc:  # one bad config must not end the search: recorded, and the loop goes on
             record_failure(trial, exc)
             raise
 
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        state["new"] += 1
-        if on_trial is not None:
-            on_trial(study)
-        if ctrl_c.requested or not may_start():
-            study.stop()
-
     with ctrl_c:
         try:
-            if may_start():
-                study.optimize(objective, catch=(Exception,), callbacks=[after_trial], gc_after_trial=False)
+            while may_start():
+                run_one(study, objective)
+                state["new"] += 1
+                if on_trial is not None:
+                    on_trial(study)
         finally:
             lock.release()
     return WorkResult(state["new"], ctrl_c.requested, state["capped"])
 
 
-class _StopOnCtrlC:
-    """First Ctrl-C: ``study.stop()`` (the current trial finishes). Second: stop now."""
+def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], Any]) -> None:
+    """Ask one trial, run ``objective`` on it with its heartbeat beating, tell the result.
 
-    def __init__(self, study: optuna.Study):
-        self.study, self.requested, self._old = study, False, None
+    A trial that raises is told FAIL (the objective recorded why) and the worker goes on; a
+    trial another worker failed meanwhile is left as they did, with a warning.
+    """
+    trial = with_retries("starting a trial", study.ask)
+    values, state = None, TrialState.FAIL
+    with Heartbeat(study._storage, trial._trial_id, heartbeat_interval(study._storage)):
+        try:
+            # None: Optuna decides, as its own loop does (a NaN value makes the trial FAIL)
+            values, state = objective(trial), None
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it meanwhile: _tell says so
+        except KeyboardInterrupt:
+            _tell(study, trial, None, TrialState.FAIL)
+            raise
+        except Exception as exc:
+            _log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, str(exc)[:300])
+    _tell(study, trial, values, state)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialState | None) -> None:
+    """Record the trial's end, unless another worker failed it first (its heartbeat was late: a
+    frozen or starved machine, a long database outage); then it runs again elsewhere."""
+
+    def tell() -> bool:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            return False
+        # skip_if_finished: a tell whose reply a dropped connection lost is not an error when repeated
+        study.tell(trial, values, state=state, skip_if_finished=True)
+        return True
+
+    if not with_retries("recording a trial's end", tell):
+        _log.warning("trial %d was failed by another worker while this one ran it (its heartbeat was late): "
+                     "this worker's result is dropped and the trial runs again", trial.number)
+
+
+class _StopOnCtrlC:
+    """First Ctrl-C: the current trial finishes, then the worker leaves. Second: stop now."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
 
     def __enter__(self) -> _StopOnCtrlC:
         def handler(signum, frame):
