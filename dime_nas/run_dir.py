@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .fs import write_atomic
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
@@ -116,7 +117,8 @@ class RunDir:
             if theirs.get("name") != config.name:
                 raise ConfigError(f"run directory {self.path} belongs to experiment {theirs.get('name')!r}, not "
                                   f"{config.name!r}: choose another --out, or pass --force", key="out_dir")
-        self.marker.write_text(json.dumps({"name": config.name, "source": config.source}, indent=1) + "\n")
+        # atomic: workers sharing the folder read it while others write it
+        write_atomic(self.marker, json.dumps({"name": config.name, "source": config.source}, indent=1) + "\n")
 
     def default_storage(self) -> str:
         """The SQLite study in this folder (absolute, so the URL works from any directory)."""
@@ -130,7 +132,7 @@ class RunDir:
         """Save the config and storage URL, so report, distill and export need only the folder."""
         from .typed_yaml import to_plain
 
-        self.config_file.write_text(json.dumps({"storage": storage, "config": to_plain(config)}, indent=1) + "\n")
+        write_atomic(self.config_file, json.dumps({"storage": storage, "config": to_plain(config)}, indent=1) + "\n")
 
     @property
     def is_run(self) -> bool:
