@@ -4,6 +4,7 @@ another worker while it was frozen; and Ctrl-C still finishes the trial in fligh
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -101,35 +102,45 @@ def test_a_worker_whose_connections_are_dropped_mid_trial_finishes_its_trials(tm
         (t.state, t.user_attrs.get("reason")) for t in study.trials]
 
 
-def _restart(server) -> None:
-    """pg_ctl restart (fast): every session is cut, the server is away for a moment, then back."""
-    data = server.root / "data"
-    cmd = [str(server.bin / "pg_ctl"), "-D", str(data), "-l", str(server.root / "log"), "-m", "fast", "-w", "-t",
-           "60", "restart"]  # -l: the new server must not hold our pipe open
+def _pg_ctl(server, *args: str) -> None:
+    cmd = [str(server.bin / "pg_ctl"), "-D", str(server.root / "data"), *args]
     if server.user:
         cmd = ["runuser", "-u", server.user, "--", *cmd]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
+def _restart(server, down_s: float) -> None:
+    """Stop the server (fast: every session is cut), leave it down ``down_s``, start it as it was."""
+    data = server.root / "data"
+    options = shlex.split((data / "postmaster.opts").read_text())[1:]  # how it was started, less the binary
+    options = [o for i, o in enumerate(options) if o != "-D" and (i == 0 or options[i - 1] != "-D")]
+    _pg_ctl(server, "-m", "fast", "-w", "stop")
+    time.sleep(down_s)
+    try:  # -l: the new server must not hold a pipe of ours open
+        _pg_ctl(server, "-l", str(server.root / "log"), "-w", "-t", "60", "start", "-o", shlex.join(options))
     finally:  # the server to stop at the end is the new one
         server.pid = int((data / "postmaster.pid").read_text().splitlines()[0])
 
 
 def test_a_worker_survives_the_server_restarting_mid_trial(tmp_path, tiny_teacher_dir):
+    """Down for 3 s mid-trial: the worker's calls then fail. Its heartbeat must go on after it (or the
+    next worker fails its trial) and its trials must all finish."""
     from pg_server import PostgresServer
 
     server = PostgresServer().start()  # its own server: the restart must not cut other tests' sessions
     try:
         url = server.create_database("restart")
-        exp = _experiment(tmp_path, tiny_teacher_dir, trials=3, steps=60)
+        exp = _experiment(tmp_path, tiny_teacher_dir, trials=2, steps=600)
         worker = Worker(exp, url, "restarted")
         first = _trial_in_flight(url, worker)
-        _restart(server)
-        _trial_in_flight(url, worker)  # it goes on to its next trials
-        _restart(server)
+        _restart(server, down_s=3)
+        time.sleep(5)  # past grace_s: a heartbeat that died with the outage would make the trial stale
+        other = optuna.load_study(study_name="t", storage=open_storage(url, heartbeat_s=1, grace_s=4))
+        optuna.storages.fail_stale_trials(other)  # what another worker does before its next trial
         assert worker.wait() == 0, worker.output()[-3000:]
-        study = _assert_study_done(url, 3)
+        study = _assert_study_done(url, 2)
         assert study.trials[first.number].state == optuna.trial.TrialState.COMPLETE
-        assert "trying again" in worker.output()  # the restart was seen, and retried
+        assert "trying again" in worker.output()  # the outage was met, and retried
     finally:
         server.stop()
 
