@@ -73,7 +73,9 @@ def open_storage(url: str, *, heartbeat_s: int | None = None, grace_s: int | Non
                               heartbeat_stale_trial_callback=retry_callback(retries))
         for attempt in range(SCHEMA_RACE_TRIES):
             try:
-                return RetryingRDBStorage(normalise_url(url), **kwargs)
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: no notice per worker
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RetryingRDBStorage(normalise_url(url), **kwargs)
             except Exception as exc:
                 if attempt == SCHEMA_RACE_TRIES - 1 or not _lost_schema_race(exc):
                     raise
