@@ -36,6 +36,7 @@ from common import RESULTS, ROOT, relative  # common puts the checkout on sys.pa
 
 sys.path.insert(0, str(ROOT / "tests"))
 from pg_server import PostgresServer  # noqa: E402
+from workers import machine_note  # noqa: E402  (the CPU, its cores and the load at the start)
 
 VARIANTS = ("one_kill", "two_kills")
 WORKERS = 4
@@ -238,12 +239,6 @@ def summarise(runs: list[dict[str, Any]], machine: str) -> tuple[dict[str, Any],
                                              "random_kill_s": list(RANDOM_KILL_S)},
             "summary": by_variant, "runs": runs}
     return data, "\n".join(lines) + "\n"
-
-
-def machine_note() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    return f"{model}, {os.cpu_count()} cores, shared with other work (each run records its 1-min load average)"
 
 
 def main() -> None:
