@@ -364,6 +364,25 @@ def test_clients_that_leave_give_up_their_place_in_the_queue_and_their_run(roomy
     assert seconds < 20  # not behind a minute-long run nobody waits for
 
 
+def test_a_measurement_does_not_outlive_a_killed_agent(tmp_path):
+    with loopback_agent(tmp_path / "agent", "--timeout-s", "600") as agent:
+        model = put(agent, matmul_model(layers=2, seed=5))
+        body = json.dumps(measure_body(model, runs=1_000_000)).encode()  # minutes of work
+        s = raw_connection(agent, ["POST /v1/measure HTTP/1.1", "Content-Type: application/json",
+                                   f"Content-Length: {len(body)}"])
+        s.sendall(body)
+        time.sleep(1.0)
+        measuring = children(agent.process.pid, "measure")
+        assert len(measuring) == 1
+        agent.process.kill()  # SIGKILL: no shutdown code runs
+        agent.process.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{next(iter(measuring))}").exists():
+            time.sleep(0.1)
+        s.close()
+        assert not Path(f"/proc/{next(iter(measuring))}").exists()  # the kernel ended it with the agent
+
+
 def test_websocket_requests_never_reach_the_app():
     reached, sent = [], []
 

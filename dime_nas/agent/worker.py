@@ -145,6 +145,16 @@ def _limit_address_space(max_memory_bytes: int) -> int | None:
         return None
 
 
+def _die_with_the_agent() -> None:
+    """Linux: the kernel kills this child when the agent dies (a long job would otherwise outlive it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child ends when its stdin closes, after its job
+        pass
+
+
 def main(argv: list[str]) -> int:
     """A child's loop: ``measure MAX_MEMORY_BYTES`` or ``check``; a ready line, then one reply per job."""
     kind = argv[0]
@@ -156,6 +166,7 @@ def main(argv: list[str]) -> int:
 
         from .store import onnx_problem
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the agent, which stops its children
+    _die_with_the_agent()
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever a library prints goes to the agent's log, not into the replies
     max_memory_bytes = int(argv[1]) if kind == "measure" else None
