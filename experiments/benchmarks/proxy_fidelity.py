@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -86,6 +87,30 @@ def image_cost(student) -> tuple[float, float]:
     return count_macs(tower)[0] / 1e6, count_params(tower) / 1e6
 
 
+def draw_students(a: argparse.Namespace) -> None:
+    """``--sample``: draw a stratified random student list, excluding students already used, and write it."""
+    import preregister
+    from dime_nas.space import SearchSpace, resolve_space_path
+
+    if not (a.students and a.space and a.draw_seed is not None and a.stratify):
+        raise SystemExit("--sample needs --students FILE (written), --space, --draw-seed and --stratify family")
+    if Path(a.students).exists():
+        raise SystemExit(f"{a.students} exists: a drawn list is never redrawn in place")
+    space = SearchSpace.load(resolve_space_path(a.space))
+    quotas = preregister.parse_quotas(a.sample, space.kinds["image"])
+    used = set(STUDENTS + HOLDOUT)  # every student of experiments/results/proxy_fidelity*.json before this draw
+    students = preregister.draw(space, quotas, a.draw_seed, exclude=used)
+    command = (f"python experiments/benchmarks/proxy_fidelity.py --sample {a.sample} --space {common.relative(a.space)} "
+               f"--draw-seed {a.draw_seed} --stratify family --students {common.relative(a.students)}")
+    preregister.write_students(a.students, students, [
+        f"Drawn from {common.relative(a.space)} by its own random sampling (optuna RandomSampler, seed {a.draw_seed}),",
+        "stratified by image family (" + ", ".join(f"{k} {v}" for k, v in quotas.items()) + f"), excluding the "
+        f"{len(used)} students used before (proxy_fidelity.py's fixed lists) and repeats.",
+        f"Redraw: {command}",
+        "Committed before any of these students was trained."])
+    print(f"wrote {len(students)} students to {a.students}: commit it, then run with --students {a.students}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(common.DEMO_YAML), help="experiment whose teacher, cache and short run are used")
@@ -108,7 +133,18 @@ def main() -> None:
                    help="override distill.text_tower_step_scale: the short run of a student with its own text "
                         "tower takes this many times the steps (1: the same short run for every student)")
     p.add_argument("--name", default="proxy_fidelity")
+    g = p.add_argument_group("pre-registered students")
+    g.add_argument("--students", default=None, help="student list file (one per line, describe() form or "
+                   "StudentConfig JSON), committed before it is run; default: the fixed 18 (+6) students above")
+    g.add_argument("--sample", default=None, help="draw a student list instead of running: N per image family, "
+                   "or vit=N,timm=M; written to --students and nothing else is done")
+    g.add_argument("--space", default=None, help="the space to draw from (with --sample)")
+    g.add_argument("--draw-seed", type=int, default=None, help="seed of the draw (with --sample)")
+    g.add_argument("--stratify", choices=["family"], default=None, help="quotas per image family (with --sample)")
     a = p.parse_args()
+    if a.sample is not None:
+        draw_students(a)
+        return
     from dime_nas.search.stats import kendall_tau, rank_agreement, spearman_rho
 
     import bench_stats
