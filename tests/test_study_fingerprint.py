@@ -40,7 +40,8 @@ other-cpu:
   runs: 5
 """
 # The parts of the fingerprint that must be there, whatever else is added later.
-REQUIRED_PARTS = {"teacher", "data", "eval", "space", "target", "objectives", "budgets", "distill"}
+REQUIRED_PARTS = {"teacher", "data", "eval", "space", "target", "objectives", "budgets", "distill", "evaluator",
+                  "decisions"}
 
 
 def _experiment(root, teacher_dir):
@@ -219,3 +220,41 @@ def test_a_recorded_fingerprint_with_a_setting_missing_or_extra_is_refused(recor
     study.set_user_attr("fingerprint", fingerprint)
     key = "distill.lr" if change == "missing" else "distill.retired_setting"
     assert _refused_key(config, _context(config), url, tmp_path) == key
+
+
+@pytest.mark.parametrize("edit, key", [
+    ("search: {near_budget_margin: 0.3}", "decisions.near_budget_margin"),
+    ("search: {near_budget_rounds: 2}", "decisions.near_budget_rounds"),
+    ("search: {prune: false}", "decisions.prune"),
+    ("latency_predictor: {margin: 0.4}", "decisions.latency_predictor"),
+])
+def test_the_rules_that_decide_a_latency_or_prune_a_trial_are_fingerprinted(recorded, tmp_path, edit, key):
+    """A near-budget margin, rounds, the latency predictor or pruning changed after trials ran would
+    judge later trials by other rules than earlier ones."""
+    path, url = recorded
+    path.write_text(_with_top_level(path.read_text(), edit))
+    config = load_experiment(path)
+    assert _refused_key(config, _context(config), url, tmp_path) == key
+
+
+def test_a_study_recorded_before_the_decision_rules_were_fingerprinted_continues_at_their_defaults(recorded, tmp_path):
+    path, url = recorded
+    config = load_experiment(path)
+    study, _ = _join(config, _context(config), url, tmp_path)
+    fingerprint = copy.deepcopy(study.user_attrs["fingerprint"])
+    del fingerprint["decisions"]
+    study.set_user_attr("fingerprint", fingerprint)
+    _join(config, _context(config), url, tmp_path)
+    path.write_text(_with_top_level(path.read_text(), "search: {near_budget_rounds: 2}"))
+    config = load_experiment(path)
+    assert _refused_key(config, _context(config), url, tmp_path) == "decisions.near_budget_rounds"
+
+
+def _with_top_level(text: str, line: str) -> str:
+    """The experiment text with one top-level key set (merged into an existing flow mapping of that key)."""
+    key, _, value = line.partition(": ")
+    for existing in text.splitlines():
+        if existing.startswith(f"{key}: {{"):
+            return text.replace(existing, existing.rstrip("}").rstrip() + ", " + value.strip("{} ") + "}")
+    return text + line + "\n"
+

@@ -103,7 +103,8 @@ def teacher_identity(teacher: dict[str, Any]) -> dict[str, Any]:
 
 def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[str, Any]:
     """What changes a trial's result: the teacher, corpora, evaluation, space, target, objectives,
-    budgets and short-run settings. A study holds trials of one fingerprint only."""
+    budgets, short-run settings, evaluator and the rules that decide a latency or prune a trial.
+    A study holds trials of one fingerprint only."""
     plain = to_plain(config)
     teacher = teacher_identity(plain["teacher"])
     space = hashlib.sha256(Path(ctx.space.source).read_bytes()).hexdigest() if Path(ctx.space.source).is_file() \
@@ -114,16 +115,23 @@ def experiment_fingerprint(config: ExperimentConfig, ctx: TrialContext) -> dict[
     evaluator = {"name": config.search.evaluator}
     if config.search.evaluator == "supernet":  # its recipe makes every score
         evaluator["supernet"] = plain["supernet"]
+    search = plain["search"]
+    # how a trial's latency is decided (re-measured near a budget, predicted far from it) and whether it is pruned
+    decisions = {"near_budget_margin": search["near_budget_margin"], "near_budget_rounds": search["near_budget_rounds"],
+                 "latency_predictor": plain["latency_predictor"], "prune": search["prune"]}
     fingerprint = {"teacher": teacher, "data": plain["data"], "eval": plain["eval"], "space": space,
                    "target": ctx.meter.target.to_dict(), "objectives": [o.metric for o in ctx.objectives],
-                   "budgets": [str(b) for b in ctx.budgets], "distill": distill, "evaluator": evaluator}
+                   "budgets": [str(b) for b in ctx.budgets], "distill": distill, "evaluator": evaluator,
+                   "decisions": decisions}
     return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
 
 # Settings added to the fingerprint after studies were recorded, each with the value that
 # behaves as the toolkit did before it existed: a study recorded without one continues.
 ADDED_SETTINGS = {"distill": {"seeds": 1, "text_tower_step_scale": 1.0, "init": "scratch"},
-                  "evaluator": {"name": "short_distill"}}
+                  "evaluator": {"name": "short_distill"},
+                  "decisions": {"near_budget_margin": 0.15, "near_budget_rounds": 4, "latency_predictor": None,
+                                "prune": True}}
 
 
 def with_added_settings(recorded: dict[str, Any]) -> dict[str, Any]:
