@@ -148,15 +148,16 @@ def _verified(v: dict[str, Any]) -> list[str]:
     lines = [f"## Verified on {v['target']}", "", f"{v['target_description']}", "",
              f"Device: {_device(v['device'])}.", "",
              f"| variant | precision | test {metric} (onnxruntime) | vs fp32 (points) | latency, counted towers "
-             "(ms, median [95% interval]) | per tower |", "|---|---|---|---|---|---|"]
+             "(ms, median [95% interval]) | time / fp32's (paired) | per tower |", "|---|---|---|---|---|---|---|"]
     for name, var in v["variants"].items():
         lo, hi = var["total_interval_ms"]
         towers = "; ".join(f"{t} {lat['median_ms']:.4g} [{lat['interval_ms'][0]:.4g}-{lat['interval_ms'][1]:.4g}]"
                            for t, lat in var["latency"].items())
         mark = " **(shipped)**" if name == shipped["variant"] else ""
+        r = var["time_vs_fp32"]
         lines.append(f"| {name}{mark} | {var['precision']} | {_num(var[metric])} | "
                      f"{(var[metric] - fp32) * 100:+.1f} | {var['total_median_ms']:.4g} [{lo:.4g}-{hi:.4g}] | "
-                     f"{towers} |")
+                     f"{r['ratio']:.2f} [{r['interval'][0]:.2f}-{r['interval'][1]:.2f}] | {towers} |")
     lines += ["", f"The open_clip checkpoint (torch) scores {_num(v['torch'])} on the same split.", "",
               f"**Shipped: {shipped['precision']}" + (f" ({shipped['quantization']} quantisation)"
                                                       if shipped["quantization"] else "") + f"** - {shipped['reason']}.",

@@ -514,8 +514,10 @@ def _cmd_verify(args) -> int:
           f"({', '.join(v['target']['towers'])}), ms median [95% interval]")
     for name, var in v["variants"].items():
         lo, hi = var["total_interval_ms"]
+        r = var["time_vs_fp32"]
         print(f"  {name:20s} {var['precision']:4s}  {metric} {var[metric]:.3f} ({(var[metric] - fp32) * 100:+.1f})  "
-              f"latency {var['total_median_ms']:.4g} [{lo:.4g}-{hi:.4g}]")
+              f"latency {var['total_median_ms']:.4g} [{lo:.4g}-{hi:.4g}], {r['ratio']:.2f}x fp32's time "
+              f"[{r['interval'][0]:.2f}-{r['interval'][1]:.2f}]")
     print(f"  {'torch checkpoint':20s} fp32  {metric} {v['torch'][metric]:.3f}")
     print(f"shipped: {v['shipped']['variant']}: {v['shipped']['reason']}")
     for b in v["budgets"]:

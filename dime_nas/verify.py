@@ -13,8 +13,9 @@ or a device through its agents):
   files of each precision run by onnxruntime (on this machine's CPU; image and text tower
   alike, so a damaged text file shows too), beside the open_clip checkpoint's (torch);
 - **precision**: ``auto`` ships int8 when its test accuracy is within
-  ``deliverable.int8_tolerance`` of fp32's and it is faster beyond the timing noise (its
-  interval lies wholly below fp32's), else fp32, and says why;
+  ``deliverable.int8_tolerance`` of fp32's and it is faster beyond the timing noise (the
+  interval of its time over fp32's, paired session by session, lies wholly below 1), else
+  fp32, and says why;
 - **budgets**: a verdict for what ships, with its margin and whether it holds beyond the noise.
 
 Writes ``verification.json``, adds ``verified`` and ``shipped`` to ``model_card.json`` and
@@ -104,6 +105,7 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
     for name, towers in timings.items():
         variants[name]["latency"] = towers
         variants[name].update(_total(towers, target))
+        variants[name]["time_vs_fp32"] = paired_ratio(towers, timings["fp32"], target)
     seconds["latency"] = time.time() - t0
 
     int8 = representative_int8(variants, metric, settings.int8_tolerance)
@@ -298,6 +300,20 @@ def _time_files(files: dict[str, dict[str, Path]], target: Target, rounds: int
     return out, device
 
 
+def paired_ratio(towers: dict[str, dict[str, Any]], fp32: dict[str, dict[str, Any]], target: Target
+                 ) -> dict[str, Any]:
+    """This variant's time over fp32's on the counted towers, session by session: the two were timed
+    in the same rounds, one right after the other, so a machine that slows down between rounds
+    moves both and the ratio keeps what the precision changes. Median and 95% bootstrap interval."""
+    from .search.stats import sum_of_medians_interval
+
+    mine = np.sum([towers[t]["session_medians_ms"] for t in target.towers], axis=0)
+    base = np.sum([fp32[t]["session_medians_ms"] for t in target.towers], axis=0)
+    ratios = mine / base
+    lo, hi = sum_of_medians_interval([ratios])
+    return {"ratio": float(np.median(ratios)), "interval": [lo, hi], "pairs": len(ratios)}
+
+
 def _total(towers: dict[str, dict[str, Any]], target: Target) -> dict[str, Any]:
     """The latency the target counts (sum over its towers), with the interval of that sum."""
     from .search.stats import sum_of_medians_interval
@@ -317,7 +333,7 @@ def representative_int8(variants: dict[str, dict[str, Any]], metric: str, tolera
         return None
     within = [n for n in int8 if variants["fp32"][metric] - variants[n][metric] <= tolerance]
     if within:
-        return min(within, key=lambda n: variants[n]["total_median_ms"])
+        return min(within, key=lambda n: variants[n]["time_vs_fp32"]["ratio"])
     return max(int8, key=lambda n: variants[n][metric])
 
 
@@ -334,14 +350,17 @@ def choose_precision(mode: str, variants: dict[str, dict[str, Any]], int8: str |
         return int8, f"int8 was asked for ({int8}, the fastest int8 variant within tolerance or else the most accurate)"
     f, q = variants["fp32"], variants[int8]
     drop = f[metric] - q[metric]
-    speed = (f"int8 ({int8}) {q['total_median_ms']:.4g} ms [{q['total_interval_ms'][0]:.4g}-"
-             f"{q['total_interval_ms'][1]:.4g}] against fp32 {f['total_median_ms']:.4g} ms "
-             f"[{f['total_interval_ms'][0]:.4g}-{f['total_interval_ms'][1]:.4g}] on {target}")
+    ratio = q["time_vs_fp32"]
+    speed = (f"int8 ({int8}) takes {ratio['ratio']:.2f}x fp32's time [{ratio['interval'][0]:.2f}-"
+             f"{ratio['interval'][1]:.2f}] on {target} ({q['total_median_ms']:.4g} against "
+             f"{f['total_median_ms']:.4g} ms)")
     accuracy = (f"test {metric} {q[metric]:.3f} against fp32's {f[metric]:.3f} ({-drop * 100:+.1f} points, "
                 f"tolerance {tolerance * 100:g})")
     if drop > tolerance:
         return "fp32", f"int8 ({int8}) loses too much accuracy: {accuracy}"
-    if not q["total_interval_ms"][1] < f["total_interval_ms"][0]:
+    if ratio["interval"][0] > 1.0:
+        return "fp32", f"int8 is slower: {speed}; {accuracy}"
+    if not ratio["interval"][1] < 1.0:
         return "fp32", f"int8 is not faster beyond the timing noise: {speed}; {accuracy}"
     return int8, f"int8 is within the accuracy tolerance and faster: {accuracy}; {speed}"
 
@@ -387,7 +406,7 @@ def _card_summary(result: dict[str, Any]) -> dict[str, Any]:
             "device": result["device"], "split": "test", "metric": metric, "torch": result["torch"][metric],
             "variants": {n: {"precision": v["precision"], "quantization": v["quantization"], metric: v[metric],
                              "files": v["files"], "total_median_ms": v["total_median_ms"],
-                             "total_interval_ms": v["total_interval_ms"],
+                             "total_interval_ms": v["total_interval_ms"], "time_vs_fp32": v["time_vs_fp32"],
                              "latency": {t: {"median_ms": lat["median_ms"], "interval_ms": lat["interval_ms"]}
                                          for t, lat in v["latency"].items()}}
                          for n, v in result["variants"].items()},

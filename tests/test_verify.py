@@ -21,7 +21,8 @@ from dime_nas.cost.targets import get_target
 from dime_nas.errors import ConfigError
 from dime_nas.quantize import QUANTIZATIONS, quantize_onnx, quantized_path
 from dime_nas.search.stats import sum_of_medians_interval
-from dime_nas.verify import budget_verdict, choose_precision, verify_export
+from dime_nas.verify import (budget_verdict, choose_precision, paired_ratio, representative_int8,
+                             verify_export)
 
 # the tiny ShapesWorld teacher's image tower (conftest.tiny_shapes_teacher_config), as a student:
 # its accuracy is the teacher's, far above chance, so a broken int8 file shows as a drop
@@ -151,15 +152,18 @@ def test_verify_refuses_what_it_cannot_verify(exported, tmp_path, capsys):
 
 
 def test_precision_choice_rules():
-    def variant(accuracy, median, lo, hi, precision="int8"):
-        return {"precision": precision, "accuracy": accuracy, "total_median_ms": median, "total_interval_ms": [lo, hi]}
+    def variant(accuracy, ratio, lo, hi, precision="int8"):
+        return {"precision": precision, "accuracy": accuracy, "total_median_ms": ratio,
+                "time_vs_fp32": {"ratio": ratio, "interval": [lo, hi]}}
 
-    fp32 = variant(0.80, 1.0, 0.95, 1.05, "fp32")
+    fp32 = variant(0.80, 1.0, 1.0, 1.0, "fp32")
     faster_close = {"fp32": fp32, "dynamic": variant(0.795, 0.5, 0.48, 0.52)}
     assert choose_precision("auto", faster_close, "dynamic", "accuracy", 0.01, "t")[0] == "dynamic"
-    overlapping = {"fp32": fp32, "dynamic": variant(0.80, 0.97, 0.90, 1.00)}
-    ship, why = choose_precision("auto", overlapping, "dynamic", "accuracy", 0.01, "t")
-    assert ship == "fp32" and "not faster beyond the timing noise" in why
+    not_clearly_faster = {"fp32": fp32, "dynamic": variant(0.80, 0.97, 0.90, 1.02)}
+    ship, why = choose_precision("auto", not_clearly_faster, "dynamic", "accuracy", 0.01, "t")
+    assert ship == "fp32" and "not faster beyond the timing noise" in why and "0.97x" in why
+    slower = {"fp32": fp32, "dynamic": variant(0.80, 1.5, 1.2, 1.7)}
+    assert "int8 is slower" in choose_precision("auto", slower, "dynamic", "accuracy", 0.01, "t")[1]
     lossy = {"fp32": fp32, "dynamic": variant(0.78, 0.5, 0.48, 0.52)}
     ship, why = choose_precision("auto", lossy, "dynamic", "accuracy", 0.01, "t")
     assert ship == "fp32" and "-2.0 points" in why
@@ -167,6 +171,25 @@ def test_precision_choice_rules():
     assert choose_precision("fp32", faster_close, "dynamic", "accuracy", 0.01, "t")[0] == "fp32"
     with pytest.raises(ConfigError, match="no int8 variant"):
         choose_precision("int8", {"fp32": fp32}, None, "accuracy", 0.01, "t")
+    # the int8 variant that stands for int8: the fastest within the tolerance, else the most accurate
+    both = {"fp32": fp32, "a": variant(0.80, 0.7, 0.6, 0.8), "b": variant(0.795, 0.5, 0.4, 0.6),
+            "c": variant(0.70, 0.1, 0.1, 0.1)}
+    assert representative_int8(both, "accuracy", 0.01) == "b"
+    assert representative_int8({"fp32": fp32, "c": both["c"], "d": variant(0.75, 0.9, 0.8, 1.0)}, "accuracy",
+                               0.01) == "d"
+
+
+def test_paired_ratio_cancels_a_machine_that_slows_down_between_rounds():
+    from dime_nas.cost.targets import Target
+
+    target = Target(name="t", description="t", towers=("image",))
+    drift = np.array([1.0, 1.0, 2.0, 2.0, 3.0, 3.0])  # each round slower than the last
+    fp32 = {"image": {"session_medians_ms": list(drift)}}
+    int8 = {"image": {"session_medians_ms": list(0.8 * drift)}}
+    r = paired_ratio(int8, fp32, target)
+    assert r["ratio"] == pytest.approx(0.8) and r["interval"][1] < 1.0 and r["pairs"] == 6
+    lo, hi = sum_of_medians_interval([list(0.8 * drift)])
+    assert hi > 1.0  # unpaired, the int8 interval overlaps fp32's median: the drift hides the gain
 
 
 def test_budget_verdicts_say_the_margin_and_whether_it_holds_beyond_the_noise():
