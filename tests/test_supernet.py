@@ -105,6 +105,35 @@ def test_an_extracted_subnet_is_a_scratch_students_structure_with_the_supernets_
                                            atol=1e-5, rtol=0)
 
 
+def test_a_subnet_scored_through_the_supernet_embeds_as_its_extracted_model(space, supernet):
+    """Scoring reads a student through the supernet (no copy): the same embeddings as the extracted model."""
+    from dime_nas.supernet.elastic import SubnetTowers
+
+    for student in _students(space, 3):
+        view, towers = SubnetTowers(supernet, student), extract(supernet, student)
+        images = torch.randn(2, 3, student.vision.image_size, student.vision.image_size)
+        with torch.no_grad():
+            torch.testing.assert_close(view.visual(images), towers.visual(images), atol=1e-5, rtol=0)
+            if student.text.kind == "transformer":
+                tokens = _tokens(student.text.context_length)
+                torch.testing.assert_close(view.text(tokens), towers.text(tokens), atol=1e-5, rtol=0)
+            else:
+                assert view.text is None
+
+
+def test_fine_tuning_before_scoring_trains_the_extracted_student(space, supernet, small_cache):
+    from dime_nas.config import DistillConfig
+    from dime_nas.search.evaluators import score_subnet
+
+    student = _students(space)[0]
+    settings = DistillConfig(steps=3, batch_size=16, text_batch_size=16, lr=1e-3, warmup_steps=0)
+    tuned = score_subnet(supernet, student, small_cache, settings)
+    plain = score_subnet(supernet, student, small_cache, dataclasses.replace(settings, steps=0))
+    assert tuned.train_steps == 3 and {"extract_s", "train_s", "eval_s"} <= set(tuned.timings)
+    assert plain.train_steps == 0 and set(plain.timings) == {"eval_s"}
+    assert tuned.metrics["teacher_kl"] != plain.metrics["teacher_kl"]
+
+
 def test_subnets_of_different_shapes_read_different_weights(space, supernet):
     """Each choice changes the computation: a slice taken the wrong way would make two of them agree."""
     base = _students(space)[0]  # the largest
@@ -208,7 +237,8 @@ def test_a_supernet_search_scores_students_with_inherited_weights(tmp_path, tiny
     records = [TrialRecord.from_trial(t) for t in outcome.study.trials]
     scored = [r for r in records if r.status == "ok" and not r.is_repeat]
     assert len(scored) == 4 and outcome.train_steps == 0  # no trial trained: every score is inherited
-    assert all(r.timings["extract_s"] > 0 and "accuracy" in r.metrics and r.teacher_forwards == 0 for r in scored)
+    assert all(r.timings["eval_s"] > 0 and "train_s" not in r.timings and "accuracy" in r.metrics
+               and r.teacher_forwards == 0 for r in scored)
     config = api.load(tmp_path / "experiment.yaml")
     folder = supernet_dir(config, SearchSpace.load(config.space))
     summary = json.loads((folder / "summary.json").read_text())

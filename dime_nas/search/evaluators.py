@@ -148,30 +148,40 @@ class SupernetSubnet(TrialEvaluator):
         self.supernet = load_or_train(ctx.experiment, ctx.space, ctx.cache, build=build, progress=ctx.progress)
 
     def evaluate(self, trial: optuna.Trial, ctx: TrialContext, config: StudentConfig) -> Evaluation:
-        from ..distill.trainer import distill
-        from ..evaluate import evaluate_towers
-        from ..supernet.extract import extract
-
         if self.supernet is None:
             raise RuntimeError("SupernetSubnet.evaluate before prepare: the supernet is not loaded")
+        gate = ctx.meter.timing_gate
+        return score_subnet(self.supernet, config, ctx.cache, finetune_settings(ctx.experiment),
+                            progress=ctx.progress, before_step=gate.step if gate is not None else None)
+
+
+def score_subnet(supernet: Any, config: StudentConfig, cache: Any, finetune: Any, *, progress: bool = False,
+                 before_step: Any = None) -> Evaluation:
+    """A student's validation metrics with the supernet's weights: read through the supernet itself
+    (no copy), or, with ``finetune.steps``, extracted and fine-tuned that many steps first."""
+    from ..distill.trainer import distill
+    from ..evaluate import evaluate_towers
+    from ..supernet.elastic import SubnetTowers
+    from ..supernet.extract import extract
+
+    timings, steps, record = {}, 0, {}
+    if finetune.steps:
         t0 = time.time()
-        towers = extract(self.supernet, config)
-        timings = {"extract_s": time.time() - t0}
-        steps, record = 0, {}
-        settings = finetune_settings(ctx.experiment)
-        if settings.steps:
-            gate = ctx.meter.timing_gate
-            t0 = time.time()
-            towers, result = distill(config, ctx.cache, settings, initial=towers.state_dict(), final_eval=False,
-                                     progress=ctx.progress, before_step=gate.step if gate is not None else None)
-            timings["train_s"] = time.time() - t0
-            steps = result.steps
-            record = {"train_stopped_by": result.stopped_by, "train_device": result.device,
-                      "loss_curve": [{"step": c["step"], "total": c["total"]} for c in result.curve]}
+        inherited = extract(supernet, config).state_dict()
+        timings["extract_s"] = time.time() - t0
         t0 = time.time()
-        metrics = evaluate_towers(towers, ctx.cache)
-        timings["eval_s"] = time.time() - t0
-        return Evaluation(metrics, steps, timings, record)
+        towers, result = distill(config, cache, finetune, initial=inherited, final_eval=False, progress=progress,
+                                 before_step=before_step)
+        timings["train_s"] = time.time() - t0
+        steps = result.steps
+        record = {"train_stopped_by": result.stopped_by, "train_device": result.device,
+                  "loss_curve": [{"step": c["step"], "total": c["total"]} for c in result.curve]}
+    else:
+        towers = SubnetTowers(supernet, config)
+    t0 = time.time()
+    metrics = evaluate_towers(towers, cache)
+    timings["eval_s"] = time.time() - t0
+    return Evaluation(metrics, steps, timings, record)
 
 
 def finetune_settings(config: Any) -> Any:

@@ -184,3 +184,26 @@ def _block(block: nn.Module, x: torch.Tensor, w: int, heads: int, hidden: int, f
     mlp = block.mlp
     h = F.gelu(F.linear(_layer_norm(block.ln_2, x, w), mlp.c_fc.weight[:hidden, :w], mlp.c_fc.bias[:hidden]))
     return x + F.linear(h, mlp.c_proj.weight[:w, :hidden], mlp.c_proj.bias[:w])
+
+
+class SubnetTowers(nn.Module):
+    """A student as a view of the supernet, with the interface of the trainer's ``StudentTowers``
+    (``visual``, ``text`` or None, ``config``): its forward is the supernet's sliced forward, and no
+    weight is copied. Scoring a student needs no more; ``supernet/extract.py`` makes the standalone
+    model (for export, fine-tuning and full runs) with the same embeddings."""
+
+    def __init__(self, supernet: ElasticCLIP, config: StudentConfig):
+        super().__init__()
+        self.config = config
+        self.visual = _View(supernet, supernet.encode_image, config.vision)
+        self.text = _View(supernet, supernet.encode_text, config.text) if config.text.kind == "transformer" else None
+
+
+class _View(nn.Module):
+    def __init__(self, supernet: ElasticCLIP, encode: Any, tower: Any):
+        super().__init__()
+        self.supernet, self._encode, self._tower = supernet, encode, tower
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._encode(x, self._tower)
+

@@ -108,13 +108,11 @@ def _short_trial(student: Any, config: Any, cache: Any) -> dict[str, Any]:
 
 def _scores(students: list, lengths: list[int], supernet: Any, config: Any, cache: Any, store: Path
             ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Each student's supernet score at each fine-tune length, from the store or measured now."""
+    """Each student's supernet score at each fine-tune length (as a trial scores it), from the store
+    or measured now."""
     import dataclasses
 
-    from dime_nas.distill.trainer import distill
-    from dime_nas.evaluate import evaluate_towers
-    from dime_nas.search.evaluators import finetune_settings
-    from dime_nas.supernet.extract import extract
+    from dime_nas.search.evaluators import finetune_settings, score_subnet
 
     done = {}
     if store.is_file():
@@ -127,25 +125,17 @@ def _scores(students: list, lengths: list[int], supernet: Any, config: Any, cach
             for n in lengths:
                 if (s.arch_key, n) in done:
                     continue
+                settings = finetune_settings(dataclasses.replace(
+                    config, supernet=dataclasses.replace(config.supernet, finetune_steps=n)))
                 t0 = time.time()
-                towers = extract(supernet, s)
-                extract_s = time.time() - t0
-                t0 = time.time()
-                if n:
-                    settings = finetune_settings(dataclasses.replace(config, supernet=dataclasses.replace(
-                        config.supernet, finetune_steps=n)))
-                    towers, _ = distill(s, cache, settings, initial=towers.state_dict(), final_eval=False)
-                finetune_s = time.time() - t0
-                t0 = time.time()
-                m = evaluate_towers(towers, cache)
-                r = {"arch_key": s.arch_key, "finetune": n, "accuracy": m["accuracy"],
-                     "image_accuracy": m["image_accuracy"], "extract_s": extract_s, "finetune_s": finetune_s,
-                     "eval_s": time.time() - t0}
+                scored = score_subnet(supernet, s, cache, settings)
+                r = {"arch_key": s.arch_key, "finetune": n, "accuracy": scored.metrics["accuracy"],
+                     "image_accuracy": scored.metrics["image_accuracy"], "score_s": time.time() - t0,
+                     "timings": scored.timings}
                 done[(s.arch_key, n)] = r
                 f.write(json.dumps(r) + "\n")
                 f.flush()
-                print(f"{s.describe()} finetune {n}: {r['accuracy']:.3f} "
-                      f"({extract_s + finetune_s + r['eval_s']:.2f} s)", flush=True)
+                print(f"{s.describe()} finetune {n}: {r['accuracy']:.3f} ({r['score_s']:.2f} s)", flush=True)
     return done
 
 
@@ -181,8 +171,7 @@ def _results(students, truths, scores, lengths, args, summary, built_s, short) -
         table[name] = entry
     sup = np.array([r["supernet"] for r in rows])
     proxy = np.array([r["proxy"] for r in rows])
-    per_student = [sum(scores[(r["arch_key"], args.default_finetune)][k] for k in ("extract_s", "finetune_s", "eval_s"))
-                   for r in rows]
+    per_student = [scores[(r["arch_key"], args.default_finetune)]["score_s"] for r in rows]
     short_s = [t["train_s"] + t["eval_s"] for t in short]
     train_s = summary["train_s"]
     cost = {"supernet_train_s": train_s, "per_student_s": float(np.median(per_student)),
@@ -221,7 +210,7 @@ def _markdown(d: dict[str, Any]) -> str:
               "## Cost (measured in one run)", "",
               f"- supernet training: {c['supernet_train_s']:.0f} s ({c['supernet_steps']} steps) = "
               f"{c['train_over_short_trial']:.1f} short-run trials",
-              f"- scoring one student (median: extraction, fine-tuning, evaluation): {c['per_student_s']:.2f} s; "
+              f"- scoring one student (median; fine-tuning, if any, and evaluation): {c['per_student_s']:.2f} s; "
               f"a short-run trial (median of {len(c['short_trials'])}): {c['short_trial_s']:.1f} s, "
               f"{c['short_trial_over_per_student']:.0f}x as long",
               f"- machine: {d['machine']['cpu']}, {d['machine']['cores']} cores, load average "
