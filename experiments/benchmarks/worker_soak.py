@@ -43,7 +43,7 @@ VARIANTS = ("one_kill", "two_kills")
 WORKERS = 4
 SEARCH_TRIALS, WORKER_TRIALS = 2, 8
 KILL_AT_S = 25.0  # one_kill: when the victim is killed, after the workers start
-RANDOM_KILL_S = (5.0, 120.0)  # two_kills: the window of the random moments (runs last 150-350 s)
+RANDOM_KILL_S = (5.0, 60.0)  # two_kills: the window of the random moments (workers take 80-300 s)
 RUN_TIMEOUT_S = 3600.0  # a run whose survivors are not done by then is recorded as timed out
 
 
