@@ -47,8 +47,12 @@ def render(card: dict[str, Any]) -> str:
     lines += _scores(card)
     if card.get("verified"):
         lines += _verified(card["verified"])
-    lines += ["## Files", "", *[f"- `{name}`: {key.replace('_', ' ')}" for key, name in card["files"].items()],
-              "- `model_card.json`: everything above, as data; `verification.json`: every timed session", ""]
+    lines += ["## Files", "", *[f"- `{name}`: {key.replace('_', ' ')}" for key, name in card["files"].items()]]
+    exported = set(card["files"].values())
+    for variant in (card.get("verified") or {}).get("variants", {}).values():
+        lines += [f"- `{name}`: {tower} tower, int8 ({variant['quantization']}), made by `dime-nas verify`"
+                  for tower, name in variant["files"].items() if name not in exported]
+    lines += ["- `model_card.json`: everything above, as data; `verification.json`: every timed session", ""]
     return "\n".join(lines)
 
 
@@ -121,8 +125,7 @@ def _limits(card: dict[str, Any], own_text: bool) -> list[str]:
     return ["## Intended use and limits", "",
             "- Zero-shot classification and image-text retrieval in the domain of its distillation data; "
             f"measured on {tasks}. Outside that domain its accuracy is unknown: measure it on your data.",
-            "- It learns from the teacher alone and inherits the teacher's errors and biases; it is never more "
-            "accurate than the teacher on the teacher's strengths.",
+            "- It learns from the teacher alone and inherits the teacher's errors and biases.",
             "- " + ("It encodes text with its own small tower." if own_text else
                     "Prompts are encoded by the teacher's text tower (included here); class embeddings can be "
                     "computed once, offline, so that only the image tower runs on the device."),

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -126,7 +127,7 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], Any]) -> No
     A trial that raises is told FAIL (the objective recorded why) and the worker goes on; a
     trial another worker failed meanwhile is left as they did, with a warning.
     """
-    trial = with_retries("starting a trial", study.ask)
+    trial = with_retries("starting a trial", lambda: _ask(study))
     values, state = None, TrialState.FAIL
     with Heartbeat(study._storage, trial._trial_id, heartbeat_interval(study._storage)):
         try:
@@ -142,6 +143,12 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], Any]) -> No
         except Exception as exc:
             _log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, str(exc)[:300])
     _tell(study, trial, values, state)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():  # Optuna's notice that heartbeats are meant for its own loop: this one beats
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialState | None) -> None:

@@ -6,8 +6,9 @@ Each run, on a fresh database of one throw-away PostgreSQL server (as the tests 
 give them, and `OMP_NUM_THREADS=1` each (README: workers on one CPU machine share its cores):
 
 - ``one_kill``: 4 workers; one is SIGKILLed 25 s after they start.
-- ``two_kills``: 4 workers; two are SIGKILLed at random moments, the second while it holds the
-  claim lock (it is frozen with SIGSTOP, the lock checked in ``pg_locks``, then killed).
+- ``two_kills``: 4 workers; two are SIGKILLed at random moments: at one, a worker drawn at random;
+  at the other (which one is drawn), the first worker seen holding the claim lock from then on (it
+  is frozen with SIGSTOP, the lock checked again in ``pg_locks``, then killed).
 
 Workers run with ``--debug``, so an unexpected error leaves its traceback in the worker's log.
 Every log and exit code is kept under ``--scratch``; each finished run is appended to
@@ -42,7 +43,7 @@ VARIANTS = ("one_kill", "two_kills")
 WORKERS = 4
 SEARCH_TRIALS, WORKER_TRIALS = 2, 8
 KILL_AT_S = 25.0  # one_kill: when the victim is killed, after the workers start
-RANDOM_KILL_S = (5.0, 150.0)  # two_kills: the window of the random moments
+RANDOM_KILL_S = (5.0, 60.0)  # two_kills: the window of the random moments (workers take 80-300 s)
 RUN_TIMEOUT_S = 3600.0  # a run whose survivors are not done by then is recorded as timed out
 
 
@@ -69,17 +70,19 @@ def _lock_holders(admin: Any) -> set[str]:
     return {r[0] for r in rows}
 
 
-def _kill_holding_lock(proc: subprocess.Popen, name: str, admin: Any, deadline: float) -> bool:
-    """SIGKILL ``proc`` at a moment it holds the claim lock (frozen, checked, killed). False: it never did."""
-    while time.time() < deadline and proc.poll() is None:
-        if name in _lock_holders(admin):
-            os.kill(proc.pid, signal.SIGSTOP)
-            if name in _lock_holders(admin):
-                os.kill(proc.pid, signal.SIGKILL)
-                return True
-            os.kill(proc.pid, signal.SIGCONT)
+def _kill_one_holding_lock(procs: dict[str, subprocess.Popen], admin: Any, deadline: float) -> str | None:
+    """SIGKILL whichever of ``procs`` next holds the claim lock: frozen (SIGSTOP), the lock checked
+    again, then killed. The worker's name, or None when none held it before they all left."""
+    while time.time() < deadline and any(p.poll() is None for p in procs.values()):
+        holder = next((n for n in _lock_holders(admin) if n in procs and procs[n].poll() is None), None)
+        if holder is not None:
+            os.kill(procs[holder].pid, signal.SIGSTOP)
+            if holder in _lock_holders(admin):
+                os.kill(procs[holder].pid, signal.SIGKILL)
+                return holder
+            os.kill(procs[holder].pid, signal.SIGCONT)
         time.sleep(0.02)
-    return False
+    return None
 
 
 def cause_of(log: Path) -> str:
@@ -136,27 +139,30 @@ def run_once(server: PostgresServer, experiment: Path, variant: str, index: int,
     started = time.time()
     kills: list[dict[str, Any]] = []
 
-    def kill(n: str, at: float, holding_lock: bool) -> None:
+    def kill(at: float, holding_lock: bool, victim: str | None = None) -> None:
+        """At ``at`` s: SIGKILL ``victim`` (None: a live worker drawn at random), or, holding_lock,
+        the first live worker seen holding the claim lock from then on."""
         time.sleep(max(0.0, started + at - time.time()))
-        p = procs[n]
+        alive = {n: p for n, p in procs.items() if p.poll() is None and n not in {k["worker"] for k in kills}}
         if holding_lock:
             with psycopg.connect(server.url(), autocommit=True) as admin:
-                done = _kill_holding_lock(p, n, admin, deadline=time.time() + 600)
-        elif p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            done = True
+                victim = _kill_one_holding_lock(alive, admin, deadline=time.time() + 600)
         else:
-            done = False
-        kills.append({"worker": n, "at_s": round(time.time() - started, 1), "holding_claim_lock": holding_lock,
-                      "killed": done})
+            victim = victim or (rng.choice(sorted(alive)) if alive else None)
+            if victim in alive:
+                alive[victim].send_signal(signal.SIGKILL)
+            else:
+                victim = None
+        kills.append({"worker": victim, "planned_s": round(at, 1), "at_s": round(time.time() - started, 1),
+                      "holding_claim_lock": holding_lock, "killed": victim is not None})
 
     if variant == "one_kill":
-        kill(names[-1], KILL_AT_S, holding_lock=False)
-    else:
-        first, second = sorted(rng.uniform(*RANDOM_KILL_S) for _ in range(2))
-        plain, locked = rng.sample(names, 2)
-        kill(plain, first, holding_lock=False)
-        kill(locked, second, holding_lock=True)
+        kill(KILL_AT_S, holding_lock=False, victim=names[-1])
+    else:  # two moments; which of them waits for a lock holder is drawn too
+        moments = sorted(rng.uniform(*RANDOM_KILL_S) for _ in range(2))
+        locked = rng.randrange(2)
+        for i, at in enumerate(moments):
+            kill(at, holding_lock=i == locked)
     killed = {k["worker"] for k in kills if k["killed"]}
     exit_codes: dict[str, Any] = {}
     for n, p in procs.items():
@@ -197,8 +203,9 @@ def summarise(runs: list[dict[str, Any]], machine: str) -> tuple[dict[str, Any],
              f"database, `dime-nas search experiments/demo.yaml --trials {SEARCH_TRIALS}`, then {WORKERS} "
              f"`dime-nas worker ... --trials {WORKER_TRIALS}` sharing one run folder, one torch thread each. "
              f"`one_kill`: one worker SIGKILLed {KILL_AT_S:.0f} s after the workers start. `two_kills`: two SIGKILLed "
-             f"at random moments in {RANDOM_KILL_S[0]:.0f}-{RANDOM_KILL_S[1]:.0f} s, the second while it holds the "
-             f"claim lock. {machine}.", "",
+             f"at random moments in {RANDOM_KILL_S[0]:.0f}-{RANDOM_KILL_S[1]:.0f} s, one of them the first worker "
+             f"seen holding the claim lock from its moment on. Workers run with `--debug` (a crash leaves its "
+             f"traceback in the log). {machine}.", "",
              "Clean: every surviving process (the search and the workers not killed) exits 0, the study holds "
              f"{WORKER_TRIALS} distinct architectures, none trained twice, none left running.", "",
              "| variant | runs | clean | survivors' exits by code | distinct (min-max) | trained twice | left running "
