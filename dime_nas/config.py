@@ -347,6 +347,10 @@ class SearchConfig:
     timeout_s: float | None = None  # wall-clock limit of the search in seconds
     storage: str | None = None  # Optuna storage URL (default: sqlite file in the run directory)
     prune: bool = True  # single-objective studies: median-prune trials on intermediate accuracy
+    # seed std of one short run's accuracy, measured for this experiment (experiments/benchmarks/seed_noise.py):
+    # the report prints the smallest accuracy difference the front resolves (with distill.seeds >= 2 the
+    # trials measure it themselves)
+    proxy_seed_std: float | None = None
     # hypervolume reference per objective, e.g. {latency_ms: 10}; default: budgets, and 0 for accuracies
     hv_reference: dict[str, float] | None = None
     near_budget_margin: float = 0.15  # a first latency within this fraction of a budget is re-measured
@@ -363,6 +367,8 @@ class SearchConfig:
             raise ConfigError(f"must be within [0, 1], got {self.near_budget_margin}", key="search.near_budget_margin")
         if self.near_budget_rounds < 0:
             raise ConfigError(f"must be >= 0, got {self.near_budget_rounds}", key="search.near_budget_rounds")
+        if self.proxy_seed_std is not None and not 0 < self.proxy_seed_std < math.inf:
+            raise ConfigError(f"must be a number > 0, got {self.proxy_seed_std}", key="search.proxy_seed_std")
         if self.evaluator not in EVALUATORS:
             raise ConfigError(f"unknown evaluator {self.evaluator!r}" + did_you_mean(self.evaluator, EVALUATORS),
                               key="search.evaluator")

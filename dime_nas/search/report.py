@@ -146,6 +146,7 @@ def write_report(study: optuna.Study, out: RunDir | str | Path, *, extra_budgets
         if len(objectives) > 1:
             nd = non_dominated(points, directions)
             summary["knee"] = feasible[nd[knee_point(points[nd], directions)]].number
+    summary["proxy_noise"] = proxy_noise(run, rows, quality)
     summary["selected"] = select(feasible, points, objectives, directions, budgets, extra_budgets or [], quality,
                                  top_k)
     _write_trials_csv(run.trials_csv, rows)
@@ -156,6 +157,45 @@ def write_report(study: optuna.Study, out: RunDir | str | Path, *, extra_budgets
     _write_html(run.report_html, rows, nd_rows, quality)
     _write_markdown(run, study, summary, rows, nd_rows, quality, title)
     return summary
+
+
+def proxy_noise(run: RunDir, rows: list[Row], quality: str) -> dict[str, Any] | None:
+    """How far apart two trials' ``quality`` must lie for the short-run proxy to tell them apart:
+    1.96 * sqrt(2) * sigma / sqrt(k), with sigma the seed std of one short run (pooled over the
+    trials when each trains k >= 2 seeds, else the experiment's ``search.proxy_seed_std``) and k
+    the seeds a trial averages. None for a folder without a recorded config or a supernet search;
+    ``seed_std`` None when nothing measures it."""
+    from ..errors import ConfigError
+
+    try:
+        config = run.load_config()
+    except (ConfigError, OSError, ValueError):
+        return None
+    if config.search.evaluator != "short_distill":
+        return None
+    k = config.distill.seeds
+    stds = [r.get(f"seed_std/{quality}") for r in rows if r.get(f"seed_std/{quality}") is not None]
+    if stds:
+        sigma, source = float(np.sqrt(np.mean(np.square(stds)))), f"pooled over {len(stds)} trials"
+    elif config.search.proxy_seed_std is not None:
+        sigma, source = config.search.proxy_seed_std, "search.proxy_seed_std"
+    else:
+        return {"seeds": k, "seed_std": None}
+    return {"seeds": k, "seed_std": sigma, "source": source, "resolvable": 1.96 * np.sqrt(2) * sigma / np.sqrt(k)}
+
+
+def _noise_line(noise: dict[str, Any] | None, quality: str) -> list[str]:
+    if noise is None:
+        return []
+    if noise["seed_std"] is None:
+        return [f"Proxy noise: not known. Each trial trains {noise['seeds']} seed(s) of the short run, whose "
+                f"{quality} varies from seed to seed; measure that spread (experiments/benchmarks/seed_noise.py) "
+                "and give it as `search.proxy_seed_std`, or set `distill.seeds` >= 2, and this report prints the "
+                "smallest difference the front resolves.", ""]
+    return [f"Proxy noise: one short run's {quality} varies by {noise['seed_std']:.3f} (seed std, "
+            f"{noise['source']}); a trial scores the mean of {noise['seeds']} seed(s), so two trials whose "
+            f"{quality} differs by less than **{noise['resolvable']:.3f}** (1.96 x sqrt 2 x std / sqrt "
+            f"{noise['seeds']}) are not told apart: read the front within that margin.", ""]
 
 
 def _counts(rows: list[Row]) -> dict[str, int]:
@@ -357,7 +397,7 @@ def _write_markdown(run: RunDir, study: optuna.Study, summary: dict[str, Any], r
         lines.append(f"| {r.number} | {r.record.describe} | {_fmt(r.get('params_m'), 2)} | "
                      f"{_fmt(r.get('gmacs'), 4)} | {_latency_with_spread(r)}{_pred(r)} | {_fmt(r.get(quality))} | "
                      f"`{r.record.arch_key}` |")
-    lines += ["", "![accuracy vs latency](pareto_latency.png)", "", "![accuracy vs MACs](pareto_macs.png)", "",
+    lines += ["", *_noise_line(summary.get("proxy_noise"), quality), "![accuracy vs latency](pareto_latency.png)", "", "![accuracy vs MACs](pareto_macs.png)", "",
               "Interactive version (hover shows each trial's config): [report.html](report.html).", "",
               "## Selected students", ""]
     for p in summary["selected"]:

@@ -69,3 +69,75 @@ def trials_to_reach(curve: Sequence[float], total: float, fraction: float) -> in
     c = np.asarray(curve, dtype=float) / total
     hit = np.nonzero(c >= fraction - 1e-12)[0]
     return int(hit[0]) + 1 if len(hit) else None
+
+
+# ---- zero-cost rules and rankings within groups of students ----------------------------------
+
+FAMILY_RULES = ("family rule: convnet above ViT", "family rule: convnet above ViT, own text tower below")
+
+
+def family_rules(families: Sequence[str], text_kinds: Sequence[str]) -> dict[str, np.ndarray]:
+    """Scores that rank students by group membership alone (higher = predicted better): a convnet
+    image tower ("timm") above a ViT, and then, within a family, the teacher's text tower above a
+    student-trained one ("transformer"). Ties within a group are left tied."""
+    convnet = (np.asarray(families) == "timm").astype(float)
+    own_text = (np.asarray(text_kinds) == "transformer").astype(float)
+    return {FAMILY_RULES[0]: convnet, FAMILY_RULES[1]: 2 * convnet - own_text}
+
+
+def group_agreement(stat: Callable[[np.ndarray, np.ndarray], float], x: Sequence[float], y: Sequence[float],
+                    groups: dict[str, Sequence[bool]], *, n_boot: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """``stat(x, y)`` with a percentile bootstrap 95% interval within each group (a boolean mask over
+    students). A group of fewer than 3 students, or one where ``x`` or ``y`` is constant (a rule that
+    ties the whole group), gets None: there is no ranking to agree with."""
+    from dime_nas.search.stats import bootstrap_interval
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    out: dict[str, dict | None] = {}
+    for name, mask in groups.items():
+        m = np.asarray(mask, dtype=bool)
+        if m.sum() < 3 or np.ptp(x[m]) == 0 or np.ptp(y[m]) == 0:
+            out[name] = None
+            continue
+        lo, hi = bootstrap_interval(stat, x[m], y[m], n_boot=n_boot, seed=seed)
+        out[name] = {"n": int(m.sum()), "value": stat(x[m], y[m]), "lo": lo, "hi": hi}
+    return out
+
+
+def group_differences(stat: Callable[[np.ndarray, np.ndarray], float], a: Sequence[float], b: Sequence[float],
+                      y: Sequence[float], groups: dict[str, Sequence[bool]], *, n_boot: int = 2000,
+                      seed: int = 0) -> dict[str, dict | None]:
+    """``paired_difference_interval`` of ``a`` over ``b`` within each group; None where either is
+    constant in the group (no ranking to compare) or the group has fewer than 3 students."""
+    a, b, y = (np.asarray(v, dtype=float) for v in (a, b, y))
+    out: dict[str, dict | None] = {}
+    for name, mask in groups.items():
+        m = np.asarray(mask, dtype=bool)
+        if m.sum() < 3 or np.ptp(a[m]) == 0 or np.ptp(b[m]) == 0 or np.ptp(y[m]) == 0:
+            out[name] = None
+            continue
+        out[name] = paired_difference_interval(stat, a[m], b[m], y[m], n_boot=n_boot, seed=seed)
+    return out
+
+
+def permutation_p_greater(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 200_000,
+                          seed: int = 0) -> float:
+    """One-sided permutation test that ``a`` is larger than ``b`` (difference of means): the share
+    of relabellings of the pooled values whose difference is at least the observed one. Exact
+    (every split) when there are at most ``n_resamples`` splits, else a Monte Carlo estimate."""
+    from itertools import combinations
+    from math import comb
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or b.ndim != 1 or len(a) < 1 or len(b) < 1:
+        raise ValueError(f"need two non-empty 1-D samples, got shapes {a.shape} and {b.shape}")
+    pooled, k = np.concatenate([a, b]), len(a)
+    observed = a.mean() - b.mean()
+    total = pooled.sum()
+    if comb(len(pooled), k) <= n_resamples:
+        sums = pooled[np.array(list(combinations(range(len(pooled)), k)))].sum(1)
+    else:
+        rng = np.random.default_rng(seed)
+        sums = np.array([pooled[rng.permutation(len(pooled))[:k]].sum() for _ in range(n_resamples)])
+    diffs = sums / k - (total - sums) / len(b)
+    return float(np.mean(diffs >= observed - 1e-12))

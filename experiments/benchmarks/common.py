@@ -5,6 +5,7 @@ import copy
 import hashlib
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -105,18 +106,39 @@ def long_key(student, steps: int, seed: int, objective: str) -> str:
     return f"{student.arch_key}|long{steps}|seed{seed}|{objective}"
 
 
-def run(student, cache, distill_cfg, splits: tuple[str, ...] = ()) -> dict[str, Any]:
+def short_candidates(base, lrs: str | None, lr: float | None = None) -> dict[str, tuple[Any, Any]]:
+    """Short-run settings to compare, by name ("lr 0.002"): ``lrs`` "0.002,0.004", else ``lr``, else
+    ``base`` as it is. Each comes with its store key (student -> key prefix), which names a learning
+    rate other than ``base``'s, so that proxy_fidelity.py, seed_noise.py and search_efficiency.py
+    share the runs of the same setting."""
+    values = [float(x) for x in lrs.split(",")] if lrs else [lr] if lr is not None else [None]
+    out = {}
+    for value in values:
+        cfg = base if value is None else settings(base, lr=value)
+        tag = "" if value is None or value == base.lr else f"|lr{value:g}"
+        out[f"lr {cfg.lr:g}"] = (cfg, lambda s, cfg=cfg, tag=tag: f"{s.arch_key}|short{cfg.for_student(s).steps}{tag}")
+    return out
+
+
+def short_job(student, cfg, key, seed: int) -> dict[str, Any]:
+    """A search trial's short run of ``student`` under candidate settings ``cfg`` at ``seed``."""
+    return job(f"{key(student)}|seed{seed}", student, settings(cfg.for_student(student), seed=seed))
+
+
+def run(student, cache, distill_cfg, splits: tuple[str, ...] = (), checkpoint_dir: str | None = None) -> dict[str, Any]:
     """One distillation; its final metrics (search-validation split, averaged over the last
     ``average_last_evals`` evaluations as the search scores it) plus steps, seconds and the
     loss curve head (logged every 10 steps). ``splits``: also evaluate the final model on
-    these splits ("test", "all"), as ``<split>/<metric>``."""
+    these splits ("test", "all"), as ``<split>/<metric>``. ``checkpoint_dir``: checkpoint every
+    ``checkpoint_every`` steps there and resume from it (long runs: a kill loses minutes, not the run)."""
     from functools import partial
 
     from dime_nas.distill.trainer import distill
     from dime_nas.evaluate import evaluate_student, evaluate_towers
 
     t0 = time.time()
-    model, result = distill(student, cache, distill_cfg, evaluate=partial(evaluate_towers, cache=cache))
+    model, result = distill(student, cache, distill_cfg, evaluate=partial(evaluate_towers, cache=cache),
+                            checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None)
     out = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     out.update(steps=result.steps, train_s=result.seconds, wall_s=time.time() - t0,
                first_losses=[c["total"] for c in result.curve[:3]],
@@ -150,12 +172,20 @@ def _do_job(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     from dime_nas.student import StudentConfig
 
     student = StudentConfig.from_json(job["student"])
-    return job["key"], run(student, _WORKER["cache"], job["settings"], tuple(job.get("splits", ())))
+    return job["key"], run(student, _WORKER["cache"], job["settings"], tuple(job.get("splits", ())),
+                           job.get("checkpoint_dir"))
 
 
-def job(key: str, student, distill_cfg, splits: tuple[str, ...] = ()) -> dict[str, Any]:
-    """One unit of work for ``run_jobs`` (``key`` names it in the resumable store)."""
-    return {"key": key, "student": student.to_json(), "settings": distill_cfg, "splits": list(splits)}
+def job(key: str, student, distill_cfg, splits: tuple[str, ...] = (), checkpoint: bool = False) -> dict[str, Any]:
+    """One unit of work for ``run_jobs`` (``key`` names it in the resumable store); ``checkpoint``:
+    the run checkpoints beside the store and resumes from there after a kill (long runs)."""
+    return {"key": key, "student": student.to_json(), "settings": distill_cfg, "splits": list(splits),
+            "checkpoint": checkpoint}
+
+
+def checkpoint_dir(store: Path, key: str) -> Path:
+    """Where a checkpointed job of ``store`` keeps its checkpoint until its result is stored."""
+    return store.parent / f"{store.stem}-checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def run_jobs(jobs: list[dict[str, Any]], config_path: str | Path, store: str | Path, workers: int = 2,
@@ -177,7 +207,8 @@ def run_jobs(jobs: list[dict[str, Any]], config_path: str | Path, store: str | P
             if line.strip():
                 rec = json.loads(line)
                 done[rec["key"]] = rec["result"]
-    todo = [j for j in jobs if j["key"] not in done]
+    todo = [{**j, "checkpoint_dir": str(checkpoint_dir(store, j["key"]))} if j.get("checkpoint") else j
+            for j in jobs if j["key"] not in done]
     print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already in {store}, {len(todo)} to run on "
           f"{workers} x {threads} thread(s)", flush=True)
     t0 = time.time()
@@ -191,6 +222,7 @@ def run_jobs(jobs: list[dict[str, Any]], config_path: str | Path, store: str | P
                 done[key] = result
                 f.write(json.dumps({"key": key, "result": result}, default=float) + "\n")
                 f.flush()
+                shutil.rmtree(checkpoint_dir(store, key), ignore_errors=True)  # stored: its checkpoint is spent
                 print(f"[{i}/{len(todo)} {time.time() - t0:.0f}s] {key} acc={result.get('accuracy', float('nan')):.3f} "
                       f"train {result['train_s']:.1f}s", flush=True)
     return {j["key"]: done[j["key"]] for j in jobs}

@@ -1,8 +1,20 @@
 """Proxy fidelity: does the search's short run rank students the way a 10x longer run does?
 
     python experiments/benchmarks/proxy_fidelity.py [--long 2400 --seeds 3 --workers 2]
+    python experiments/benchmarks/proxy_fidelity.py --students experiments/benchmarks/fresh_students.txt \
+        --long-seeds 3 --lrs 0.002,0.004 --name proxy_fidelity_fresh
 
-Students: 18 fixed picks from the demo space and from `demo-plus.yaml` (the demo space
+Pre-registered students (``--students FILE``, drawn with ``--sample`` and committed before
+any of them is trained; the script refuses a list that is not committed as it stands): every
+candidate short run (``--lrs``) over ``--seeds`` seeds (0, 1, ...) and ``--long-seeds`` long
+runs (seeds 100, 101, ...: no long run shares a short run's initialisation; the truth is their
+mean and their agreement with each other the ceiling); long runs checkpoint and resume after
+a kill. The report (fidelity_report.py) gives, for each candidate, Kendall tau with bootstrap
+intervals overall, within each image family and each text-tower kind, beside the zero-cost
+family rules and the cheap baselines, with paired-bootstrap differences. Writes
+experiments/results/<name>.{json,md,png}.
+
+Without ``--students`` (the first measurements, kept as history): 18 fixed picks from the demo space and from `demo-plus.yaml` (the demo space
 made slightly larger: deeper/wider ViTs, 64 px, test_convnext2, a student text tower),
 both image families and both text-tower options. Each is distilled with the demo's
 short run exactly as a search trial does it (experiments/demo.yaml: 240 steps, twice that
@@ -111,6 +123,72 @@ def draw_students(a: argparse.Namespace) -> None:
     print(f"wrote {len(students)} students to {a.students}: commit it, then run with --students {a.students}")
 
 
+LONG_SEED0 = 100  # long runs use seeds 100, 101, ...: no long run shares a short run's initialisation (0, 1, ...)
+
+
+def fresh_jobs(students: list, config, candidates: dict, seeds: int, long: int, long_seeds: list[int],
+               cost: dict[str, float]) -> list[dict]:
+    """The runs of a pre-registered fidelity run, in the order they start: every candidate's short
+    runs (cheap: the proxy is known early), then the long runs one seed at a time (a partial run
+    still has whole truths), most expensive student first within each group (an even finish)."""
+    order = sorted(students, key=lambda s: -cost[s.arch_key])
+    jobs = [common.short_job(s, cfg, key, k) for cfg, key in candidates.values() for k in range(seeds) for s in order]
+    jobs += [common.job(common.long_key(s, long, seed, "dime-fm"), s, common.long_settings(config, long, seed),
+                        splits=("test", "all"), checkpoint=True) for seed in long_seeds for s in order]
+    return jobs
+
+
+def run_preregistered(a: argparse.Namespace) -> None:
+    """``--students FILE``: short runs of each candidate and ``--long-seeds`` long runs of every listed
+    student, then the fidelity report (fidelity_report.py) for each candidate."""
+    import fidelity_report
+    import preregister
+
+    try:
+        registered = preregister.check_committed(a.students)
+    except ValueError as exc:
+        if not a.allow_uncommitted:
+            raise SystemExit(f"{exc} (--allow-uncommitted: smoke runs only)")
+        registered = None
+    config, cache, _, _ = common.load(a.config)
+    a.store = a.store or str(common.default_store(config))
+    students = preregister.read_students(a.students, cache.embed_dim)[: a.limit]
+    base = config.distill if a.short_steps is None else common.settings(
+        config.distill, steps=a.short_steps, warmup_steps=max(1, a.short_steps // 10))
+    if a.text_tower_step_scale is not None:
+        base = common.settings(base, text_tower_step_scale=a.text_tower_step_scale)
+    candidates = common.short_candidates(base, a.lrs, a.lr)
+    a.long = a.long or 10 * base.steps
+    long_seeds = [LONG_SEED0 + k for k in range(a.long_seeds)]
+    cost = {s.arch_key: image_cost(s) for s in students}
+    jobs = fresh_jobs(students, config, candidates, a.seeds, a.long, long_seeds, {k: v[0] for k, v in cost.items()})
+    results = common.run_jobs(jobs, a.config, a.store, a.workers, a.threads)
+    records = []
+    for s in students:
+        short = {name: [results[f"{key(s)}|seed{k}"] for k in range(a.seeds)] for name, (_, key) in candidates.items()}
+        long = [results[common.long_key(s, a.long, seed, "dime-fm")] for seed in long_seeds]
+        records.append({
+            "arch_key": s.arch_key, "describe": s.describe(), "family": s.vision.kind, "text_kind": s.text.kind,
+            "student": s.to_dict(), "image_mmacs": cost[s.arch_key][0], "image_params_m": cost[s.arch_key][1],
+            "proxy": {n: [r["accuracy"] for r in rs] for n, rs in short.items()},
+            "proxy_image": {n: [r["image_accuracy"] for r in rs] for n, rs in short.items()},
+            "agreement_short": {n: float(np.mean([r["agreement"] for r in rs])) for n, rs in short.items()},
+            "loss_step20": {n: float(np.mean([r["first_losses"][-1] for r in rs])) for n, rs in short.items()},
+            "short_train_s": {n: [r["train_s"] for r in rs] for n, rs in short.items()},
+            "full": [r["test/accuracy"] for r in long], "full_val": [r["accuracy"] for r in long],
+            "full_all": [r["all/accuracy"] for r in long], "long_train_s": [r["train_s"] for r in long],
+            "short_runs": short, "long_runs": long})
+    setup = {"students_file": common.relative(a.students), "registered_in_commit": registered,
+             "config": common.relative(a.config), "store": common.relative(a.store), "short_seeds": list(range(a.seeds)),
+             "long_seeds": long_seeds, "long_steps": a.long, "short_steps": base.steps,
+             "text_tower_step_scale": base.text_tower_step_scale, "batch": base.batch_size,
+             "candidates": {n: {"lr": cfg.lr} for n, (cfg, _) in candidates.items()},
+             "workers": a.workers, "threads": a.threads}
+    data, md = fidelity_report.report(records, setup, common.machine())
+    fidelity_report.plot(records, setup, common.RESULTS / f"{a.name}.png")
+    common.write(a.name, data, md + f"\n![]({a.name}.png)\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(common.DEMO_YAML), help="experiment whose teacher, cache and short run are used")
@@ -141,9 +219,18 @@ def main() -> None:
     g.add_argument("--space", default=None, help="the space to draw from (with --sample)")
     g.add_argument("--draw-seed", type=int, default=None, help="seed of the draw (with --sample)")
     g.add_argument("--stratify", choices=["family"], default=None, help="quotas per image family (with --sample)")
+    g.add_argument("--allow-uncommitted", action="store_true", help="run a list that is not committed (smoke runs)")
+    g.add_argument("--long-seeds", type=int, default=1,
+                   help=f"long runs per student (seeds {LONG_SEED0}, {LONG_SEED0 + 1}, ...): the truth is their mean, "
+                        "and their agreement with each other the ceiling")
+    g.add_argument("--lrs", default=None, help="candidate peak learning rates of the short run, e.g. 0.002,0.004, "
+                   "each reported in full (default: --lr or the experiment's)")
     a = p.parse_args()
     if a.sample is not None:
         draw_students(a)
+        return
+    if a.students is not None:
+        run_preregistered(a)
         return
     from dime_nas.search.stats import kendall_tau, rank_agreement, spearman_rho
 

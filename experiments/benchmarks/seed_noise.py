@@ -19,9 +19,93 @@ import numpy as np
 import common
 
 
+TARGET_STD = 0.01
+
+
+def pick_per_group(students: list, n: int) -> list:
+    """The first ``n`` students of each (image family, text kind) group, in list order (fixed before any run)."""
+    counts: dict[tuple[str, str], int] = {}
+    picked = []
+    for s in students:
+        group = (s.vision.kind, s.text.kind)
+        if counts.get(group, 0) < n:
+            counts[group] = counts.get(group, 0) + 1
+            picked.append(s)
+    return picked
+
+
+def run_preregistered(a: argparse.Namespace) -> None:
+    """``--students FILE``: seed std of what a search trains, per candidate, over ``--seeds`` seeds."""
+    import preregister
+
+    config, cache, _, _ = common.load(a.config)
+    store = a.store or str(common.default_store(config))
+    base = config.distill if a.text_tower_step_scale is None else common.settings(
+        config.distill, text_tower_step_scale=a.text_tower_step_scale)
+    candidates = common.short_candidates(base, a.lrs, a.lr)
+    students = pick_per_group(preregister.read_students(a.students, cache.embed_dim), a.per_group)
+    jobs = [common.short_job(s, cfg, key, k) for cfg, key in candidates.values() for k in range(a.seeds)
+            for s in students]
+    results = common.run_jobs(jobs, a.config, store, a.workers, 1)
+    groups = {"all": lambda s: True, "ViT": lambda s: s.vision.kind == "vit",
+              "convnet": lambda s: s.vision.kind == "timm", "teacher's text": lambda s: s.text.kind == "teacher",
+              "own text tower": lambda s: s.text.kind == "transformer"}
+    out = {"setup": {"students_file": common.relative(a.students), "per_group": a.per_group, "seeds": a.seeds,
+                     "config": common.relative(a.config), "store": common.relative(store),
+                     "short_steps": base.steps, "text_tower_step_scale": base.text_tower_step_scale,
+                     "candidates": {n: {"lr": cfg.lr} for n, (cfg, _) in candidates.items()}},
+           "machine": common.machine(), "candidates": {}}
+    md = [f"# Seed noise of what a search trains\n\n{len(students)} students of `{common.relative(a.students)}` "
+          f"(the first {a.per_group} of each image family and text kind, in list order) x {a.seeds} seeds, each run "
+          f"as a search trial runs it ({base.steps} steps, {base.text_tower_step_scale:g}x for a student with its own "
+          f"text tower, scored by the final evaluation). Target: seed std <= {TARGET_STD}.\n"]
+    for name, (cfg, key) in candidates.items():
+        rows = []
+        for s in students:
+            accs = [results[f"{key(s)}|seed{k}"]["accuracy"] for k in range(a.seeds)]
+            rows.append({"arch_key": s.arch_key, "describe": s.describe(), "family": s.vision.kind,
+                         "text_kind": s.text.kind, "accuracy": accs, "mean": float(np.mean(accs)),
+                         "std": float(np.std(accs, ddof=1)),
+                         "train_s": [results[f"{key(s)}|seed{k}"]["train_s"] for k in range(a.seeds)]})
+        pooled = {g: float(math.sqrt(np.mean([r["std"] ** 2 for r, s in zip(rows, students) if f(s)])))
+                  for g, f in groups.items() if any(f(s) for s in students)}
+        need = math.ceil((pooled["all"] / TARGET_STD) ** 2)
+        mean_of = {}
+        for k in (2, 3, 5):  # a trial scored by the mean of k seeds, measured on disjoint groups of k seeds
+            if a.seeds // k >= 2:
+                stds = [float(np.std(np.reshape(r["accuracy"][: a.seeds // k * k], (-1, k)).mean(1), ddof=1))
+                        for r in rows]
+                mean_of[k] = {"measured": float(math.sqrt(np.mean(np.square(stds)))),
+                              "predicted": pooled["all"] / math.sqrt(k)}
+        train_s = float(np.median([x for r in rows for x in r["train_s"]]))
+        out["candidates"][name] = {"lr": cfg.lr, "students": rows, "pooled_std": pooled,
+                                   "resolvable_difference": 1.96 * math.sqrt(2) * pooled["all"],
+                                   "seeds_to_meet_target": need, "mean_of_k_seeds_std": mean_of,
+                                   "median_short_run_s": train_s}
+        md += [f"## Candidate {name}\n", "| student | mean acc | seed std |", "|---|---|---|"]
+        md += [f"| {r['describe']} | {r['mean']:.3f} | {r['std']:.4f} |" for r in rows]
+        md += ["", "Seed std pooled (RMS over students): " + ", ".join(f"{g} {v:.4f}" for g, v in pooled.items())
+               + f". Resolvable accuracy difference between two trials (1.96 x sqrt 2 x std): "
+               f"{1.96 * math.sqrt(2) * pooled['all']:.3f}. Target <= {TARGET_STD}: "
+               + ("met." if pooled["all"] <= TARGET_STD else
+                  f"missed by {pooled['all'] - TARGET_STD:.4f}; meeting it takes the mean of {need} seeds "
+                  f"(distill.seeds: {need}), {need}x the trial's training time (median {train_s:.0f} s a run on this "
+                  "machine).")]
+        if mean_of:
+            md.append("Measured on disjoint groups of seeds, a trial scored by the mean of k seeds: " + "; ".join(
+                f"k={k}: std {v['measured']:.4f} (std / sqrt k: {v['predicted']:.4f})" for k, v in mean_of.items())
+                + ".")
+        md.append("")
+    m = out["machine"]
+    md.append(f"Accuracies do not depend on machine load. Machine: {m['cpu']}, {m['cores']} cores, shared.\n")
+    common.write(a.name, out, "\n".join(md) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--students", type=int, default=4)
+    p.add_argument("--students", default="4", help="a number of students spread over the experiment's space, or a "
+                   "student list file (pre-registered: each student run exactly as a search trial runs it, "
+                   "--steps, --batch, --every and --last unused; runs shared with proxy_fidelity.py --students)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
@@ -36,7 +120,18 @@ def main() -> None:
                         "--steps too)")
     p.add_argument("--config", default=str(common.BENCH_YAML), help="benchmark experiment file")
     p.add_argument("--name", default="seed_noise", help="output name under experiments/results/")
+    g = p.add_argument_group("a student list file (--students FILE)")
+    g.add_argument("--per-group", type=int, default=2,
+                   help="the first N students of the list in each (image family, text kind) group")
+    g.add_argument("--lrs", default=None, help="candidate peak learning rates, e.g. 0.002,0.004 (default: --lr or "
+                   "the experiment's)")
+    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("--store", default=None, help="resumable run store (default: the experiment's)")
     a = p.parse_args()
+    if not a.students.isdigit():
+        run_preregistered(a)
+        return
+    a.students = int(a.students)
     config, cache, _, space = common.load(a.config)
     counts = common.eval_counts(cache)
     ind_tasks = [t.name for t in cache.tasks() if not t.shifted]
