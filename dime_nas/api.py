@@ -22,8 +22,9 @@ from .run_dir import RunDir
 if TYPE_CHECKING:
     import optuna
 
-    from .config import Budget, ExperimentConfig
+    from .config import ExperimentConfig
     from .find import FindOutcome
+    from .metrics import Budget
 
 
 @dataclass
@@ -126,7 +127,7 @@ def report(run_dir: str | Path | RunDir, *, budgets: Sequence[str | Budget] = ()
 
     Returns the summary (counts, front, selected), also written to ``selected.json``.
     """
-    from .config import Budget
+    from .metrics import Budget
     from .search.report import write_report
     from .search.study import load_run_study
 
@@ -217,8 +218,8 @@ def verify(export_dir: str | Path, *, target: str | None = None, budgets: Sequen
     (``budgets`` replace them) and ``deliverable`` settings. Writes ``verification.json`` and
     updates the model card and README (see ``dime_nas/verify.py``).
     """
-    from .config import Budget
     from .cost.targets import get_target
+    from .metrics import Budget
     from .verify import verify_export
 
     config = load(experiment) if experiment is not None else RunDir.enclosing(export_dir).load_config()

@@ -1,7 +1,8 @@
 """The ``dime-nas`` command: a thin layer over the library's public functions.
 
-Bad input (ConfigError, missing files) prints one line naming the problem and exits
-with code 2; a study's database lost for good, code 3; any other error, code 1; a second
+An error the user can act on (a ``UserError``: bad input, a missing teacher or cache, an
+agent that refuses; or a missing file) prints one line naming the problem and exits with
+its code: 2, or 3 for a study's database lost for good; any other error, code 1; a second
 Ctrl-C, 130 (docs/workers.md). ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
@@ -40,17 +41,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dime-nas: error: `dime-nas {command}` needs the search tools, which this install lacks "
                   f"(no module named {exc.name!r}): pip install 'dime-nas[search]'", file=sys.stderr)
             return 2
-        if type(exc).__name__ == "StorageUnavailable":  # the study's database stayed away: a worker stops
-            print(f"dime-nas: error: {exc}", file=sys.stderr)
-            return 3
-        from .errors import ConfigError
+        from .errors import UserError
 
-        user_error = isinstance(exc, (ConfigError, FileNotFoundError)) or type(exc).__name__ in (
-            "TeacherLoadError", "CacheError", "EvalLeakError", "AgentConfigError", "AgentError")
         print(f"dime-nas: error: {exc}", file=sys.stderr)
-        if not user_error:
-            print("(run again with --debug for the traceback)", file=sys.stderr)
-        return 2 if user_error else 1
+        if isinstance(exc, UserError):
+            return exc.exit_code
+        if isinstance(exc, FileNotFoundError):
+            return 2
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 def _quiet_libraries() -> None:

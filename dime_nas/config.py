@@ -12,25 +12,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, did_you_mean
+from .metrics import METRICS, Budget, evaluated_metrics
 from .typed_yaml import from_mapping, load_yaml_mapping
 
-# metric -> (direction of "better", what it is)
-METRICS = {
-    "accuracy": ("maximize", "mean zero-shot top-1 over the in-distribution evaluation tasks (0..1)"),
-    # the image tower alone, while a student's own text tower (which learns late) catches up;
-    # as a ranking of such students it held out no better than accuracy (README "Results")
-    "image_accuracy": ("maximize", "accuracy of the image tower against the teacher's class embeddings "
-                                   "(= accuracy for a student with the teacher's text tower)"),
-    "shifted_accuracy": ("maximize", "mean zero-shot top-1 over the distribution-shifted tasks (0..1)"),
-    "retrieval": ("maximize", "mean of image->text and text->image R@1 on the paired set (0..1)"),
-    "agreement": ("maximize", "fraction of evaluation images where student and teacher predict the same class"),
-    "latency_ms": ("minimize", "summed median latency of the counted towers on the target (ms)"),
-    "gmacs": ("minimize", "multiply-accumulates of the counted towers, in units of 1e9, per sample"),
-    "params_m": ("minimize", "parameters of the counted towers, in millions"),
-}
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 EVALUATORS = ("short_distill", "supernet")  # how a trial scores a student (search/evaluators.py)
-_BUDGET_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
 TEACHER_GROUP_SIZE = 8  # the demo teacher's pool comes in groups of scenes; a batch holds whole groups
@@ -270,34 +256,9 @@ class Objective:
         if self.metric not in METRICS:
             raise ConfigError(f"unknown metric {self.metric!r}" + did_you_mean(self.metric, METRICS)
                               + f"; known: {', '.join(METRICS)}", key="objectives")
-        self.direction = self.direction or METRICS[self.metric][0]
+        self.direction = self.direction or METRICS[self.metric].direction
         if self.direction not in ("maximize", "minimize"):
             raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}", key="objectives")
-
-
-@dataclass
-class Budget:
-    metric: str
-    op: str  # "<=" or ">="
-    value: float
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        m = _BUDGET_RE.match(text)
-        if not m:
-            raise ConfigError(f"cannot read budget {text!r}: write it as `metric <= number` or `metric >= number`",
-                              key="budgets")
-        metric, op, value = m.group(1), m.group(2), float(m.group(3))
-        if metric not in METRICS:
-            raise ConfigError(f"budget on unknown metric {metric!r}" + did_you_mean(metric, METRICS), key="budgets")
-        return cls(metric, op, value)
-
-    def violation(self, measured: float) -> float:
-        """Optuna constraint value: <= 0 when the budget holds, else how far it is exceeded."""
-        return measured - self.value if self.op == "<=" else self.value - measured
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.value:g}"
 
 
 @dataclass
@@ -551,7 +512,7 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
     if config.full_distill.seeds != 1:
         raise ConfigError("a full run trains one student: seeds is for the short runs (distill.seeds)",
                           file=file, key="full_distill.seeds")
-    evaluated = _evaluated_metrics(config)
+    evaluated = evaluated_metrics(config.eval)
     for i, o in enumerate(config.objectives):
         if o.metric not in evaluated:
             raise ConfigError(f"objective {o.metric!r} is not measured by this experiment's eval section",
@@ -609,21 +570,6 @@ def _validate(config: ExperimentConfig, file: Path) -> None:
         from .space import SearchSpace
 
         SearchSpace.load(config.space).grid()  # refuses a grid that is too large or continuous, now
-
-
-def _evaluated_metrics(config: ExperimentConfig) -> set[str]:
-    """Exactly the metrics a trial of this experiment will produce (objectives and budgets may name only these)."""
-    out = {"latency_ms", "gmacs", "params_m"}
-    e = config.eval
-    if e.shapes is not None or e.tasks:
-        out.add("agreement")
-    if e.shapes is not None or any(not t.shifted for t in e.tasks):  # accuracy: in-distribution tasks only
-        out.update({"accuracy", "image_accuracy"})
-    if (e.shapes is not None and e.shapes.shifts) or any(t.shifted for t in e.tasks):
-        out.add("shifted_accuracy")
-    if (e.shapes is not None and e.shapes.retrieval_size > 0) or e.retrieval is not None:
-        out.add("retrieval")
-    return out
 
 
 def run_dir(config: ExperimentConfig) -> Path:

@@ -1,4 +1,8 @@
-"""Errors that mean "your input is wrong" (the CLI prints them and exits with code 2)."""
+"""Errors the user can act on: the CLI prints their one-line message and exits with their code.
+
+Every such error derives from :class:`UserError`; anything else is a bug (code 1, with a hint
+to rerun with ``--debug``). Standard library only: the measurement agent uses it too.
+"""
 from __future__ import annotations
 
 import difflib
@@ -6,7 +10,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Something the user can fix or must know (bad input, a missing file, a device that refuses):
+    its message says all of it, so the CLI shows no traceback."""
+
+    exit_code = 2  # the CLI's exit status
+
+
+class ConfigError(UserError, ValueError):
     """Bad user input: names the file, the key (dotted path) and the problem in one line."""
 
     def __init__(self, problem: str, *, file: str | Path | None = None, key: str | None = None):

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import METRICS, PRECISIONS, Budget, ExperimentConfig, run_dir
+from .config import PRECISIONS, ExperimentConfig, run_dir
 from .errors import ConfigError
 from .fs import write_atomic
+from .metrics import METRICS, Budget, headline_quality
 from .run_dir import RunDir
 
 STAGES = ("search", "distill", "export", "verify")
@@ -138,8 +139,8 @@ def candidates_along_front(study: Any, budgets: list[Budget], limit: int) -> lis
     feasible, points, _ = front(collect(study), objectives, directions)
     keep = [i for i, r in enumerate(feasible) if all(
         r.get(b.metric) is None or b.violation(r.get(b.metric)) <= 0 for b in budgets)]
-    quality = next((m for m in objectives if METRICS.get(m, ("",))[0] == "maximize"), objectives[0])
-    sign = 1.0 if METRICS.get(quality, ("maximize",))[0] == "maximize" else -1.0
+    quality = headline_quality(objectives, default=objectives[0])
+    sign = 1.0 if quality not in METRICS or METRICS[quality].direction == "maximize" else -1.0
     ordered: list[int] = []
     while keep and len(ordered) < limit:
         layer = [keep[j] for j in non_dominated(points[keep], directions)]

@@ -14,8 +14,9 @@ from typing import Any
 
 import optuna
 
-from .config import METRICS, SHORT_RUN_ONLY
+from .config import SHORT_RUN_ONLY
 from .errors import ConfigError
+from .metrics import METRICS, cost_metrics
 from .run_dir import RunDir
 from .search.record import TrialRecord, trial_status
 from .search.report import SelectionReason as Why
@@ -104,8 +105,7 @@ def distill_selected(run: RunDir, select: str, *, steps: int | None = None, prog
         if not result.is_main:  # under torchrun, rank 0 alone measures, evaluates and writes
             continue
         cost = meter.measure(student)
-        full = {**result.metrics, "latency_ms": cost["latency_ms"], "gmacs": cost["gmacs"],
-                "params_m": cost["params_m"]}
+        full = {**result.metrics, **{m: cost[m] for m in cost_metrics()}}
         # the held-out test split: seen by no trial and no selection, so free of selection bias
         test = evaluate_student(towers.visual, cache, student.vision.image_size, towers.text,
                                 student.text.context_length if towers.text is not None else None, split="test")

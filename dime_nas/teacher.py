@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, UserError, did_you_mean
 from .fs import atomic_path, write_atomic
 
 _FORWARDS = 0
@@ -35,7 +35,7 @@ def teacher_forward_count() -> int:
     return _FORWARDS
 
 
-class TeacherLoadError(RuntimeError):
+class TeacherLoadError(UserError, RuntimeError):
     """The teacher's weights could not be found or loaded."""
 
 

@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import METRICS, Budget, ExperimentConfig
+from .config import ExperimentConfig
 from .cost.targets import Target
 from .deliverable import VERIFICATION
 from .errors import ConfigError
 from .fs import write_atomic
+from .metrics import Budget, headline_quality
 
 COST_BUDGETS = ("params_m", "gmacs")  # budgets read from the model card's cost, not measured here
 
@@ -78,7 +79,7 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
         raise ConfigError(f"target {target.name!r} counts tower(s) {missing}, but {out} exports only {sorted(fp32)}")
     t0 = time.time()
     cache, _ = prepare_cache(config, progress=progress)
-    metric = next((o.metric for o in config.objectives if METRICS[o.metric][0] == "maximize"), "accuracy")
+    metric = headline_quality(o.metric for o in config.objectives)
 
     say(f"verify: int8 variants of {', '.join(sorted(fp32))} ({', '.join(settings.quantization)})")
     files = {"fp32": fp32, **_int8_variants(out, card, fp32, settings.quantization, cache,

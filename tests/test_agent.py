@@ -85,7 +85,8 @@ def test_agent_import_path_never_imports_torch_nor_the_cli(tmp_path):
                              "create_app('t' * 20, sys.argv[1])\n", str(tmp_path))
     assert [m for m in modules if m.split(".")[0] in HEAVY] == []
     toolkit = [m for m in modules if m.startswith("dime_nas") and not m.startswith("dime_nas.agent")]
-    assert set(toolkit) <= {"dime_nas", "dime_nas.fs"}  # fs: standard library only; never dime_nas.cli
+    # fs and errors: standard library only; never dime_nas.cli
+    assert set(toolkit) <= {"dime_nas", "dime_nas.fs", "dime_nas.errors"}
     assert "starlette" in modules and "onnxruntime" not in modules  # the agent process needs no onnxruntime yet
     # `dime-nas agent` parses its options without the search tools too
     modules = _modules_after("import dime_nas.cli as cli\ncli._parser().parse_args(['agent', '--token-file', 'x'])")

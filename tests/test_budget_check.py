@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dime_nas.config import Budget, SearchConfig
+from dime_nas.config import SearchConfig
+from dime_nas.metrics import Budget
 from dime_nas.cost import latency
 from dime_nas.cost.budget_check import decide_latency_budget
 from dime_nas.cost.latency import LatencyBackend, LatencyMeasurement

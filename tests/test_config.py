@@ -5,7 +5,8 @@ import yaml
 
 from conftest import write_experiment
 from dime_nas.cli import main
-from dime_nas.config import Budget, load_experiment
+from dime_nas.config import load_experiment
+from dime_nas.metrics import Budget
 from dime_nas.errors import ConfigError
 
 

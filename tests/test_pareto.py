@@ -237,7 +237,7 @@ def test_top_k_picks_identical_points_once() -> None:
 
 
 def test_experiment_reference_from_stated_values_budgets_and_floors():
-    from dime_nas.config import Budget
+    from dime_nas.metrics import Budget
     from dime_nas.search.pareto import experiment_reference
 
     b = [Budget.parse("latency_ms <= 8"), Budget.parse("latency_ms <= 5"), Budget.parse("accuracy >= 0.4")]

@@ -8,7 +8,7 @@ import re
 import optuna
 import pytest
 
-from dime_nas.config import Budget
+from dime_nas.metrics import Budget
 from dime_nas.search.record import TrialRecord
 from dime_nas.search.report import write_report
 

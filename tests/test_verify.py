@@ -16,7 +16,8 @@ from agent_fixtures import loopback_agent
 from conftest import write_experiment
 from dime_nas import api
 from dime_nas.cli import main
-from dime_nas.config import Budget, load_experiment
+from dime_nas.config import load_experiment
+from dime_nas.metrics import Budget
 from dime_nas.cost.targets import get_target
 from dime_nas.errors import ConfigError
 from dime_nas.quantize import QUANTIZATIONS, quantize_onnx, quantized_path

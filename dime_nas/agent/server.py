@@ -1,7 +1,8 @@
 """Start the agent: its command-line options, the token file read safely, uvicorn serving the app.
 
 ``python -m dime_nas.agent`` and ``dime-nas agent`` share these options; this module
-imports only the standard library, so neither entry point loads the toolkit.
+imports only the standard library (and ``dime_nas.errors``, which does too), so neither entry
+point loads the toolkit.
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import stat
 import sys
 from pathlib import Path
 
+from ..errors import UserError
+
 DEFAULT_STORE = "~/.cache/dime_nas_agent"
 MEMORY_SHARE = 0.5  # default memory limit per measurement: this share of the device's RAM
 
 
-class AgentConfigError(ValueError):
+class AgentConfigError(UserError, ValueError):
     """The agent refuses to start (no token file, a file others can read, ...)."""
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import Budget
+from ..metrics import Budget
 
 # A small fixed ViT image tower (2 layers, width 96, 8-px patches at 32 px): cheap to time,
 # in the latency range of the students it is measured beside.

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-COST_METRICS = ("latency_ms", "gmacs", "params_m")
+from ..metrics import cost_metrics
 
 
 @dataclass
@@ -136,7 +136,7 @@ class CostMeter:
 
     def violations(self, cost: dict[str, Any]) -> list[tuple[Any, float]]:
         """Each cost budget with its Optuna constraint value (<= 0: it holds) for ``cost``."""
-        return [(b, b.violation(cost[b.metric])) for b in self.budgets if b.metric in COST_METRICS]
+        return [(b, b.violation(cost[b.metric])) for b in self.budgets if b.metric in cost_metrics()]
 
     def timing(self) -> Any:
         """Held while timing: local workers of this machine do not train meanwhile."""

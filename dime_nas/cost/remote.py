@@ -21,6 +21,7 @@ from dime_nas.agent.timing import latency_stats
 from dime_nas.cost.onnx_export import ExportedTower
 from dime_nas.cost.backend import LatencyBackend, LatencyMeasurement
 from dime_nas.cost.targets import Target
+from dime_nas.errors import UserError
 
 RETRIES = 3  # attempts per agent after the first, on lost connections and 503 (busy)
 BACKOFF_S = 0.5  # first wait between attempts; doubles each time
@@ -29,7 +30,7 @@ _STAT_FIELDS = tuple(k for k in latency_stats([1.0]) if k in {f.name for f in da
 _rotation: dict[tuple[str, ...], itertools.count] = {}  # per agent set: where the next measurement goes
 
 
-class AgentError(RuntimeError):
+class AgentError(UserError, RuntimeError):
     """An agent refused a request, or no agent of a target could be reached."""
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import UserError
 from ..fs import atomic_path, write_atomic
 from ..zero_shot import prompt_ensemble
 from .corpus_base import SkipLog
@@ -47,7 +48,7 @@ CACHE_VERSION = 2  # 2: evaluation images carry their split score
 _log = logging.getLogger(__name__)
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A cache folder that cannot be used (incomplete, corrupt, or built for something else)."""
 
 

@@ -16,8 +16,9 @@ from typing import Any, Callable
 
 import optuna
 
-from ..config import METRICS, Budget, ExperimentConfig, Objective
-from ..cost.meter import COST_METRICS, CostMeter, TimedTowers
+from ..config import ExperimentConfig, Objective
+from ..cost.meter import CostMeter, TimedTowers
+from ..metrics import METRICS, Budget, cost_metrics
 from ..space import SearchSpace
 from ..student import StudentConfig
 from ..teacher import teacher_forward_count
@@ -90,7 +91,7 @@ def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kep
     cost = ctx.meter.measure(config, kept)
     timings: dict[str, float] = {"cost_s": time.time() - t0}
     record.write(trial, cost=cost, timings=timings)
-    metrics: dict[str, Any] = {m: cost[m] for m in COST_METRICS}
+    metrics: dict[str, Any] = {m: cost[m] for m in cost_metrics()}
     checked = ctx.meter.violations(cost)
     for b, violation in checked:
         trial.set_constraint(str(b), violation)
@@ -115,7 +116,7 @@ def _evaluate(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig, kep
                  **done.record)
     if forwards:  # the cache makes the teacher unnecessary in a trial: a forward pass here is a bug
         raise RuntimeError(f"the teacher ran {forwards} forward pass(es) inside trial {trial.number}")
-    quality = [b for b in ctx.budgets if b.metric not in COST_METRICS]
+    quality = [b for b in ctx.budgets if METRICS[b.metric].kind == "quality"]
     for b in quality:
         trial.set_constraint(str(b), b.violation(metrics.get(b.metric, math.nan)))
     bad = [b for b in quality if b.violation(metrics.get(b.metric, math.nan)) > 0]
@@ -129,9 +130,7 @@ def _values(ctx: TrialContext, metrics: dict[str, Any]) -> float | tuple[float, 
     values = []
     for o in ctx.objectives:
         v = metrics.get(o.metric)
-        if v is None:
-            v = 0.0 if METRICS[o.metric][0] == "maximize" else math.inf
-        values.append(float(v))
+        values.append(float(METRICS[o.metric].worst if v is None else v))
     return values[0] if len(values) == 1 else tuple(values)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import METRICS
+
 _SIGN = {"minimize": 1.0, "min": 1.0, "maximize": -1.0, "max": -1.0}
 
 
@@ -233,10 +235,6 @@ def top_k_along_front(points: np.ndarray, directions: Sequence[str], k: int) -> 
     return [int(front[p]) for p in picks]
 
 
-# Quality metrics bounded below by 0: their worst possible value is the natural reference.
-BOUNDED_QUALITY = ("accuracy", "image_accuracy", "shifted_accuracy", "retrieval", "agreement")
-
-
 def experiment_reference(objectives: Sequence[str], directions: Sequence[str], budgets: Sequence[Any],
                          stated: dict[str, float] | None = None) -> tuple[list[float] | None, str]:
     """A hypervolume reference point fixed by the experiment, so hypervolumes compare across runs.
@@ -257,7 +255,7 @@ def experiment_reference(objectives: Sequence[str], directions: Sequence[str], b
             worst = max(bound) if direction == "minimize" else min(bound)
             ref.append(float(worst))
             rules.append(f"{metric} {worst:g} (its budget)")
-        elif metric in BOUNDED_QUALITY and direction == "maximize":
+        elif metric in METRICS and METRICS[metric].bounded and direction == "maximize":
             ref.append(0.0)
             rules.append(f"{metric} 0 (its floor)")
         else:

@@ -16,18 +16,12 @@ from typing import Any
 import numpy as np
 import optuna
 
-from ..config import METRICS, Budget
+from ..metrics import METRICS, Budget, headline_quality, quality_metrics
 from ..run_dir import RunDir
 from .record import TrialRecord, trial_status
 from .pareto import (default_reference, experiment_reference, hypervolume, knee_point, non_dominated,
                      top_k_along_front)
 
-UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "params_m": "M params", "accuracy": "top-1",
-         "image_accuracy": "top-1", "shifted_accuracy": "top-1", "retrieval": "R@1", "agreement": "fraction"}
-AXIS_LABELS = {"latency_ms": "latency on the target (ms, median, counted towers)",
-               "gmacs": "GMACs per image (counted towers, batch 1)", "params_m": "parameters (M)",
-               "accuracy": "zero-shot accuracy, short-run proxy (top-1)",
-               "image_accuracy": "image-tower zero-shot accuracy with the teacher's text, short-run proxy (top-1)"}
 
 
 class SelectionReason(str, Enum):
@@ -102,7 +96,7 @@ def select(feasible: list[Row], points: np.ndarray, objectives: list[str], direc
 
     if not feasible:
         return picks
-    sign = 1 if METRICS[quality][0] == "maximize" else -1
+    sign = 1 if METRICS[quality].direction == "maximize" else -1
 
     def score(r: Row) -> float:
         v = r.get(quality)
@@ -131,7 +125,7 @@ def write_report(study: optuna.Study, out: RunDir | str | Path, *, extra_budgets
     budgets = [Budget.parse(b) for b in study.user_attrs.get("budgets", [])]
     rows = collect(study)
     feasible, points, nd_rows = front(rows, objectives, directions)
-    quality = next((m for m in objectives if METRICS.get(m, ("",))[0] == "maximize"), "accuracy")
+    quality = headline_quality(objectives)
     summary: dict[str, Any] = {"study": study.study_name, "objectives": objectives, "directions": directions,
                                "budgets": [str(b) for b in budgets], "target": study.user_attrs.get("target"),
                                "counts": _counts(rows), "front": [r.number for r in nd_rows]}
@@ -268,7 +262,7 @@ def _flat(r: Row) -> dict[str, Any]:
     for tower, c in sorted(cost.get("per_tower", {}).items()):
         d[f"{tower}_latency_median_ms"] = c.get("latency_median_ms")
         d[f"{tower}_latency_p90_ms"] = c.get("latency_p90_ms")
-    for m in ("accuracy", "image_accuracy", "shifted_accuracy", "retrieval", "agreement", "teacher_kl"):
+    for m in quality_metrics():
         d[m] = r.metrics.get(m)
     for k, v in sorted(r.metrics.items()):
         if k.startswith(("task/", "retrieval/", "seed_std/")) and not k.endswith("agreement"):
@@ -318,8 +312,8 @@ def _plot(path: Path, rows: list[Row], nd_rows: list[Row], x: str, y: str, budge
     for b in budgets:
         if b.metric == x:
             ax.axvline(b.value, ls="--", c="#d62728", lw=1, label=f"budget {b}")
-    ax.set_xlabel(AXIS_LABELS.get(x, f"{x} ({UNITS.get(x, '')})"))
-    ax.set_ylabel(AXIS_LABELS.get(y, f"{y} ({UNITS.get(y, '')})"))
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(_axis_label(y))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"{y} vs {x}: {counts.get('ok', 0)} feasible students, {counts.get('infeasible', 0)} over budget "
@@ -328,6 +322,10 @@ def _plot(path: Path, rows: list[Row], nd_rows: list[Row], x: str, y: str, budge
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _axis_label(metric: str) -> str:
+    return METRICS[metric].axis_label if metric in METRICS else metric
 
 
 def _write_html(path: Path, rows: list[Row], nd_rows: list[Row], y: str) -> None:

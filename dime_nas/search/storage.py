@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import optuna
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -127,9 +127,11 @@ RETRY_FOR_S = 600.0  # how long a worker waits for a lost database before it sto
 MAX_WAIT_S = 30.0  # the longest wait between two tries
 
 
-class StorageUnavailable(ConnectionError):
+class StorageUnavailable(UserError, ConnectionError):
     """The study's database failed for longer than ``RETRY_FOR_S``: the worker stops (its trial, if
     any, is left for the heartbeat to fail and another worker to run again)."""
+
+    exit_code = 3
 
 
 def with_retries(what: str, call: Callable[[], T], retry_for_s: float | None = None, first_wait_s: float = 0.5) -> T:
