@@ -36,7 +36,7 @@ from ..run_dir import RunDir
 from ..typed_yaml import to_plain
 from .objective import TrialContext
 from .record import TrialRecord, trial_status
-from .storage import ClaimLock, is_database, mask_url, open_storage, retry_callback
+from .storage import ClaimLock, is_database, mask_url, open_storage, retry_callback, with_retries
 from .worker import work_on
 
 _log = logging.getLogger(__name__)
@@ -174,8 +174,10 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, run: RunDir, url: st
     database = is_database(url)
 
     def fail_stale(s: optuna.Study) -> None:
-        _fail_interrupted(s, heartbeat=database, retries=config.search.retries,
-                          orphan_grace_s=config.search.grace_s if database else ORPHAN_GRACE_S)
+        # retried as a whole: failing a trial is not repeatable call by call (trials also call this while waiting)
+        with_retries("failing the trials of dead workers", lambda: _fail_interrupted(
+            s, heartbeat=database, retries=config.search.retries,
+            orphan_grace_s=config.search.grace_s if database else ORPHAN_GRACE_S))
 
     fail_stale(study)
     ctx.fail_stale = fail_stale

@@ -228,6 +228,27 @@ def run_jobs(jobs: list[dict[str, Any]], config_path: str | Path, store: str | P
     return {j["key"]: done[j["key"]] for j in jobs}
 
 
+def supernet_step_s(config: Any, space: Any, cache: Any, warm: int = 3, timed: int = 12) -> dict[str, float]:
+    """Seconds per supernet training step on this machine now, as CPU time (``cpu``: what the step
+    costs, whatever else the machine runs; one torch thread) and wall time (``wall``): two fresh
+    trainings of ``warm`` and ``warm + timed`` steps (the experiment's recipe) in a scratch folder,
+    the difference over ``timed``."""
+    import tempfile
+
+    from dime_nas.supernet.train import train_supernet
+
+    took = []
+    for n in (warm, warm + timed):
+        with tempfile.TemporaryDirectory() as scratch:
+            t0, c0 = time.time(), time.process_time()
+            train_supernet(space, cache, config.supernet, config.distill.losses, checkpoint_dir=scratch,
+                           resume=False, stop_after=n)
+            took.append((time.time() - t0, time.process_time() - c0))
+    step = {"wall": (took[1][0] - took[0][0]) / timed, "cpu": (took[1][1] - took[0][1]) / timed}
+    print(f"supernet: {step['cpu']:.2f} s CPU ({step['wall']:.2f} s wall) per step now", flush=True)
+    return step
+
+
 def machine() -> dict[str, Any]:
     """Where the numbers were measured: CPU, cores, load, library versions."""
     import os

@@ -3,7 +3,8 @@
 Two searches over one space, back to back on this machine, one thread each:
 1. the supernet search of the experiment (``search.evaluator: supernet``, ``--trials`` trials);
    its time is the supernet's training plus the search's own;
-2. a short-distill search of the same experiment, stopped after that same time.
+2. a short-distill search of the same experiment, stopped after that same CPU time (one torch
+   thread each; CPU time, not wall time, so that the machine's other work cannot tilt it).
 Each search's front (its feasible Pareto-optimal students, accuracy against measured latency)
 is then distilled stand-alone for ``--steps`` steps, and each front's hypervolume is computed
 on those true test accuracies and the trials' measured latencies, against one reference
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -40,22 +42,39 @@ def main() -> int:
 
     from dime_nas import api
     from dime_nas.supernet.store import supernet_dir
-    from dime_nas.space import SearchSpace
 
     torch.set_num_threads(1)
     config = api.load(args.config)
     config.search = dataclasses.replace(config.search, trials=args.trials, max_trials=3 * args.trials)
-    supernet = api.search(config, out=OUT / "fronts-supernet", progress=False)
-    summary = json.loads((supernet_dir(config, SearchSpace.load(config.space)) / "summary.json").read_text())
-    budget_s = summary["train_s"] + supernet.search_seconds
-    print(f"supernet search: {supernet.distinct} students in {supernet.search_seconds:.0f} s, supernet trained in "
-          f"{summary['train_s']:.0f} s: the short-distill search gets {budget_s:.0f} s", flush=True)
-    short_cfg = dataclasses.replace(config, search=dataclasses.replace(
-        config.search, evaluator="short_distill", trials=None, max_trials=None, timeout_s=budget_s))
-    short_cfg.full_distill = dataclasses.replace(config.full_distill, init="scratch")
-    short = api.search(short_cfg, out=OUT / "fronts-short", progress=False)
+    spent_file = OUT / "fronts-cpu.json"  # CPU seconds each search has spent, kept across a kill
+    spent = json.loads(spent_file.read_text()) if spent_file.is_file() else {"supernet": 0.0, "short": 0.0}
 
-    config, cache, _, _ = common.load(args.config)
+    def account(name: str, call):
+        c0 = time.process_time()
+        try:
+            return call()
+        finally:
+            spent[name] += time.process_time() - c0
+            spent_file.write_text(json.dumps(spent))
+
+    supernet = account("supernet", lambda: api.search(config, out=OUT / "fronts-supernet", progress=False))
+    search_cpu_s = spent["supernet"]
+    config, cache, _, space = common.load(args.config)
+    summary = json.loads((supernet_dir(config, space) / "summary.json").read_text())
+    # equal CPU time (one torch thread): the machine's other work moves wall time, not CPU time; the
+    # supernet's training is its steps timed again here (its recorded wall time spans other loads)
+    step = common.supernet_step_s(config, space, cache)
+    budget_cpu_s = step["cpu"] * summary["steps"] + search_cpu_s
+    print(f"supernet search: {supernet.distinct} students, {search_cpu_s:.0f} CPU s; supernet training "
+          f"{summary['steps']} x {step['cpu']:.2f} CPU s: the short-distill search gets {budget_cpu_s:.0f} CPU s", flush=True)
+    short_cfg = dataclasses.replace(config, search=dataclasses.replace(
+        config.search, evaluator="short_distill", trials=None, max_trials=None))
+    short_cfg.full_distill = dataclasses.replace(config.full_distill, init="scratch")
+    short = None
+    while short is None or budget_cpu_s - spent["short"] > 5:  # a wall limit of the CPU left, until it is spent
+        short_cfg.search = dataclasses.replace(short_cfg.search, timeout_s=max(1.0, budget_cpu_s - spent["short"]))
+        short = account("short", lambda: api.search(short_cfg, out=OUT / "fronts-short", progress=False))
+    short_cpu_s = spent["short"]
     store = common.default_store(config)
     searches = {"supernet": supernet, "short_distill": short}
     fronts = {name: _front(o.study) for name, o in searches.items()}
@@ -73,7 +92,9 @@ def main() -> int:
         out["searches"][name] = {"distinct": searches[name].distinct, "seconds": searches[name].search_seconds,
                                  "front": front, "hv_true": _hv(pts, budget), "hv_proxy": _hv(np.array(
                                      [[m["score"], m["latency_ms"]] for m in front]) if front else pts, budget)}
-    out["searches"]["supernet"]["supernet_train_s"] = summary["train_s"]
+    out["searches"]["supernet"].update(cpu_s=search_cpu_s, supernet_train_cpu_s=step["cpu"] * summary["steps"],
+                                       supernet_step_s=step, supernet_train_s_recorded=summary["train_s"])
+    out["searches"]["short_distill"]["cpu_s"] = short_cpu_s
     common.write(args.name, out, _markdown(out))
     return 0
 
@@ -109,11 +130,11 @@ def _markdown(d: dict[str, Any]) -> str:
     lines = ["# Supernet search against short-distill search at equal time", "",
              f"Fronts distilled stand-alone for {d['steps']} steps; hypervolume on their test accuracy and "
              f"measured latency, reference (accuracy 0, latency {d['reference'][1]} ms).", "",
-             "| search | students scored | time (s) | front size | hypervolume (true) | hypervolume (its own scores) |",
+             "| search | students scored | CPU time (s) | front size | hypervolume (true) | hypervolume (its own scores) |",
              "|---|---|---|---|---|---|"]
     for name, s in d["searches"].items():
-        extra = f" (+ {s['supernet_train_s']:.0f} s supernet training)" if "supernet_train_s" in s else ""
-        lines.append(f"| {name} | {s['distinct']} | {s['seconds']:.0f}{extra} | {len(s['front'])} | "
+        extra = f" (+ {s['supernet_train_cpu_s']:.0f} s supernet training)" if "supernet_train_cpu_s" in s else ""
+        lines.append(f"| {name} | {s['distinct']} | {s['cpu_s']:.0f}{extra} | {len(s['front'])} | "
                      f"{s['hv_true']:.4f} | {s['hv_proxy']:.4f} |")
     for name, s in d["searches"].items():
         lines += ["", f"**{name}** front:", "", "| student | latency (ms) | score | true accuracy |", "|---|---|---|---|"]
