@@ -281,7 +281,8 @@ def _cmd_latency(args) -> int:
     import dataclasses
     import tempfile
 
-    from .cost.latency import measure_target, torch_eager_latency
+    from .cost.latency import measure_target
+    from .cost.local import torch_eager_latency
     from .cost.targets import Target
 
     name, towers = _resolve(args.model)
@@ -343,10 +344,10 @@ def _cmd_targets(args) -> int:
     for name, t in targets.items():
         print(f"{name:16s} {t.backend:11s} {t.precision:4s} threads={t.intra_op_threads} batch={t.batch_size} "
               f"towers={','.join(t.towers)}\n{'':16s} {t.description}")
-        if t.backend == "remote" and not args.offline:
-            from .cost.remote import describe_remote
+        if not args.offline:
+            from .cost.latency import backend_class
 
-            for agent in describe_remote(t):
+            for agent in backend_class(t.backend)().devices(t):
                 d = agent.get("device")
                 if d is None:
                     print(f"{'':16s} agent {agent['url']}: {agent['error']}")

@@ -59,7 +59,7 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
         ConfigError: an export without ONNX towers, a target that cannot time ONNX files.
     """
     from .card_readme import write_readme
-    from .cost.latency import check_target_usable
+    from .cost.latency import backend_class, check_target_usable
     from .pipeline import prepare_cache
 
     say = say or (print if progress else (lambda _: None))
@@ -67,9 +67,9 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
     card = read_card(out)
     settings = config.deliverable
     precision = precision or settings.precision
-    if target.backend == "torch":
-        raise ConfigError(f"target {target.name!r} times torch eager modules; verify measures the exported "
-                          "ONNX files: choose an onnxruntime or remote target", key="--target")
+    if not backend_class(target.backend).needs_onnx:
+        raise ConfigError(f"target {target.name!r} times torch modules ({target.backend}); verify measures the "
+                          "exported ONNX files: choose a target whose backend times them", key="--target")
     problem = check_target_usable(target)
     if problem:
         raise ConfigError(problem, key="--target")
@@ -270,11 +270,11 @@ def _torch_scores(out: Path, student: dict[str, Any], cache: Any) -> dict[str, A
 def _time_files(files: dict[str, dict[str, Path]], target: Target, rounds: int
                 ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
     """{variant: {tower: latency}} and the device description, from ``rounds`` interleaved rounds."""
-    from .cost.latency import LATENCY_BACKENDS
+    from .cost.latency import backend_class
     from .cost.onnx_export import ExportedTower
     from .search.stats import sum_of_medians_interval
 
-    backend = LATENCY_BACKENDS[target.backend]()
+    backend = backend_class(target.backend)()
     measured: dict[tuple[str, str], list[Any]] = {}
     device: dict[str, Any] = {}
     for _ in range(rounds):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dime_nas.cost.onnx_export import export_tower
 from dime_nas.cost.flops import CONVENTION, tower_cost
-from dime_nas.cost.latency import OnnxRuntimeBackend, machine_facts, torch_eager_latency
+from dime_nas.cost.local import OnnxRuntimeBackend, machine_facts, torch_eager_latency
 from dime_nas.cost.targets import get_target
 from dime_nas.cost.towers import Tower, resolve_model, towers_from_student
 from dime_nas.student import StudentConfig, VisionTowerConfig

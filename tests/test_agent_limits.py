@@ -232,7 +232,7 @@ def test_no_telemetry_is_written_by_the_agent_or_a_local_measurement(tmp_path):
     home.mkdir()
     code = ("import sys\n"
             "from pathlib import Path\n"
-            "from dime_nas.cost.latency import OnnxRuntimeBackend\n"
+            "from dime_nas.cost.local import OnnxRuntimeBackend\n"
             "from dime_nas.cost.onnx_export import ExportedTower\n"
             "from dime_nas.cost.targets import Target\n"
             "t = ExportedTower(tower='image', path=Path(sys.argv[1]), input_name='x0', input_dtype='float32',"

@@ -8,7 +8,7 @@ from dime_nas.config import SearchConfig
 from dime_nas.metrics import Budget
 from dime_nas.cost import latency
 from dime_nas.cost.budget_check import decide_latency_budget
-from dime_nas.cost.latency import LatencyBackend, LatencyMeasurement
+from dime_nas.cost.backend import LatencyBackend, LatencyMeasurement
 from dime_nas.cost.targets import Target
 from dime_nas.errors import ConfigError
 from dime_nas.cost.meter import CostMeter, TimedTowers
@@ -141,13 +141,13 @@ def test_the_reference_is_built_once_and_timed_on_its_image_tower_alone(monkeypa
     """Also for a target that counts the text tower too (the reference has none of its own)."""
     import dataclasses
 
-    from dime_nas.cost import budget_check, towers
+    from dime_nas.cost import budget_check, onnx_export, towers
     from dime_nas.cost.targets import get_target
 
     built, real = [], towers.towers_from_student
     monkeypatch.setattr(towers, "towers_from_student", lambda *a, **k: built.append(1) or real(*a, **k))
-    exported, real_export = [], latency.export_tower
-    monkeypatch.setattr(latency, "export_tower", lambda *a, **k: exported.append(1) or real_export(*a, **k))
+    exported, real_export = [], onnx_export.export_tower
+    monkeypatch.setattr(onnx_export, "export_tower", lambda *a, **k: exported.append(1) or real_export(*a, **k))
     target = dataclasses.replace(get_target("local-cpu"), towers=("image", "text"), warmup=1, runs=3, sessions=1)
     workdir = tmp_path / "trial" / "reference"  # its folders are made as needed
     timer = budget_check.reference_timer(target, str(workdir))

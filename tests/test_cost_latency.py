@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from dime_nas.cost.onnx_export import export_tower
-from dime_nas.cost.latency import (LATENCY_BACKENDS, LatencyMeasurement, OnnxRuntimeBackend, latency_stats,
-                                   measure_target, torch_eager_latency)
+from dime_nas.agent.timing import latency_stats
+from dime_nas.cost.backend import LatencyMeasurement
+from dime_nas.cost.latency import LATENCY_BACKENDS, measure_target
+from dime_nas.cost.local import OnnxRuntimeBackend, torch_eager_latency
 from dime_nas.cost.targets import SHIPPED_TARGETS, Target, get_target, load_targets
+from dime_nas.errors import ConfigError
 from dime_nas.cost.towers import towers_from_student
 from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
 
@@ -71,7 +74,7 @@ def test_shipped_targets():
     assert targets["local-cpu-int8"].precision == "int8" and targets["local-cpu-1t"].intra_op_threads == 1
     pi4 = targets["pi4-int8"]
     assert (pi4.backend, pi4.intra_op_threads, pi4.precision) == ("remote", 4, "int8")
-    assert pi4.urls and pi4.token_env == "DIME_NAS_PI4_TOKEN"
+    assert pi4.options.urls and pi4.options.token_env == "DIME_NAS_PI4_TOKEN"
     assert "Cortex-A72" in pi4.description
     assert targets["gpu-cuda"].providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -154,9 +157,24 @@ def loopback(tmp_path_factory):
         yield agent
 
 
+def _conformance_target(backend: str, precision: str, request) -> Target | None:
+    """A quick target of ``backend`` at ``precision`` (None: the backend does not measure it)."""
+    options = None
+    if backend == "remote":  # a backend with options: how the test reaches it
+        agent = request.getfixturevalue("loopback")
+        options = {"urls": [agent.url], "token_file": str(agent.token_file)}
+    for sessions in (3, 1):  # a backend without sessions (torch eager) refuses 3
+        try:
+            return _quick("local-cpu", backend=backend, precision=precision, batch_size=2, sessions=sessions,
+                          options=options)
+        except ConfigError:
+            continue
+    return None
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("backend", sorted(LATENCY_BACKENDS))
-def test_backend_conformance(backend, precision, exported, request, monkeypatch):
+def test_backend_conformance(backend, precision, towers, exported, request, monkeypatch):
     import onnxruntime as ort
 
     calls = []  # what the local backend really ran, not what it reports
@@ -166,14 +184,14 @@ def test_backend_conformance(backend, precision, exported, request, monkeypatch)
         calls.append({k: v.shape[0] for k, v in feed.items()})
         return real_run(self, output_names, feed, *args, **kwargs)
 
-    remote = {}
-    if backend == "remote":
-        agent = request.getfixturevalue("loopback")
-        remote = {"urls": (agent.url,), "token_file": str(agent.token_file)}
-    else:
+    if backend != "remote":
         monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
-    target = _quick("local-cpu", backend=backend, precision=precision, batch_size=2, **remote)
-    m = LATENCY_BACKENDS[backend]().measure(exported, target)
+    target = _conformance_target(backend, precision, request)
+    if target is None:
+        pytest.skip(f"backend {backend} does not measure {precision}")
+    cls = LATENCY_BACKENDS[backend]
+    assert cls.name == backend
+    m = cls().measure(exported if cls.needs_onnx else towers["image"], target)
     _check_conformance(m, target)
     assert m.tower == "image" and m.backend == backend
     if backend == "onnxruntime":

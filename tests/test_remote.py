@@ -14,18 +14,19 @@ import yaml
 from agent_fixtures import loopback_agent
 from dime_nas.cost import remote
 from dime_nas.cost.onnx_export import ExportedTower
-from dime_nas.cost.latency import OnnxRuntimeBackend
-from dime_nas.cost.remote import AgentError, RemoteBackend
+from dime_nas.cost.local import OnnxRuntimeBackend
+from dime_nas.cost.remote import AgentError, RemoteBackend, RemoteOptions
 from dime_nas.cost.targets import Target, load_targets
 from test_agent import matmul_model
 
 LOCAL = Target(name="local-1t", description="this machine", intra_op_threads=1, warmup=5, runs=40)
 
 
-def remote_target(*agents, **changes) -> Target:
-    fields = dict(name="board", description="boards on loopback", backend="remote",
-                  urls=tuple(a if isinstance(a, str) else a.url for a in agents),
-                  token_file=str(next(a for a in agents if not isinstance(a, str)).token_file),
+def remote_target(*agents, urls: tuple[str, ...] | None = None, token_file: str | None = None,
+                  **changes) -> Target:
+    options = RemoteOptions(urls or tuple(a if isinstance(a, str) else a.url for a in agents),
+                            token_file=token_file or str(next(a for a in agents if not isinstance(a, str)).token_file))
+    fields = dict(name="board", description="boards on loopback", backend="remote", options=options,
                   intra_op_threads=1, warmup=5, runs=40)
     return Target(**{**fields, **changes})
 
@@ -117,16 +118,31 @@ def test_a_wrong_token_is_a_clear_error(agent, tmp_path):
 
 def test_remote_target_fields_are_checked(tmp_path):
     path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump({"b": {"description": "x", "backend": "remote", "url": "http://h:1",
-                                          "token_env": "T"}}))
-    assert load_targets(path)["b"].urls == ("http://h:1",)
-    for fields, problem in [({"backend": "remote", "token_env": "T"}, "needs url"),
-                            ({"backend": "remote", "url": "h:1", "token_env": "T"}, "needs url"),
-                            ({"backend": "remote", "url": "http://h:1"}, "exactly one of token_env"),
-                            ({"url": "http://h:1"}, "for backend: remote")]:
+    path.write_text(yaml.safe_dump({"b": {"description": "x", "backend": "remote",
+                                          "options": {"url": "http://h:1", "token_env": "T"}}}))
+    assert load_targets(path)["b"].options == RemoteOptions(("http://h:1",), token_env="T")
+    for fields, problem in [({"backend": "remote", "options": {"token_env": "T"}}, "needs the option url"),
+                            ({"backend": "remote", "options": {"url": "h:1", "token_env": "T"}}, "option url"),
+                            ({"backend": "remote", "options": {"url": "http://h:1"}}, "exactly one of the options"),
+                            ({"backend": "remote", "options": {"url": "http://h:1", "token_env": "T", "tokn": 1}},
+                             "unknown option.*tokn"),
+                            ({"options": {"url": "http://h:1"}}, "backend 'onnxruntime' takes no options"),
+                            # the keys of a file written before they moved under `options`
+                            ({"backend": "remote", "url": "http://h:1", "token_env": "T"},
+                             "token_env, url belong.* under `options:`")]:
         path.write_text(yaml.safe_dump({"b": {"description": "x", **fields}}))
         with pytest.raises(ValueError, match=problem):
             load_targets(path)
+
+
+def test_a_study_recorded_with_remote_fields_at_the_top_reads_as_now():
+    from dime_nas.cost.targets import upgrade_recorded
+
+    now = Target(name="b", description="x", backend="remote", options={"url": "http://h:1", "token_env": "T"})
+    before = {k: v for k, v in now.to_dict().items() if k != "options"}
+    assert upgrade_recorded({**before, "urls": ["http://h:1"], "token_env": "T", "token_file": None}) == now.to_dict()
+    local = Target(name="l", description="x")
+    assert upgrade_recorded({**local.to_dict(), "urls": [], "token_env": None, "token_file": None}) == local.to_dict()
 
 
 def _targets_file(tmp_path: Path, *agents) -> Path:
@@ -194,8 +210,8 @@ def test_unreachable_agent_fails_the_trial_not_the_study(monkeypatch, tmp_path):
 
     monkeypatch.setattr(remote, "BACKOFF_S", 0.01)
     monkeypatch.setenv("BOARD_TOKEN", "x" * 20)
-    target = Target(name="board", description="gone", backend="remote", urls=("http://127.0.0.1:9",),
-                    token_env="BOARD_TOKEN", runs=3, warmup=1)
+    target = Target(name="board", description="gone", backend="remote", runs=3, warmup=1,
+                    options={"url": "http://127.0.0.1:9", "token_env": "BOARD_TOKEN"})
     ctx = _trial_context(target, tmp_path)
     ctx.experiment.distill = SimpleNamespace(device="cpu")
     study = optuna.create_study(directions=["maximize", "minimize"])

@@ -113,7 +113,7 @@ def test_verify_through_the_agent_agrees_with_a_local_measurement(exported, tmp_
         settings = {"backend": "onnxruntime", "intra_op_threads": 1, "warmup": 5, "runs": 30, "sessions": 3}
         targets = {"here": {"description": "this machine", **settings},
                    "board": {"description": "the agent on loopback", **settings, "backend": "remote",
-                             "url": agent.url, "token_file": str(agent.token_file)}}
+                             "options": {"url": agent.url, "token_file": str(agent.token_file)}}}
         (tmp_path / "targets.yaml").write_text(yaml.safe_dump(targets))
         config = dataclasses.replace(config, targets_file=str(tmp_path / "targets.yaml"),
                                      deliverable=dataclasses.replace(config.deliverable, quantization=["dynamic"]))
@@ -146,7 +146,7 @@ def test_verify_refuses_what_it_cannot_verify(exported, tmp_path, capsys):
     (tmp_path / "model_card.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         verify_export(tmp_path, config, get_target("fast-cpu", config.targets_file), [])
-    with pytest.raises(ConfigError, match="times torch eager modules"):
+    with pytest.raises(ConfigError, match="times torch modules"):
         verify_export(out, config, get_target("local-torch"), [])
     assert main(["verify", str(tmp_path / "nowhere")]) == 2
     assert "not inside a dime-nas run directory" in capsys.readouterr().err

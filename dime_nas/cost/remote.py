@@ -5,7 +5,8 @@ the agent times it with the same fixed inputs, warm-up and statistics as a local
 measurement. Several agents may serve one target: measurements go round-robin over
 them, and an agent that stays unreachable is skipped for the next. A lost connection
 is retried with backoff; if no agent answers, the error names them, so the trial
-fails and the study goes on.
+fails and the study goes on. A remote target's agents and token are its ``options``
+(:class:`RemoteOptions`).
 """
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ import hashlib
 import itertools
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dime_nas.agent.timing import latency_stats
-from dime_nas.cost.onnx_export import ExportedTower
 from dime_nas.cost.backend import LatencyBackend, LatencyMeasurement
-from dime_nas.cost.targets import Target
-from dime_nas.errors import UserError
+from dime_nas.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from dime_nas.cost.onnx_export import ExportedTower
+    from dime_nas.cost.targets import Target
 
 RETRIES = 3  # attempts per agent after the first, on lost connections and 503 (busy)
 BACKOFF_S = 0.5  # first wait between attempts; doubles each time
@@ -34,15 +39,25 @@ class AgentError(UserError, RuntimeError):
     """An agent refused a request, or no agent of a target could be reached."""
 
 
+@dataclass(frozen=True)
+class RemoteOptions:
+    """A remote target's ``options``: where its agents are and how to authenticate to them."""
+
+    urls: tuple[str, ...]  # http(s)://HOST:PORT of the agents serving the target (YAML: url or urls); spread over
+    token_env: str | None = None  # environment variable holding the agents' token
+    token_file: str | None = None  # file holding the agents' token (instead of token_env)
+
+
 def target_token(target: Target) -> str:
     """The token of a remote target, from its environment variable or file."""
-    if target.token_env:
-        token = os.environ.get(target.token_env, "").strip()
+    options: RemoteOptions = target.options
+    if options.token_env:
+        token = os.environ.get(options.token_env, "").strip()
         if not token:
-            raise AgentError(f"target {target.name!r}: environment variable {target.token_env} (the agents' "
+            raise AgentError(f"target {target.name!r}: environment variable {options.token_env} (the agents' "
                              f"token) is not set")
         return token
-    path = Path(str(target.token_file)).expanduser()
+    path = Path(str(options.token_file)).expanduser()
     if not path.is_file():
         raise AgentError(f"target {target.name!r}: token file {path} not found")
     return path.read_text().strip()
@@ -90,7 +105,8 @@ class AgentClient:
 
     def _check(self, response: Any, what: str) -> Any:
         if response.status_code == 401:
-            raise AgentError(f"agent {self.url} refused the token (401): check the target's token_env/token_file")
+            raise AgentError(f"agent {self.url} refused the token (401): check the target's token_env/token_file "
+                             "option")
         if response.status_code >= 400:
             raise AgentError(f"agent {self.url}: {what} failed ({response.status_code}): {_message(response)}")
         return response
@@ -129,7 +145,7 @@ def _message(response: Any) -> str:
 
 def next_agents(target: Target) -> list[str]:
     """The target's agents in the order to try them: the next one round-robin first."""
-    urls = list(target.urls)
+    urls = list(target.options.urls)
     start = next(_rotation.setdefault(tuple(urls), itertools.count())) % len(urls)
     return urls[start:] + urls[:start]
 
@@ -138,6 +154,26 @@ class RemoteBackend(LatencyBackend):
     """onnxruntime on the target device, through ``dime-nas agent`` (see module docstring)."""
 
     name = "remote"
+
+    @classmethod
+    def parse_options(cls, options: Mapping[str, Any] | None) -> RemoteOptions:
+        raw = dict(options or {})
+        if "url" in raw:
+            if "urls" in raw:
+                raise ConfigError("give url or urls, not both")
+            raw["urls"] = raw.pop("url")
+        known = [f.name for f in dataclasses.fields(RemoteOptions)]
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(map(str, unknown))} of backend remote "
+                              f"(known: url, {', '.join(known)})")
+        urls = raw.get("urls") or ()
+        urls = (urls,) if isinstance(urls, str) else tuple(urls)
+        if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+            raise ConfigError("a remote target needs the option url (or urls): http(s)://HOST:PORT of its agents")
+        if (raw.get("token_env") is None) == (raw.get("token_file") is None):
+            raise ConfigError("a remote target needs exactly one of the options token_env or token_file")
+        return RemoteOptions(urls, raw.get("token_env"), raw.get("token_file"))
 
     def measure(self, exported: ExportedTower, target: Target) -> LatencyMeasurement:
         path = exported.path_for(target)
@@ -167,14 +203,13 @@ class RemoteBackend(LatencyBackend):
             )
         raise AgentError(f"target {target.name!r}: no agent could be reached: " + "; ".join(problems))
 
-
-def describe_remote(target: Target) -> list[dict[str, Any]]:
-    """Each agent of a remote target: {"url", "device"} or {"url", "error"} (for `dime-nas targets`)."""
-    out = []
-    for url in target.urls:
-        try:
-            with AgentClient(url, target_token(target), retries=0, timeout_s=10.0) as agent:
-                out.append({"url": url, "device": agent.device()})
-        except AgentError as err:
-            out.append({"url": url, "error": str(err)})
-    return out
+    def devices(self, target: Target) -> list[dict[str, Any]]:
+        """Each agent of the target: {"url", "device"} or {"url", "error"}."""
+        out = []
+        for url in target.options.urls:
+            try:
+                with AgentClient(url, target_token(target), retries=0, timeout_s=10.0) as agent:
+                    out.append({"url": url, "device": agent.device()})
+            except AgentError as err:
+                out.append({"url": url, "error": str(err)})
+        return out

@@ -2,21 +2,22 @@
 
 Shipped targets live in ``targets.yaml`` next to this file; a project can pass its own
 YAML (a mapping of target name -> fields). Every field is validated and an unknown
-key is an error that names the key, the target and the file.
+key is an error that names the key, the target and the file. The settings only one
+backend reads (a remote target's agents and token) are that backend's ``options``.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
-from ..typed_yaml import load_yaml_mapping
+from ..typed_yaml import load_yaml_mapping, to_plain
 
 SHIPPED_TARGETS = Path(__file__).with_name("targets.yaml")
-# "remote": measured by agents on the device (`dime-nas agent`, client in cost/remote.py).
-BACKENDS = ("onnxruntime", "torch", "remote")
+MOVED_TO_OPTIONS = ("url", "urls", "token_env", "token_file")  # top-level keys of remote targets before `options`
 PRECISIONS = ("fp32", "int8")
 TOWERS = ("image", "text")
 
@@ -27,7 +28,7 @@ class Target:
 
     name: str  # key in the targets file, e.g. "local-cpu"
     description: str  # the hardware and runtime in words
-    backend: str = "onnxruntime"  # "onnxruntime", "torch" (eager comparison) or "remote"
+    backend: str = "onnxruntime"  # a name in cost/latency.py's LATENCY_BACKENDS: onnxruntime, torch (eager), remote
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime EPs, in preference order
     intra_op_threads: int = 2  # threads inside one op (onnxruntime intra-op / torch.set_num_threads)
     batch_size: int = 1  # inputs per call
@@ -36,20 +37,22 @@ class Target:
     warmup: int = 10  # untimed runs first (allocations, caches, thread pools)
     runs: int = 50  # timed runs (median and percentiles over these)
     sessions: int = 1  # runs split over this many fresh sessions; the median of their medians is kept
-    urls: tuple[str, ...] = ()  # remote: the agents serving this target (YAML: url or urls); spread over
-    token_env: str | None = None  # remote: environment variable holding the agents' token
-    token_file: str | None = None  # remote: file holding the agents' token (instead of token_env)
+    # the backend's own settings (YAML: a mapping, read by the backend's parse_options), e.g. a remote
+    # target's agents and token; None for a backend that takes none
+    options: Any = None
 
     def __post_init__(self) -> None:
+        from .latency import backend_class
+
         where = f"target {self.name!r}"
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"{where}: backend must be one of {BACKENDS}, got {self.backend!r}")
+        try:
+            backend = backend_class(self.backend)
+            if self.options is None or isinstance(self.options, Mapping):
+                object.__setattr__(self, "options", backend.parse_options(self.options))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err.problem}") from None
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{where}: precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.backend == "torch" and self.precision != "fp32":
-            raise ConfigError(f"{where}: the torch (eager) backend measures fp32 only")
-        if self.backend == "torch" and self.sessions != 1:
-            raise ConfigError(f"{where}: sessions are onnxruntime's; the torch (eager) backend has none")
         if not self.towers or any(t not in TOWERS for t in self.towers) or len(set(self.towers)) != len(self.towers):
             raise ConfigError(f"{where}: towers must be distinct names from {TOWERS}, got {list(self.towers)}")
         if not self.providers or not all(isinstance(p, str) and p for p in self.providers):
@@ -58,37 +61,33 @@ class Target:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
-        if self.backend == "remote":
-            if not self.urls or not all(isinstance(u, str) and u.startswith(("http://", "https://"))
-                                        for u in self.urls):
-                raise ConfigError(f"{where}: a remote target needs url (or urls): http(s)://HOST:PORT of its agents")
-            if (self.token_env is None) == (self.token_file is None):
-                raise ConfigError(f"{where}: a remote target needs exactly one of token_env or token_file")
-        elif self.urls or self.token_env or self.token_file:
-            raise ConfigError(f"{where}: url, urls, token_env and token_file are for backend: remote")
         if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
             raise ConfigError(f"{where}: warmup must be a non-negative integer, got {self.warmup!r}")
         if self.sessions > self.runs:
             raise ConfigError(f"{where}: sessions ({self.sessions}) must not exceed runs ({self.runs})")
+        problem = backend.check_target(self)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any], source: str = "<dict>") -> Target:
         """Build a target from its YAML fields; a ConfigError names the source, the target and the key."""
         if not isinstance(data, dict):
             raise ConfigError(f"target {name!r} must be a mapping of fields", file=source)
-        known = ({f.name for f in dataclasses.fields(cls)} - {"name"}) | {"url"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"name"}
         unknown = sorted(set(data) - known)
         if unknown:
+            moved = [k for k in unknown if k in MOVED_TO_OPTIONS]
+            hint = (f"; {', '.join(moved)} belong(s) under `options:` (e.g. options: {{url: http://HOST:PORT, "
+                    "token_env: NAME}})" if moved else "")
             raise ConfigError(f"target {name!r} has unknown key(s) {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(known))})", file=source)
+                              f"(known: {', '.join(sorted(known))}){hint}", file=source)
         if "description" not in data:
             raise ConfigError(f"target {name!r} needs a description", file=source)
+        if data.get("options") is not None and not isinstance(data["options"], Mapping):
+            raise ConfigError(f"target {name!r}: options must be a mapping of option -> value", file=source)
         kwargs = dict(data)
-        if "url" in kwargs:
-            if "urls" in kwargs:
-                raise ConfigError(f"target {name!r}: give url or urls, not both", file=source)
-            kwargs["urls"] = kwargs.pop("url")
-        for key in ("providers", "towers", "urls"):
+        for key in ("providers", "towers"):
             if key in kwargs:
                 value = kwargs[key]
                 kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
@@ -98,9 +97,19 @@ class Target:
             raise ConfigError(err.problem, file=source) from None
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["providers"], out["towers"], out["urls"] = list(self.providers), list(self.towers), list(self.urls)
+        out = {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if self.options is None:
+            del out["options"]
         return out
+
+
+def upgrade_recorded(target: dict[str, Any]) -> dict[str, Any]:
+    """A target as recorded before backend settings moved under ``options``, as recorded now."""
+    out = {k: v for k, v in target.items() if k not in MOVED_TO_OPTIONS}
+    if any(target.get(k) for k in MOVED_TO_OPTIONS) and "options" not in out:  # a remote target
+        out["options"] = {"urls": list(target.get("urls") or []), "token_env": target.get("token_env"),
+                          "token_file": target.get("token_file")}
+    return out
 
 
 def load_targets(path: str | Path | None = None) -> dict[str, Target]:

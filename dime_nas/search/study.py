@@ -135,8 +135,13 @@ ADDED_SETTINGS = {"distill": {"seeds": 1, "text_tower_step_scale": 1.0, "init": 
 
 
 def with_added_settings(recorded: dict[str, Any]) -> dict[str, Any]:
-    """A recorded fingerprint with the settings added since filled in at their old behaviour."""
+    """A recorded fingerprint with the settings added since filled in at their old behaviour (and a
+    target recorded before backend settings moved under its ``options``, as recorded now)."""
+    from ..cost.targets import upgrade_recorded
+
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in recorded.items()}
+    if isinstance(out.get("target"), dict):
+        out["target"] = upgrade_recorded(out["target"])
     for section, values in ADDED_SETTINGS.items():
         if isinstance(out.get(section), dict):
             out[section] = {**values, **out[section]}

@@ -112,7 +112,7 @@ def main() -> int:
     import torch
 
     from dime_nas.config import LatencyPredictorConfig
-    from dime_nas.cost.latency import machine_facts
+    from dime_nas.cost.local import machine_facts
     from dime_nas.cost.predictor import KINDS, errors, fit_predictor
     from dime_nas.cost.targets import Target
     from dime_nas.cost.latency_gate import LatencyGate
@@ -221,7 +221,7 @@ def measure(args) -> tuple[list[dict], dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_predictor_") as tmp, agent_on_loopback(Path(tmp)) as (url, tok):
         target = Target(name=TARGET_NAME, description="this machine through the agent on loopback",
-                        backend="remote", urls=(url,), token_file=str(tok), intra_op_threads=args.threads,
+                        backend="remote", options={"url": url, "token_file": str(tok)}, intra_op_threads=args.threads,
                         warmup=args.warmup, runs=args.runs, sessions=args.sessions)
         backend = RemoteBackend()
         exported = []
