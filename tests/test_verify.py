@@ -105,25 +105,132 @@ def test_a_broken_int8_file_shows_as_an_accuracy_drop_and_auto_ships_fp32(export
     assert forced["shipped"]["variant"] == "dynamic"
 
 
-def test_verify_through_the_agent_agrees_with_a_local_measurement(exported, tmp_path):
-    # Tolerance: a factor of 1.5 between the medians (as for the remote backend's own test): the
-    # machine is shared and medians of small models drift 20-40% between runs.
-    config, out = exported
+# Largest ratio of verify's remote median to the bracketing local median that counts as agreement
+# (see the test's docstring for how it was chosen).
+REMOTE_TOLERANCE = 2.0
+
+
+def image_chain(path, layers: int, dim: int = 512) -> None:
+    """An image tower stand-in: [batch, 3, 32, 32] as 48 tokens of 64 values, ``layers`` MatMul+Relu
+    of width ``dim``, mean over tokens, MatMul to the 64-wide embedding. Its time grows with ``layers``."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(layers)
+    weight = lambda name, rows, cols: numpy_helper.from_array(  # noqa: E731
+        (rng.standard_normal((rows, cols)) / rows**0.5).astype(np.float32), name)
+    inits = [numpy_helper.from_array(np.array([-1, 48, 64], np.int64), "tokens_shape"),
+             weight("w_in", 64, dim), weight("w_out", dim, 64)]
+    nodes = [helper.make_node("Reshape", ["image", "tokens_shape"], ["tokens"]),
+             helper.make_node("MatMul", ["tokens", "w_in"], ["h"])]
+    x = "h"
+    for i in range(layers):
+        inits.append(weight(f"w{i}", dim, dim))
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    nodes += [helper.make_node("ReduceMean", [x], ["pooled"], axes=[1], keepdims=0),
+              helper.make_node("MatMul", ["pooled", "w_out"], ["embedding"])]
+    graph = helper.make_graph(nodes, "image_chain",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 64])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def timing_export(exported, tmp_path_factory):
+    """(config, export folder): the export with image files whose times differ far beyond the noise.
+
+    ``image.onnx`` is an 8-layer chain (3-7 ms on one loaded thread here) and ``image.int8.onnx`` a
+    quantised 1-layer one (~0.3 ms); the text tower's files take ~0.2 ms. So timing one file in place of
+    another moves its latency 10-20x (accuracy is not at stake: these towers are untrained stand-ins)."""
+    import shutil
+
+    config, source = exported
+    out = tmp_path_factory.mktemp("timing") / "export"
+    shutil.copytree(source, out)
+    image_chain(out / "image.onnx", layers=8)
+    image_chain(out / "light.onnx", layers=1)
+    quantize_onnx(out / "light.onnx", out / "image.int8.onnx", "dynamic")
+    (out / "light.onnx").unlink()
+    return dataclasses.replace(config, deliverable=dataclasses.replace(
+        config.deliverable, quantization=["dynamic"], latency_rounds=3)), out
+
+
+def time_locally(files: set[str], out, target) -> dict[str, list[float]]:
+    """{file name: session medians} of each file timed on its own by the local onnxruntime backend
+    (not through verify: the reference must not share the code under test)."""
+    from dime_nas.cost.latency import OnnxRuntimeBackend
+    from dime_nas.cost.onnx_export import ExportedTower
+    from dime_nas.verify import onnx_input
+
+    medians = {}
+    for name in files:
+        input_name, dtype, shape, output = onnx_input(out / name)
+        exported = ExportedTower(tower="image", path=out / name, input_name=input_name, input_dtype=dtype.name,
+                                 input_shape=tuple(shape), output_name=output, opset=0, exporter="file",
+                                 parity_max_abs_diff=0.0, file_bytes=0, export_seconds=0.0)
+        medians[name] = OnnxRuntimeBackend().measure(exported, target).session_medians_ms
+    return medians
+
+
+def ratio_of_medians(a, b, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """median(a) / median(b) and its 95% percentile-bootstrap interval (a and b resampled apart)."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    boot = (np.median(a[rng.integers(0, len(a), (n_boot, len(a)))], axis=1)
+            / np.median(b[rng.integers(0, len(b), (n_boot, len(b)))], axis=1))
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return float(np.median(a) / np.median(b)), float(lo), float(hi)
+
+
+def remote_vs_local(config, out, reference, measured) -> tuple[dict[str, tuple[float, float, float]], dict]:
+    """({file: (ratio, lo, hi)}, the verification): verify's medians on target ``measured`` over a
+    local measurement of the same files just before and just after it (load drift moves both)."""
+    files = {"image.onnx", "image.int8.onnx", "text.onnx", "text.int8.onnx"}
+    before = time_locally(files, out, reference)
+    v = verify_export(out, config, measured, [], progress=False)
+    after = time_locally(files, out, reference)
+    got = {variant["files"][tower]: lat for variant in v["variants"].values()
+           for tower, lat in variant["latency"].items()}
+    assert set(got) == files
+    return {name: ratio_of_medians(got[name]["session_medians_ms"], before[name] + after[name])
+            for name in sorted(files)}, v
+
+
+def test_verify_through_the_agent_agrees_with_a_local_measurement(timing_export, tmp_path):
+    """verify's latencies through an agent on loopback agree with a local onnxruntime measurement.
+
+    Each of the four files is compared on its own: the ratio of verify's median (3 rounds x 3 sessions,
+    through the agent) to the median of 6 local session medians taken just before and just after verify
+    (bracketing, so load drift moves both), with a 95% bootstrap interval of that ratio. They agree
+    unless the whole interval lies beyond a factor of REMOTE_TOLERANCE (2.0) either way.
+
+    The tolerance comes from the noise of this same design, measured on the project's 2-core machine
+    while other benchmarks ran (load average 9.2-10.2): 20 repeats through the agent and 20 with the
+    agent replaced by the local backend, 4 files each. Point ratios ranged 0.42-1.52 through the agent
+    and 0.56-1.71 local/local (an 8-layer file read 3.1-7.5 ms), so point ratios alone would need a
+    factor ~2.4; the intervals absorb most of that: the smallest tolerance every interval met was 1.31
+    through the agent and 1.09 local/local. 2.0 is 1.5x the worst of those, and stays far below the
+    10-20x that timing the wrong file gives here (tested: the remote backend timing the fp32 file for
+    int8 fails on image.int8.onnx). A run takes 9-20 s at that load.
+    """
+    config, out = timing_export
+    settings = {"backend": "onnxruntime", "intra_op_threads": 1, "warmup": 5, "runs": 30, "sessions": 3}
     with loopback_agent(tmp_path / "agent") as agent:
-        settings = {"backend": "onnxruntime", "intra_op_threads": 1, "warmup": 5, "runs": 30, "sessions": 3}
         targets = {"here": {"description": "this machine", **settings},
                    "board": {"description": "the agent on loopback", **settings, "backend": "remote",
                              "options": {"url": agent.url, "token_file": str(agent.token_file)}}}
         (tmp_path / "targets.yaml").write_text(yaml.safe_dump(targets))
-        config = dataclasses.replace(config, targets_file=str(tmp_path / "targets.yaml"),
-                                     deliverable=dataclasses.replace(config.deliverable, quantization=["dynamic"]))
-        local = verify_export(out, config, get_target("here", config.targets_file), [], progress=False)
-        remote = verify_export(out, config, get_target("board", config.targets_file), [], progress=False)
-    assert remote["device"]["agent"] == agent.url
-    for variant in ("fp32", "dynamic"):
-        ratio = remote["variants"][variant]["total_median_ms"] / local["variants"][variant]["total_median_ms"]
-        assert 1 / 1.5 <= ratio <= 1.5, (variant, ratio)
-    assert remote["variants"]["fp32"]["latency"]["image"]["backend"] == "remote"
+        here, board = (get_target(name, tmp_path / "targets.yaml") for name in ("here", "board"))
+        ratios, v = remote_vs_local(config, out, here, board)
+    assert v["device"]["agent"] == agent.url
+    assert {lat["backend"] for variant in v["variants"].values() for lat in variant["latency"].values()} == {"remote"}
+    shown = {name: f"{r:.2f} [{lo:.2f}-{hi:.2f}]" for name, (r, lo, hi) in ratios.items()}
+    for name, (_, lo, hi) in ratios.items():
+        assert lo <= REMOTE_TOLERANCE and hi >= 1 / REMOTE_TOLERANCE, (name, shown)
 
 
 def test_the_readme_code_runs_from_the_export_folder(exported, monkeypatch):
