@@ -13,8 +13,8 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 demo: $(BIN)/.installed  ## the main job: demo search on ShapesWorld, report in runs/demo
 	$(BIN)/dime-nas search experiments/demo.yaml
 
-test: $(BIN)/.installed postgres-server  ## the default (fast) test suite
-	$(BIN)/python -m pytest -q
+test: $(BIN)/.installed postgres-server  ## the default (fast) test suite, one process per core (at most 4)
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 # The distributed-search tests start a throw-away PostgreSQL server (tests/pg_server.py);
 # install Debian's server when it is missing. Without it those tests are skipped with a reason,

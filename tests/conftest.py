@@ -2,17 +2,21 @@ from __future__ import annotations
 
 import os
 
-import json
-import subprocess
-from pathlib import Path
+# The suite runs in parallel processes (pytest-xdist, one per core): one thread each, here and in the
+# subprocesses tests start (set before torch loads its OpenMP runtime), or they oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+import json  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-# Two cores: keep torch from oversubscribing when pytest runs things in parallel processes.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
