@@ -278,7 +278,9 @@ class SupernetConfig:
     random_subnets: int = 2
     # smaller subnets also learn the largest one's image embeddings (in-place distillation, BigNAS)
     inplace_distill: bool = False
-    finetune_steps: int = 0  # DIME-FM steps on each extracted student before it is scored (0: none)
+    # DIME-FM steps on each extracted student before it is scored (0: none); 10 ranked best of 0/10/40 on the
+    # tuning students (experiments/results/supernet_tuning.md), chosen before the fresh students ran
+    finetune_steps: int = 10
     finetune_lr: float = 5e-4  # constant learning rate of those steps
     checkpoint_every: int = 250  # steps between resumable checkpoints
     seed: int = 0  # seeds initialisation, data order and the subnets drawn

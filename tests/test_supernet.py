@@ -233,7 +233,9 @@ def test_a_supernet_search_scores_students_with_inherited_weights(tmp_path, tiny
     from dime_nas.supernet.store import supernet_dir
 
     _, teacher = tiny_shapes_teacher
-    outcome = api.search(_supernet_experiment(tmp_path, teacher), out=tmp_path / "run", progress=False)
+    exp = _supernet_experiment(tmp_path, teacher)
+    exp.write_text(exp.read_text().replace("supernet: {", "supernet: {finetune_steps: 0, "))
+    outcome = api.search(exp, out=tmp_path / "run", progress=False)
     records = [TrialRecord.from_trial(t) for t in outcome.study.trials]
     scored = [r for r in records if r.status == "ok" and not r.is_repeat]
     assert len(scored) == 4 and outcome.train_steps == 0  # no trial trained: every score is inherited

@@ -132,7 +132,7 @@ def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 class SupernetSubnet(TrialEvaluator):
     """The student's weights inherited from the study's trained supernet (``supernet/``), after
-    ``supernet.finetune_steps`` DIME-FM steps from them (none by default), scored on the validation split.
+    ``supernet.finetune_steps`` DIME-FM steps from them (10 by default), scored on the validation split.
 
     The supernet is trained once, before the first trial, and kept in the user cache (``supernet/store.py``).
     """
