@@ -127,7 +127,7 @@ def headline_quality(objectives: Iterable[str], default: str = "accuracy") -> st
     return next((name for name in objectives if name in METRICS and METRICS[name].kind == "quality"), default)
 
 
-_BUDGET_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+_BUDGET_RE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
 @dataclass

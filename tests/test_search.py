@@ -91,7 +91,7 @@ def test_a_space_smaller_than_the_trial_count_stops_at_the_cap(tmp_path, tiny_te
 
 
 def test_a_continued_random_search_proposes_new_architectures(tmp_path, tiny_teacher_dir):
-    from dime_nas.search.study import sampler_seed
+    from dime_nas.search.samplers import sampler_seed
 
     config, first = _search(tmp_path, tiny_teacher_dir, trials=3)
     first_keys = [t.user_attrs["arch_key"] for t in first.study.get_trials()]

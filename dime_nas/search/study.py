@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -36,6 +35,7 @@ from ..run_dir import RunDir
 from ..typed_yaml import to_plain
 from .objective import TrialContext
 from .record import TrialRecord, trial_status
+from .samplers import make_sampler, prepare_study
 from .storage import ClaimLock, is_database, mask_url, open_storage, retry_callback, with_retries
 from .worker import work_on
 
@@ -68,31 +68,6 @@ def trial_counts(study: optuna.Study) -> tuple[int, int]:
     finished = study.get_trials(deepcopy=False, states=FINISHED)
     evaluated = [t for t in finished if not TrialRecord.from_trial(t).is_repeat and trial_status(t) != "interrupted"]
     return len(evaluated), len(finished)
-
-
-def sampler_seed(seed: int, trials_in_study: int, salt: str = "") -> int:
-    """The seed itself for a new study; for a continued one (or one of several workers: ``salt``
-    names the worker), a seed derived from it and the study's size."""
-    if trials_in_study == 0 and not salt:
-        return seed
-    return int(hashlib.sha256(f"{seed}:{trials_in_study}{salt}".encode()).hexdigest()[:8], 16)
-
-
-def make_sampler(config: ExperimentConfig, n_objectives: int, trials_in_study: int = 0,
-                 salt: str = "") -> optuna.samplers.BaseSampler:
-    s = dataclasses.replace(config.search, seed=sampler_seed(config.search.seed, trials_in_study, salt))
-    if s.sampler == "tpe":
-        # multivariate + group: the space is conditional (ViT dims only for ViT towers);
-        # Optuna flags both as experimental, which users need not see on every run.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, n_startup_trials=5)
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=min(20, max(4, (s.trials or 20) // 3)))
-    if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed)
-    # random, and grid (grid points are enqueued; the sampler only fills gaps)
-    return optuna.samplers.RandomSampler(seed=s.seed)
 
 
 def teacher_identity(teacher: dict[str, Any]) -> dict[str, Any]:
@@ -192,8 +167,7 @@ def run_search(config: ExperimentConfig, ctx: TrialContext, run: RunDir, url: st
     if already and progress:
         print(f"continuing study {config.name!r}: {already} trial(s) already done ({distinct} distinct "
               f"architectures) in {mask_url(url)}", flush=True)
-    if config.search.sampler == "grid":
-        _enqueue_grid(study, ctx)
+    prepare_study(config, study, ctx)  # e.g. the grid's points queued
     start = time.time()
     bar = _TrialBar(progress, want, distinct, study)
     try:
@@ -328,16 +302,6 @@ def _alive(pid: int) -> bool:
     except (OSError, ValueError):
         return False
     return True
-
-
-def _enqueue_grid(study: optuna.Study, ctx: TrialContext) -> None:
-    """Grid sampler: every configuration of the space once (skipping ones already queued or run)."""
-    seen = {TrialRecord.from_trial(t).arch_key for t in study.get_trials(deepcopy=False)}
-    queued = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
-    for config, params in ctx.space.grid_params(ctx.cache.embed_dim):
-        if config.arch_key not in seen and json.dumps(params, sort_keys=True) not in queued:
-            study.enqueue_trial(params, skip_if_exists=True)
 
 
 class _TrialBar:
