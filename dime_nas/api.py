@@ -61,6 +61,32 @@ def load(experiment: str | Path | ExperimentConfig) -> ExperimentConfig:
     return experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment)
 
 
+def preflight(config: ExperimentConfig) -> None:
+    """Refuse, before anything runs, what this machine cannot do of an experiment: a CUDA device
+    asked for where there is none, a target its backend cannot measure from here (a GPU execution
+    provider missing, say: its budget must not be judged on CPU timings). Reading a config
+    probes nothing; the commands that run one call this first.
+
+    Raises:
+        ConfigError: naming the key (``distill.device``, ``full_distill.device``, ``target``).
+    """
+    from .cost.latency import check_target_usable
+    from .cost.targets import get_target
+    from .errors import ConfigError
+
+    for section in ("distill", "full_distill"):
+        device = getattr(config, section).device
+        if device and device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device {device!r} asked for, but CUDA is not available here", file=config.source,
+                                  key=f"{section}.device")
+    problem = check_target_usable(get_target(config.target, config.targets_file))
+    if problem:
+        raise ConfigError(problem, file=config.source, key="target")
+
+
 def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None = None, trials: int | None = None,
            storage: str | None = None, force: bool = False, progress: bool = True,
            worker: bool = False) -> SearchOutcome:
@@ -93,6 +119,7 @@ def search(experiment: str | Path | ExperimentConfig, *, out: str | Path | None 
 
     t0 = time.time()
     config = load(experiment)
+    preflight(config)
     run = RunDir.of(config, out)
     if worker and not (storage or config.search.storage):
         raise ConfigError("a worker needs the study's shared storage: pass --storage URL (or set search.storage)")
@@ -149,6 +176,7 @@ def distill_selected(run_dir: str | Path | RunDir, select: str = "knee", *, step
     from .distill.trainer import is_main_process
 
     run = _run(run_dir)
+    preflight(run.load_config())
     results = handoff.distill_selected(run, select, steps=steps, progress=progress, export=export)
     if not is_main_process():
         return []
@@ -255,6 +283,27 @@ def train_supernet(experiment: str | Path | ExperimentConfig, *, progress: bool 
     load_or_train(config, space, cache, progress=progress)
     folder = supernet_dir(config, space)
     return {"folder": str(folder), **json.loads((folder / "summary.json").read_text())}
+
+
+def fit_predictor(source: str | Path, target: str, *, out: str | Path | None = None, holdout: float = 0.3,
+                  seed: int = 0) -> dict[str, Any]:
+    """Fit a latency predictor on ``target``'s measured towers, from a MEASUREMENTS.jsonl file or
+    a run folder, and save it (default: ``<source folder>/predictor-<target>.json``).
+
+    Returns the fit's report (samples, cross-validation, held-out error, kind) and its ``path``.
+
+    Raises:
+        ValueError: too few measurements, a malformed file.
+        FileNotFoundError: ``source`` is neither a file nor a run folder.
+    """
+    from .cost.predictor import fit_predictor as fit, load_measurements
+    from .search.measurements import run_measurements
+
+    source = Path(source)
+    samples = load_measurements(source, target) if source.is_file() else run_measurements(source, target)
+    predictor = fit(samples, target, holdout=holdout, seed=seed)
+    path = predictor.save(out or (source if source.is_dir() else source.parent) / f"predictor-{target}.json")
+    return {**predictor.report, "path": str(path)}
 
 
 def _run(run_dir: str | Path | RunDir) -> RunDir:

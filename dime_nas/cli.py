@@ -368,11 +368,11 @@ def _cmd_agent(args) -> int:
 
 
 def _cmd_predictor_fit(args) -> int:
-    from .cost.predictor import fit_from_source
+    from . import api
     from .errors import ConfigError
 
     try:
-        report = fit_from_source(args.source, args.target, out=args.out, holdout=args.holdout, seed=args.seed)
+        report = api.fit_predictor(args.source, args.target, out=args.out, holdout=args.holdout, seed=args.seed)
     except ValueError as exc:  # too few measurements, a malformed file: the user's input
         raise ConfigError(str(exc)) from None
     h = report["held_out"]

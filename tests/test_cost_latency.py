@@ -239,12 +239,18 @@ def test_a_target_whose_provider_is_missing_is_refused_not_run_on_the_cpu(export
     assert "CUDAExecutionProvider" in problem and "onnxruntime-gpu" in problem
     with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
         OnnxRuntimeBackend().measure(exported, gpu)
-    exp = tmp_path / "exp.yaml"  # an experiment on that target fails at load, naming the key
+    exp = tmp_path / "exp.yaml"  # an experiment on that target is refused before it runs, naming the key
     exp.write_text(f"name: g\nteacher: {{model: RN50, pretrained: openai}}\ndata: {{images: {tmp_path}, sentences: {exp}}}\n"
                    "eval: {shapes: {}}\nspace: tiny\ntarget: gpu-cuda\n")
+    from dime_nas import api
+
     with pytest.raises(ConfigError, match="CUDAExecutionProvider") as info:
-        load_experiment(exp)
+        api.preflight(load_experiment(exp))
     assert "target" in str(info.value)
+    from dime_nas.cli import main  # a search runs the preflight before it makes anything
+
+    assert main(["search", str(exp), "--quiet", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_cpu_target_is_usable_and_records_the_providers_that_ran(exported):

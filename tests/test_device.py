@@ -26,12 +26,16 @@ def test_device_defaults_to_the_cpu_without_cuda_and_is_validated():
 
 
 @no_cuda
-def test_asking_for_cuda_without_it_fails_at_config_load(tmp_path, tiny_teacher_dir):
+def test_asking_for_cuda_without_it_is_refused_before_anything_runs(tmp_path, tiny_teacher_dir):
+    """By the machine preflight of the commands that run an experiment; reading it probes nothing."""
+    from dime_nas import api
+
     exp = write_experiment(tmp_path, tiny_teacher_dir, extra="")
     text = exp.read_text().replace("distill: {steps: 4,", "distill: {device: cuda, steps: 4,")
     exp.write_text(text)
+    config = load_experiment(exp)
     with pytest.raises(ConfigError, match="CUDA is not available") as info:
-        load_experiment(exp)
+        api.preflight(config)
     assert "distill.device" in str(info.value)
     with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve_device("cuda")

@@ -115,7 +115,7 @@ def test_cli_fit_on_a_measurements_file(tmp_path, capsys):
 def test_measurements_are_read_from_a_run_directory(tmp_path):
     import optuna
 
-    from dime_nas.cost.predictor import load_samples
+    from dime_nas.search.measurements import run_measurements
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     (tmp_path / "experiment_config.json").write_text(json.dumps({"storage": storage, "config": {}}))
@@ -130,10 +130,10 @@ def test_measurements_are_read_from_a_run_directory(tmp_path):
                                      "latency_source": source})
         trial.set_user_attr("config", t["config"])
         study.tell(trial, [0.5, 1.0])
-    samples = load_samples(tmp_path, "board")
+    samples = run_measurements(tmp_path, "board")
     assert [s["median_ms"] for s in samples] == [t["median_ms"] for t in towers[:2]]
     assert samples[0]["threads"] == TARGET.intra_op_threads and samples[0]["tower"] == "image"
-    assert load_samples(tmp_path, "other") == []
+    assert run_measurements(tmp_path, "other") == []
 
 
 def _gate(samples: list[dict], budget: float, tmp_path, **options) -> LatencyGate:

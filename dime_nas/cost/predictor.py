@@ -183,7 +183,7 @@ def fit_predictor(samples: list[dict[str, Any]], target: str, *, holdout: float 
     return predictor
 
 
-# ---- measurements from a run or a file ------------------------------------------------------
+# ---- measurements from a trial or a file ------------------------------------------------------
 
 def samples_from_cost(config: dict[str, Any], cost: dict[str, Any], target: dict[str, Any]) -> list[dict[str, Any]]:
     """Measured towers of one trial's cost record (towers without a measurement are skipped)."""
@@ -198,49 +198,19 @@ def samples_from_cost(config: dict[str, Any], cost: dict[str, Any], target: dict
     return out
 
 
-def load_samples(source: str | Path, target: str) -> list[dict[str, Any]]:
-    """Measured towers of ``target`` from a MEASUREMENTS.jsonl file or a run directory."""
-    source = Path(source)
-    if source.is_file():
-        samples = []
-        for i, line in enumerate(source.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    samples.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{source}:{i}: not JSON: {err}") from None
-        missing = [k for k in ("target", "tower", "config", "gmacs", "params", "median_ms")
-                   if samples and k not in samples[0]]
-        if missing:
-            raise ValueError(f"{source}: measurements need the fields {missing}")
-        return [s for s in samples if s["target"] == target]
-    from ..run_dir import RunDir
-    from ..search.record import TrialRecord
-
-    if not RunDir(source).is_run:
-        raise FileNotFoundError(f"{source} is neither a measurements file nor a run directory")
-    import optuna
-
-    storage = RunDir(source).storage
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def load_measurements(path: str | Path, target: str) -> list[dict[str, Any]]:
+    """Measured towers of ``target`` from a MEASUREMENTS.jsonl file (a run folder's are read by
+    ``search/measurements.py``)."""
+    path = Path(path)
     samples = []
-    for name in optuna.study.get_all_study_names(storage):
-        study = optuna.load_study(study_name=name, storage=storage)
-        info = study.user_attrs.get("target") or {}
-        if info.get("name") != target:
-            continue
-        for t in study.get_trials(deepcopy=False):
-            r = TrialRecord.from_trial(t)
-            if r.cost and r.cost.get("latency_source", "measured") == "measured" and r.reused_from is None:
-                samples += samples_from_cost(r.config or {}, r.cost, info)
-    return samples
-
-
-def fit_from_source(source: str | Path, target: str, *, out: str | Path | None = None, holdout: float = 0.3,
-                    seed: int = 0) -> dict[str, Any]:
-    """Fit on a run's or file's measurements of ``target``, save, and return the report (+ ``path``)."""
-    samples = load_samples(source, target)
-    predictor = fit_predictor(samples, target, holdout=holdout, seed=seed)
-    base = Path(source) if Path(source).is_dir() else Path(source).parent
-    path = predictor.save(out or base / f"predictor-{target}.json")
-    return {**predictor.report, "path": str(path)}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                samples.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{i}: not JSON: {err}") from None
+    missing = [k for k in ("target", "tower", "config", "gmacs", "params", "median_ms")
+               if samples and k not in samples[0]]
+    if missing:
+        raise ValueError(f"{path}: measurements need the fields {missing}")
+    return [s for s in samples if s["target"] == target]
