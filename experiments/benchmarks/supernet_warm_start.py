@@ -29,6 +29,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--every", type=int, default=100, help="steps between test-split evaluations")
     p.add_argument("--name", default="supernet_warm_start")
+    p.add_argument("--report-only", action="store_true", help="report the students the store has finished; train none")
     args = p.parse_args()
 
     import torch
@@ -46,8 +47,10 @@ def main() -> int:
     rows = []
     for s in students:
         runs = {}
-        for init in ("scratch", "supernet"):
-            key = f"{s.arch_key}|{init}|{args.steps}|{args.every}"
+        keys = {init: f"{s.arch_key}|{init}|{args.steps}|{args.every}" for init in ("scratch", "supernet")}
+        if args.report_only and not all(k in done for k in keys.values()):
+            continue
+        for init, key in keys.items():
             if key not in done:
                 done[key] = {"key": key, **_run(s, init, supernet, config, cache, args.steps, args.every)}
                 with store.open("a") as f:
@@ -55,9 +58,11 @@ def main() -> int:
             runs[init] = done[key]
         rows.append(_compare(s, runs))
         print(rows[-1], flush=True)
-    data = {"students": rows, "steps": args.steps, "every": args.every, "config": common.relative(args.config),
-            "supernet": supernet_dir(config, space).name, "machine": common.machine()}
-    common.write(args.name, data, _markdown(data))
+        # written after each student: a partial run still reports what it finished
+        data = {"students": rows, "of": len(students), "steps": args.steps, "every": args.every,
+                "config": common.relative(args.config), "supernet": supernet_dir(config, space).name,
+                "machine": common.machine()}
+        common.write(args.name, data, _markdown(data))
     return 0
 
 
@@ -82,10 +87,15 @@ def _compare(student: Any, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     target = runs["scratch"]["curve"][-1]["accuracy"]
     reached = next((p["step"] for p in runs["supernet"]["curve"] if p["accuracy"] >= target), None)
     steps = runs["scratch"]["curve"][-1]["step"]
+    scratch = {p["step"]: p["accuracy"] for p in runs["scratch"]["curve"]}
+    ahead = [p["step"] for p in runs["supernet"]["curve"] if p["step"] in scratch and p["accuracy"] > scratch[p["step"]]]
+    behind = next((p["step"] for p in runs["supernet"]["curve"]
+                   if p["step"] in scratch and p["accuracy"] <= scratch[p["step"]]), None)
     return {"arch_key": student.arch_key, "describe": student.describe(), "scratch_final": target,
             "inherited_start": runs["supernet"]["curve"][0]["accuracy"],
             "inherited_final": runs["supernet"]["curve"][-1]["accuracy"],
             "steps_to_scratch_final": reached, "share_of_steps": reached / steps if reached is not None else None,
+            "inherited_ahead_at": ahead, "first_not_ahead": behind,
             "curves": {k: v["curve"] for k, v in runs.items()}}
 
 
@@ -93,13 +103,14 @@ def _markdown(d: dict[str, Any]) -> str:
     lines = ["# Full distillation from the supernet's weights", "",
              f"Each student distilled for {d['steps']} steps from scratch and from its inherited weights "
              f"(supernet `{d['supernet']}`), test accuracy every {d['every']} steps.", "",
-             "| student | scratch, final | inherited, at step 0 | inherited, final | steps to the scratch final |",
-             "|---|---|---|---|---|"]
+             f"Students finished: {len(d['students'])} of {d.get('of', len(d['students']))}.", "",
+             "| student | scratch, final | inherited, at step 0 | inherited, final | steps to the scratch final "
+             "| inherited no longer ahead at step |", "|---|---|---|---|---|---|"]
     for r in d["students"]:
         share = f"{r['steps_to_scratch_final']} ({r['share_of_steps']:.2f} of the run)" \
             if r["steps_to_scratch_final"] is not None else "not reached"
         lines.append(f"| {r['describe']} | {r['scratch_final']:.3f} | {r['inherited_start']:.3f} | "
-                     f"{r['inherited_final']:.3f} | {share} |")
+                     f"{r['inherited_final']:.3f} | {share} | {r['first_not_ahead'] or 'the end'} |")
     lines += ["", f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores."]
     return "\n".join(lines) + "\n"
 
