@@ -76,7 +76,27 @@ def _parser() -> argparse.ArgumentParser:
                                 "budget: Optuna search + short DIME-FM distillation + measured cost.", epilog=EPILOG)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    _add_cost(sub)
+    _add_latency(sub)
+    _add_targets(sub)
+    _add_agent(sub)
+    _add_predictor(sub)
+    _add_space(sub)
+    _add_teacher(sub)
+    _add_cache(sub)
+    _add_supernet(sub)
+    _add_search(sub)
+    _add_worker(sub)
+    _add_report(sub)
+    _add_distill(sub)
+    _add_find(sub)
+    _add_verify(sub)
+    _add_export(sub)
+    return p
 
+
+def _add_cost(sub: Any) -> None:
+    """`dime-nas cost`."""
     c = sub.add_parser("cost", help="params, MACs and FLOPs per tower of a model",
                        description="Params, MACs and FLOPs (= 2 x MACs) per tower, per image/sentence (batch 1). "
                        "MODEL is an open_clip model name (random init) or a StudentConfig JSON file.")
@@ -84,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print exactly one JSON object")
     c.set_defaults(func=_cmd_cost)
 
+
+def _add_latency(sub: Any) -> None:
+    """`dime-nas latency`."""
     lat = sub.add_parser("latency", help="ONNX Runtime (or torch) latency per tower",
                          description="Export each tower to ONNX (parity-checked) and time it with onnxruntime.")
     lat.add_argument("model", metavar="MODEL", help="open_clip model name or StudentConfig JSON")
@@ -100,12 +123,18 @@ def _parser() -> argparse.ArgumentParser:
     lat.add_argument("--json", action="store_true", help="print exactly one JSON object")
     lat.set_defaults(func=_cmd_latency)
 
+
+def _add_targets(sub: Any) -> None:
+    """`dime-nas targets`."""
     t = sub.add_parser("targets", help="list latency targets", description="List the latency targets; for remote "
                        "targets, ask each agent for its device description.")
     t.add_argument("--file", default=None, help="extra targets YAML")
     t.add_argument("--offline", action="store_true", help="do not contact remote agents")
     t.set_defaults(func=_cmd_targets)
 
+
+def _add_agent(sub: Any) -> None:
+    """`dime-nas agent`."""
     ag = sub.add_parser("agent", help="serve latency measurements on this device (runs on the target)",
                         description="The measurement agent: a small HTTP service that stores ONNX models by hash "
                         "and times them with onnxruntime. Needs only `pip install 'dime-nas[agent]'` (no torch). "
@@ -115,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     add_agent_arguments(ag)
     ag.set_defaults(func=_cmd_agent)
 
+
+def _add_predictor(sub: Any) -> None:
+    """`dime-nas predictor`."""
     pr = sub.add_parser("predictor", help="latency predictor from measured towers", description="Latency predictor.")
     psub = pr.add_subparsers(title="predictor commands", metavar="COMMAND")
     pf = psub.add_parser("fit", help="fit a latency predictor on a target's measurements",
@@ -128,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--seed", type=int, default=0)
     pf.set_defaults(func=_cmd_predictor_fit)
 
+
+def _add_space(sub: Any) -> None:
+    """`dime-nas space`."""
     s = sub.add_parser("space", help="validate a search space and sample from it",
                        description="Load SPACE (a YAML file or a shipped name: tiny, edge, dime-fm-b32), "
                        "print its size and N sampled configs with their architecture keys.")
@@ -138,6 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(func=_cmd_space)
 
+
+def _add_teacher(sub: Any) -> None:
+    """`dime-nas teacher`."""
     te = sub.add_parser("teacher", help="teacher utilities", description="Teacher utilities.")
     tsub = te.add_subparsers(title="teacher commands", metavar="COMMAND")
     ts = tsub.add_parser("train-shapes", help="build the ShapesWorld demo teacher (cached)",
@@ -147,12 +185,18 @@ def _parser() -> argparse.ArgumentParser:
                     "teacher.shapes section (default: built-in defaults)")
     ts.set_defaults(func=_cmd_train_shapes)
 
+
+def _add_cache(sub: Any) -> None:
+    """`dime-nas cache`."""
     ca = sub.add_parser("cache", help="build the teacher-feature cache of an experiment",
                         description="Embed every image and sentence (and the evaluation data) with the teacher once; "
                         "resumes an interrupted build, rebuilds when teacher or corpora changed.")
     ca.add_argument("experiment", metavar="EXPERIMENT.yaml")
     ca.set_defaults(func=_cmd_cache)
 
+
+def _add_supernet(sub: Any) -> None:
+    """`dime-nas supernet`."""
     sn = sub.add_parser("supernet", help="train the weight-sharing supernet of an experiment (search.evaluator: "
                         "supernet)", description="Train the experiment's supernet once from its feature cache (the "
                         "search does this before its first trial); resumes after a kill, reuses a stored one. "
@@ -161,6 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     sn.add_argument("--quiet", action="store_true", help="no progress bars")
     sn.set_defaults(func=_cmd_supernet)
 
+
+def _add_search(sub: Any) -> None:
+    """`dime-nas search`."""
     se = sub.add_parser("search", help="run (or continue) the architecture search",
                         description="Run the Optuna search of an experiment; rerunning continues the same study. "
                         "Ctrl-C stops after the current trial. Writes the report at the end.")
@@ -174,6 +221,9 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--quiet", action="store_true", help="no progress bars")
     se.set_defaults(func=_cmd_search, worker=False)
 
+
+def _add_worker(sub: Any) -> None:
+    """`dime-nas worker`."""
     w = sub.add_parser("worker", help="join a shared study and run its trials (one per GPU or machine)",
                        description="Join the study of an experiment on a shared storage (PostgreSQL) and run trials "
                        "until the study holds the requested number; start as many as you have GPUs or machines. "
@@ -190,6 +240,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--quiet", action="store_true", help="no progress bars")
     w.set_defaults(func=_cmd_search, worker=True)
 
+
+def _add_report(sub: Any) -> None:
+    """`dime-nas report`."""
     r = sub.add_parser("report", help="write the Pareto report of a run",
                        description="Write trials.csv, pareto.csv, selected.json, report.md, plots and report.html.")
     r.add_argument("run_dir", metavar="RUN_DIR")
@@ -198,6 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--top", type=int, default=3, help="K students spread along the front (default 3)")
     r.set_defaults(func=_cmd_report)
 
+
+def _add_distill(sub: Any) -> None:
+    """`dime-nas distill`."""
     d = sub.add_parser("distill", help="full distillation of selected students",
                        description="Full DIME-FM runs (resumable) of the students a search selected, re-measured and "
                        "exported; results are added to the report. Works under torchrun for several GPUs.")
@@ -208,6 +264,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_distill)
 
+
+def _add_find(sub: Any) -> None:
+    """`dime-nas find`."""
     f = sub.add_parser("find", help="budget -> the most accurate student under it, distilled, exported, verified",
                        description="Run or continue the search with the budget(s), then fully distil, export and "
                        "verify students along the front (most accurate first) until one meets every budget on the "
@@ -224,6 +283,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help="no progress")
     f.set_defaults(func=_cmd_find)
 
+
+def _add_verify(sub: Any) -> None:
+    """`dime-nas verify`."""
     v = sub.add_parser("verify", help="measure an exported student on a target as it ships",
                        description="Time each exported ONNX tower at each precision on the target (with a bootstrap "
                        "interval of the median), score the ONNX files on the test split through onnxruntime beside "
@@ -237,6 +299,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet", action="store_true", help="no progress")
     v.set_defaults(func=_cmd_verify)
 
+
+def _add_export(sub: Any) -> None:
+    """`dime-nas export`."""
     e = sub.add_parser("export", help="export a fully distilled student",
                        description="Write an open_clip checkpoint + model config, ONNX towers (fp32, int8) and a "
                        "model card for a student distilled by `dime-nas distill`.")
@@ -245,7 +310,6 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-onnx", action="store_true")
     e.add_argument("--no-int8", action="store_true")
     e.set_defaults(func=_cmd_export)
-    return p
 
 
 # ---- commands --------------------------------------------------------------------------------
