@@ -249,6 +249,30 @@ def test_the_config_reference_lists_every_key_and_only_real_ones():
     assert table_keys and table_keys <= {k for k, _, _ in keys}, sorted(table_keys - {k for k, _, _ in keys})
 
 
+def _shown_default(field: dataclasses.Field) -> str | None:
+    """A field's default as the reference table writes it (None: a section or a list of them)."""
+    if field.default is not dataclasses.MISSING:
+        return field.default if isinstance(field.default, str) else repr(field.default)
+    if field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+        sections = dataclasses.is_dataclass(value) or (isinstance(value, list) and value
+                                                        and dataclasses.is_dataclass(value[0]))
+        return None if sections else repr(value)
+    return "required"
+
+
+def test_the_config_reference_states_each_default_as_the_code_has_it():
+    from dime_nas.config import ExperimentConfig
+
+    text = (ROOT / "docs" / "config.md").read_text().split("## Every key", 1)[1].split("## Targets files")[0]
+    shown = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", text, re.M))
+    for key, cls, name in _config_keys(ExperimentConfig):
+        field = next(f for f in dataclasses.fields(cls) if f.name == name)
+        default = _shown_default(field)
+        if key in shown and default is not None and shown[key] != "(section)":
+            assert shown[key] == default, f"docs/config.md: {key} defaults to {default}, the page says {shown[key]}"
+
+
 def test_the_command_reference_lists_every_command_and_option():
     import argparse
 
