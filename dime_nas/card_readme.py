@@ -86,7 +86,9 @@ def _recipe(card: dict[str, Any]) -> list[str]:
 def _usage(card: dict[str, Any], own_text: bool) -> list[str]:
     p = card["preprocess_cfg"]
     size = p["size"][0] if isinstance(p.get("size"), list) else p.get("size")
-    shipped = (card.get("shipped") or {}).get("files") or {"image": card["files"].get("image_onnx", "image.onnx")}
+    # before verify chose a precision, the fp32 towers the export wrote
+    shipped = (card.get("shipped") or {}).get("files") or {
+        tower: card["files"][f"{tower}_onnx"] for tower in ("image", "text") if f"{tower}_onnx" in card["files"]}
     lines = ["## How to use", "", "Run from this folder (or replace `.` by its path).", "",
              "With open_clip:", "", "```python",
              "import open_clip, torch",
