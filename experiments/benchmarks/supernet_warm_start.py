@@ -29,6 +29,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--every", type=int, default=100, help="steps between test-split evaluations")
     p.add_argument("--name", default="supernet_warm_start")
+    p.add_argument("--inherited-lr", type=float, default=None,
+                   help="peak learning rate of the run from the inherited weights (default: the scratch run's)")
     p.add_argument("--report-only", action="store_true", help="report the students the store has finished; train none")
     args = p.parse_args()
 
@@ -47,12 +49,15 @@ def main() -> int:
     rows = []
     for s in students:
         runs = {}
-        keys = {init: f"{s.arch_key}|{init}|{args.steps}|{args.every}" for init in ("scratch", "supernet")}
+        lr = f"|lr{args.inherited_lr:g}" if args.inherited_lr else ""
+        keys = {"scratch": f"{s.arch_key}|scratch|{args.steps}|{args.every}",
+                "supernet": f"{s.arch_key}|supernet|{args.steps}|{args.every}{lr}"}
         if args.report_only and not all(k in done for k in keys.values()):
             continue
         for init, key in keys.items():
             if key not in done:
-                done[key] = {"key": key, **_run(s, init, supernet, config, cache, args.steps, args.every)}
+                done[key] = {"key": key, **_run(s, init, supernet, config, cache, args.steps, args.every,
+                                                 args.inherited_lr if init == "supernet" else None)}
                 with store.open("a") as f:
                     f.write(json.dumps(done[key]) + "\n")
             runs[init] = done[key]
@@ -60,18 +65,22 @@ def main() -> int:
         print(rows[-1], flush=True)
         # written after each student: a partial run still reports what it finished
         data = {"students": rows, "of": len(students), "steps": args.steps, "every": args.every,
+                "inherited_lr": args.inherited_lr,
                 "config": common.relative(args.config), "supernet": supernet_dir(config, space).name,
                 "machine": common.machine()}
         common.write(args.name, data, _markdown(data))
     return 0
 
 
-def _run(student: Any, init: str, supernet: Any, config: Any, cache: Any, steps: int, every: int) -> dict[str, Any]:
+def _run(student: Any, init: str, supernet: Any, config: Any, cache: Any, steps: int, every: int,
+         lr: float | None = None) -> dict[str, Any]:
     from dime_nas.distill.trainer import distill
     from dime_nas.evaluate import evaluate_towers
     from dime_nas.supernet.extract import extract
 
     settings = common.settings(common.long_settings(config, steps, seed=0), eval_every=every)
+    if lr:
+        settings = common.settings(settings, lr=lr)
     inherited = extract(supernet, student) if init == "supernet" else None
     evaluate = partial(evaluate_towers, cache=cache, split="test")
     start = evaluate(inherited) if inherited is not None else None
@@ -102,7 +111,9 @@ def _compare(student: Any, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _markdown(d: dict[str, Any]) -> str:
     lines = ["# Full distillation from the supernet's weights", "",
              f"Each student distilled for {d['steps']} steps from scratch and from its inherited weights "
-             f"(supernet `{d['supernet']}`), test accuracy every {d['every']} steps.", "",
+             f"(supernet `{d['supernet']}`), test accuracy every {d['every']} steps"
+             + (f"; the inherited run at peak learning rate {d['inherited_lr']:g}" if d.get("inherited_lr") else "")
+             + ".", "",
              f"Students finished: {len(d['students'])} of {d.get('of', len(d['students']))}.", "",
              "| student | scratch, final | inherited, at step 0 | inherited, final | steps to the scratch final "
              "| inherited no longer ahead at step |", "|---|---|---|---|---|---|"]
