@@ -15,7 +15,6 @@ from .errors import ConfigError, did_you_mean
 from .metrics import METRICS, Budget, evaluated_metrics
 from .typed_yaml import from_mapping, load_yaml_mapping
 
-EVALUATORS = ("short_distill", "supernet")  # how a trial scores a student (search/evaluators.py)
 
 
 TEACHER_GROUP_SIZE = 8  # the demo teacher's pool comes in groups of scenes; a batch holds whole groups
@@ -331,10 +330,12 @@ class SearchConfig:
             raise ConfigError(f"must be >= 0, got {self.near_budget_rounds}", key="search.near_budget_rounds")
         if self.proxy_seed_std is not None and not 0 < self.proxy_seed_std < math.inf:
             raise ConfigError(f"must be a number > 0, got {self.proxy_seed_std}", key="search.proxy_seed_std")
+        from .search.evaluators import EVALUATORS  # standard library only until a trial runs
+        from .search.samplers import sampler_named  # standard library only until a sampler is built
+
         if self.evaluator not in EVALUATORS:
             raise ConfigError(f"unknown evaluator {self.evaluator!r}" + did_you_mean(self.evaluator, EVALUATORS),
                               key="search.evaluator")
-        from .search.samplers import sampler_named  # standard library only until a sampler is built
 
         sampler_named(self.sampler)
         if self.trials is not None and self.trials < 1:

@@ -31,6 +31,7 @@ def _mutated(tmp_path, teacher_dir, mutate):
     (lambda d: d["full_distill"].update(text_tower_step_scale=1), "full_distill.text_tower_step_scale",
      "the scale is for the short runs"),
     (lambda d: d["search"].update(sampler="tpee"), "search.sampler", "unknown sampler"),
+    (lambda d: d["search"].update(evaluator="supernett"), "search.evaluator", "did you mean 'supernet'"),
     (lambda d: d.update(target="pi5"), "target", "unknown target"),
     (lambda d: d.update(budgets=["latency_ms < 3"]), "budgets[0]", "cannot read budget"),
     (lambda d: d.update(budgets=["speed <= 3"]), "budgets[0]", "unknown metric"),

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import optuna
-
 from ..errors import ConfigError, did_you_mean
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # optuna loads when a trial runs: config reads EVALUATORS' names without it
+    import optuna
+
     from ..student import StudentConfig
     from .objective import TrialContext
 
@@ -109,6 +109,8 @@ def _pruner(trial: optuna.Trial, ctx: TrialContext, settings: Any) -> Any:
             trial.report(value, step // settings.eval_every * ctx.experiment.distill.eval_every)
             if trial.should_prune():
                 record.write(trial, status="pruned", reason=f"pruned at step {step}: {metric} = {value:.4g}")
+                import optuna
+
                 raise optuna.TrialPruned()
 
     return on_eval
