@@ -279,7 +279,7 @@ class SupernetConfig:
     # DIME-FM steps on each extracted student before it is scored (0: none); 10 ranked best of 0/10/40 on the
     # tuning students (experiments/results/supernet_tuning.md), chosen before the fresh students ran
     finetune_steps: int = 10
-    finetune_lr: float = 5e-4  # constant learning rate of those steps
+    finetune_lr: float = 5e-4  # their peak learning rate (cosine to 0, no warm-up)
     checkpoint_every: int = 250  # steps between resumable checkpoints
     seed: int = 0  # seeds initialisation, data order and the subnets drawn
     device: str | None = None  # cpu, cuda or cuda:N (None: the GPU when there is one)
