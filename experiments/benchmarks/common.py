@@ -188,6 +188,14 @@ def checkpoint_dir(store: Path, key: str) -> Path:
     return store.parent / f"{store.stem}-checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def read_records(store: str | Path) -> list[dict[str, Any]]:
+    """The records of a resumable JSON-lines store, in the order written (none if it does not exist)."""
+    store = Path(store)
+    if not store.is_file():
+        return []
+    return [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
+
+
 def run_jobs(jobs: list[dict[str, Any]], config_path: str | Path, store: str | Path, workers: int = 2,
              threads: int = 1) -> dict[str, dict[str, Any]]:
     """Run ``jobs`` on ``workers`` processes of ``threads`` threads each; key -> result.
@@ -201,12 +209,7 @@ def run_jobs(jobs: list[dict[str, Any]], config_path: str | Path, store: str | P
 
     store = Path(store)
     store.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict[str, Any]] = {}
-    if store.is_file():
-        for line in store.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["key"]] = rec["result"]
+    done = {rec["key"]: rec["result"] for rec in read_records(store)}
     todo = [{**j, "checkpoint_dir": str(checkpoint_dir(store, j["key"]))} if j.get("checkpoint") else j
             for j in jobs if j["key"] not in done]
     print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already in {store}, {len(todo)} to run on "

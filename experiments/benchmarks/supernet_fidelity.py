@@ -115,11 +115,7 @@ def _scores(students: list, lengths: list[int], supernet: Any, config: Any, cach
 
     from dime_nas.search.evaluators import finetune_settings, score_subnet
 
-    done = {}
-    if store.is_file():
-        for line in store.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["arch_key"], r["finetune"])] = r
+    done = {(r["arch_key"], r["finetune"]): r for r in common.read_records(store)}
     store.parent.mkdir(parents=True, exist_ok=True)
     with store.open("a") as f:
         for s in students:

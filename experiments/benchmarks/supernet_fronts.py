@@ -44,7 +44,7 @@ def main() -> int:
     from dime_nas.supernet.store import supernet_dir
 
     torch.set_num_threads(1)
-    config = api.load(args.config)
+    config, cache, _, space = common.load(args.config)
     config.search = dataclasses.replace(config.search, trials=args.trials, max_trials=3 * args.trials)
     spent_file = OUT / "fronts-cpu.json"  # CPU seconds each search has spent, kept across a kill
     spent = json.loads(spent_file.read_text()) if spent_file.is_file() else {"supernet": 0.0, "short": 0.0}
@@ -59,7 +59,6 @@ def main() -> int:
 
     supernet = account("supernet", lambda: api.search(config, out=OUT / "fronts-supernet", progress=False))
     search_cpu_s = spent["supernet"]
-    config, cache, _, space = common.load(args.config)
     summary = json.loads((supernet_dir(config, space) / "summary.json").read_text())
     # equal CPU time (one torch thread): the machine's other work moves wall time, not CPU time; the
     # supernet's training is its steps timed again here (its recorded wall time spans other loads)

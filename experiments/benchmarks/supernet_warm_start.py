@@ -44,7 +44,7 @@ def main() -> int:
     students = read_students(args.students, cache.embed_dim)
     supernet = load_or_train(config, space, cache, progress=True)
     store = common.ROOT / "runs" / "benchmarks" / f"warm-start-{supernet_dir(config, space).name}.jsonl"
-    done = {json.loads(l)["key"]: json.loads(l) for l in store.read_text().splitlines()} if store.is_file() else {}
+    done = {r["key"]: r for r in common.read_records(store)}
     store.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for s in students:
