@@ -88,9 +88,13 @@ class ShortDistill(TrialEvaluator):
             t0 = time.time()
             per_seed.append(average_last_evals(result.evals, evaluate(model), settings.average_last_evals))
             timings["eval_s"] += time.time() - t0
-        return Evaluation(mean_over_seeds(per_seed), steps, timings,
-                          {"train_stopped_by": result.stopped_by, "train_device": result.device,
-                           "loss_curve": [{"step": c["step"], "total": c["total"]} for c in result.curve]})
+        return Evaluation(mean_over_seeds(per_seed), steps, timings, _training_record(result))
+
+
+def _training_record(result: Any) -> dict[str, Any]:
+    """What a trial records of its training run (a DistillResult): why it stopped, where, the loss curve."""
+    return {"train_stopped_by": result.stopped_by, "train_device": result.device,
+            "loss_curve": [{"step": c["step"], "total": c["total"]} for c in result.curve]}
 
 
 def _pruner(trial: optuna.Trial, ctx: TrialContext, settings: Any) -> Any:
@@ -176,8 +180,7 @@ def score_subnet(supernet: Any, config: StudentConfig, cache: Any, finetune: Any
                                  before_step=before_step)
         timings["train_s"] = time.time() - t0
         steps = result.steps
-        record = {"train_stopped_by": result.stopped_by, "train_device": result.device,
-                  "loss_curve": [{"step": c["step"], "total": c["total"]} for c in result.curve]}
+        record = _training_record(result)
     else:
         towers = SubnetTowers(supernet, config)
     t0 = time.time()
