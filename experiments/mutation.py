@@ -170,7 +170,8 @@ def collect(name: str, module: Module) -> dict:
     return {"path": module.path, "functions": module.functions, "tests": module.tests, "why": module.why,
             "mutants": len(statuses), "counts": counts, "score": round(detected / checked, 3) if checked else None,
             "mutations_per_second": float(rate[-1]) if rate else None,
-            "source_sha": _git_blob(str(root / module.path)),  # the version mutated: rerun when main's differs "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "source_sha": _git_blob(str(root / module.path)),  # the version mutated: rerun when main's differs
+            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "survivors": survivors}
 
 
