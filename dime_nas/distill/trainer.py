@@ -148,47 +148,19 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
     """
     device = resolve_device(device or getattr(settings, "device", None))
     dist = _Distributed.from_env()
-    torch.manual_seed(settings.seed)
-    model = StudentTowers(config)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     state = None
     if resume and ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-    elif initial is not None:
-        model.load_state_dict(initial)
-    model.to(device).train()
-    memory_format = convnet_memory_format(model.visual)
-    model.visual.to(memory_format=memory_format)
-    if model.text is not None:
-        compact_vocab.compact(model.text, compact_vocab.used_token_ids(cache, config.text.vocab_size))
-    image_size = config.vision.image_size
-    ctx = config.text.context_length if model.text is not None else None
-    mean, std = cache.mean_std
-    wrapped = dist.wrap(model, device)
-    fused = device == "cpu" or device.startswith("cuda")
-    optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999),
-                                  fused=fused)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(settings.warmup_steps, settings.steps))
-    images = IndexStream(cache.n_images, settings.seed * 2 + 1)
-    texts = IndexStream(cache.n_texts, settings.seed * 2 + 2)
-    augment_rng = torch.Generator().manual_seed(settings.seed + 7)
-    result = RunResult(steps=0, seconds=0.0, stopped_by="steps")
+    run = _Run.set_up(config, cache, settings, device, dist, state["model"] if state is not None else initial)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        _state_in_parameter_layout(optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        images.load(state["images"])
-        texts.load(state["texts"])
-        augment_rng.set_state(state["augment_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        result = state["result"]
+        run.restore(state)
+    result = run.result
     use_amp = device.startswith("cuda")
     if use_amp and settings.compile:
-        wrapped = torch.compile(wrapped)
+        run.wrapped = torch.compile(run.wrapped)
     log = _open_log(Path(checkpoint_dir), result.steps) if checkpoint_dir and dist.is_main else None
     bar = progress_bar(progress and dist.is_main, settings.steps, result.steps)
-    student_inputs = corpus_inputs(cache, image_size, mean, std, settings.augment, augment_rng)
     start, elapsed0 = time.time(), result.seconds
     try:
         while result.steps < settings.steps:
@@ -198,29 +170,10 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
             step = result.steps
             if before_step is not None:
                 before_step()
-            idx_i = images.take(settings.batch_size)
-            idx_t = texts.take(settings.text_batch_size)
-            mine = dist.my_slice(len(idx_i))
-            x = student_inputs(idx_i[mine]).to(device).contiguous(memory_format=memory_format)
-            t_img = torch.from_numpy(cache.image_emb.take(idx_i).astype(np.float32)).to(device)
-            t_txt = torch.from_numpy(cache.text_emb.take(idx_t).astype(np.float32)).to(device)
-            tokens = None
-            if model.text is not None:
-                tokens = fit_context(cache.text_tokens.take(idx_t[dist.my_slice(len(idx_t))]), ctx).to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                s_img, s_txt = wrapped(x, tokens)
-            s_img, s_txt = dist.gather(s_img.float()), (dist.gather(s_txt.float()) if s_txt is not None else None)
-            losses = _losses(settings.losses, s_img, t_img, t_txt, s_txt)
-            check_finite(losses, step)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            losses = run.step(cache, settings, dist, use_amp)
             result.steps = step + 1
             if step % LOG_EVERY == 0 or result.steps == settings.steps:
-                result.curve.append({"step": step, "lr": scheduler.get_last_lr()[0],
+                result.curve.append({"step": step, "lr": run.scheduler.get_last_lr()[0],
                                      **{k: float(v.detach()) for k, v in losses.items()}})
                 if log is not None:
                     log.write(json.dumps(result.curve[-1]) + "\n")
@@ -229,14 +182,14 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
             bar.set_postfix(loss=f"{float(losses['total'].detach()):.4f}", refresh=False)
             if ckpt is not None and dist.is_main and result.steps % settings.checkpoint_every == 0:
                 result.seconds = elapsed0 + time.time() - start
-                _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
+                run.save(ckpt)
             if (evaluate is not None and settings.eval_every and result.steps % settings.eval_every == 0
                     and result.steps < settings.steps):
-                metrics = evaluate(model)
+                metrics = evaluate(run.model)
                 result.evals.append({"step": result.steps, **metrics})
                 if on_eval is not None:
                     on_eval(result.steps, metrics)
-                model.train()
+                run.model.train()
     finally:
         bar.close()
         if log is not None:
@@ -245,13 +198,108 @@ def distill(config: StudentConfig, cache: Any, settings: Any, *, device: str | N
     result.steps_per_second = result.steps / result.seconds if result.seconds > 0 else 0.0
     result.device, result.processes, result.is_main = device, dist.world, dist.is_main
     if ckpt is not None and dist.is_main:
-        _save_checkpoint(ckpt, model, optimizer, scheduler, images, texts, augment_rng, result)
-    model.visual.to(memory_format=torch.contiguous_format)  # what export and the caller's code expect
-    if model.text is not None:
-        compact_vocab.expand(model.text)
+        run.save(ckpt)
+    model = run.finished_model()
     if evaluate is not None and final_eval and dist.is_main:
         result.metrics = average_last_evals(result.evals, evaluate(model), settings.average_last_evals)
     return model, result
+
+
+@dataclass
+class _Run:
+    """One run's moving parts: what a step changes and a checkpoint holds, and how a step
+    builds its batch from the cache."""
+
+    model: StudentTowers
+    wrapped: nn.Module  # the model as a step calls it (DDP, compiled)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    images: IndexStream
+    texts: IndexStream
+    augment_rng: torch.Generator
+    student_inputs: Callable[[np.ndarray], torch.Tensor]  # image indices -> the student's input pixels
+    memory_format: torch.memory_format
+    device: str
+    result: RunResult = field(default_factory=lambda: RunResult(steps=0, seconds=0.0, stopped_by="steps"))
+
+    @classmethod
+    def set_up(cls, config: StudentConfig, cache: Any, settings: Any, device: str, dist: _Distributed,
+               weights: dict[str, Any] | None) -> _Run:
+        """The model (from ``weights`` when given), optimiser, schedule and data streams of a new run."""
+        torch.manual_seed(settings.seed)
+        model = StudentTowers(config)
+        if weights is not None:
+            model.load_state_dict(weights)
+        model.to(device).train()
+        memory_format = convnet_memory_format(model.visual)
+        model.visual.to(memory_format=memory_format)
+        if model.text is not None:
+            compact_vocab.compact(model.text, compact_vocab.used_token_ids(cache, config.text.vocab_size))
+        fused = device == "cpu" or device.startswith("cuda")
+        optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr,
+                                      betas=(0.9, 0.999), fused=fused)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      warmup_cosine(settings.warmup_steps, settings.steps))
+        augment_rng = torch.Generator().manual_seed(settings.seed + 7)
+        mean, std = cache.mean_std
+        return cls(model=model, wrapped=dist.wrap(model, device), optimizer=optimizer, scheduler=scheduler,
+                   images=IndexStream(cache.n_images, settings.seed * 2 + 1),
+                   texts=IndexStream(cache.n_texts, settings.seed * 2 + 2), augment_rng=augment_rng,
+                   student_inputs=corpus_inputs(cache, config.vision.image_size, mean, std, settings.augment,
+                                                augment_rng),
+                   memory_format=memory_format, device=device)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint (its model weights were loaded by ``set_up``)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        _state_in_parameter_layout(self.optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.images.load(state["images"])
+        self.texts.load(state["texts"])
+        self.augment_rng.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.result = state["result"]
+
+    def step(self, cache: Any, settings: Any, dist: _Distributed, use_amp: bool) -> dict[str, torch.Tensor]:
+        """One optimiser step on the next image and sentence batches; returns the loss terms."""
+        idx_i = self.images.take(settings.batch_size)
+        idx_t = self.texts.take(settings.text_batch_size)
+        x = self.student_inputs(idx_i[dist.my_slice(len(idx_i))]).to(self.device)
+        x = x.contiguous(memory_format=self.memory_format)
+        t_img = torch.from_numpy(cache.image_emb.take(idx_i).astype(np.float32)).to(self.device)
+        t_txt = torch.from_numpy(cache.text_emb.take(idx_t).astype(np.float32)).to(self.device)
+        tokens = None
+        if self.model.text is not None:
+            mine = cache.text_tokens.take(idx_t[dist.my_slice(len(idx_t))])
+            tokens = fit_context(mine, self.model.config.text.context_length).to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            s_img, s_txt = self.wrapped(x, tokens)
+        s_img, s_txt = dist.gather(s_img.float()), (dist.gather(s_txt.float()) if s_txt is not None else None)
+        losses = _losses(settings.losses, s_img, t_img, t_txt, s_txt)
+        check_finite(losses, self.result.steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses
+
+    def save(self, path: Path) -> None:
+        """A resumable checkpoint, written atomically: a kill while saving leaves the previous one."""
+        with atomic_path(path) as tmp:
+            torch.save({"model": compact_vocab.full_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "images": self.images.state(),
+                        "texts": self.texts.state(), "augment_rng": self.augment_rng.get_state(),
+                        "torch_rng": torch.get_rng_state(), "config": self.model.config.to_dict(),
+                        "result": self.result}, tmp)
+
+    def finished_model(self) -> StudentTowers:
+        """The model as export and callers expect it: default memory layout, full vocabulary."""
+        self.model.visual.to(memory_format=torch.contiguous_format)
+        if self.model.text is not None:
+            compact_vocab.expand(self.model.text)
+        return self.model
 
 
 def convnet_memory_format(tower: nn.Module) -> torch.memory_format:
@@ -321,15 +369,6 @@ def _open_log(folder: Path, resumed_at: int):
             if line and json.loads(line)["step"] < resumed_at]
     path.write_text("".join(line + "\n" for line in kept))
     return open(path, "a")
-
-
-def _save_checkpoint(path: Path, model, optimizer, scheduler, images, texts, augment_rng, result) -> None:
-    """Atomic: a kill while saving leaves the previous checkpoint in place."""
-    with atomic_path(path) as tmp:
-        torch.save({"model": compact_vocab.full_state_dict(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "images": images.state(), "texts": texts.state(),
-                    "augment_rng": augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
-                    "config": model.config.to_dict(), "result": result}, tmp)
 
 
 def progress_bar(enabled: bool, total: int, initial: int, desc: str = "distill"):
