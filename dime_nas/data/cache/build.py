@@ -1,21 +1,9 @@
-"""The teacher-feature cache: the teacher embeds every image and sentence once.
-
-Layout of a cache folder::
-
-    manifest.json                 identity (teacher, corpora, preprocessing), progress, counts, timings
-    images/000000.emb.npy         (n, D) float16 teacher image embeddings (unnormalised)
-    images/000000.pix.npy         (n, S, S, 3) uint8 pixels at `pixel_size`, what students train on
-    images/000000.keys.txt        corpus keys of those images
-    texts/000000.emb.npy          (m, D) float16 teacher sentence embeddings
-    texts/000000.tok.npy          (m, context_length) int32 token ids (for student text towers)
-    texts/000000.jsonl            the sentences
-    eval/task-000.npz ...         evaluation images (pixels, labels, teacher embeddings), prompt embeddings
-    eval/retrieval.npz
+"""Building a feature cache: the teacher embeds every corpus image and sentence once.
 
 Chunks are written under temporary names and renamed, then recorded in the manifest
 (also replaced atomically): a build killed at any point resumes from its last complete
 chunk. A manifest whose identity differs from the current teacher/corpora/options is
-rebuilt from scratch, and the log says what changed. Readers memory-map the chunks.
+rebuilt from scratch, and the log says what changed.
 """
 from __future__ import annotations
 
@@ -28,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +23,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import UserError
-from ..fs import atomic_path, write_atomic
-from ..zero_shot import prompt_ensemble
-from .corpus_base import SkipLog
-from .eval_sets import EvalSuite, read_image
-from .image_corpus import ImageSource, decode_image
-from .sentence_corpus import SentenceSource
+from ...fs import write_atomic
+from ...zero_shot import prompt_ensemble
+from ..corpus_base import SkipLog
+from ..eval_sets import EvalSuite, read_image
+from ..image_corpus import ImageSource, decode_image
+from ..sentence_corpus import SentenceSource
+from .layout import (CacheError, cache_identity, image_stem, read_manifest, save_npy, save_npz, text_stem,
+                     write_manifest)
+from .read import FeatureCache
 
-CACHE_VERSION = 2  # 2: evaluation images carry their split score
 _log = logging.getLogger(__name__)
 
-
-class CacheError(UserError, RuntimeError):
-    """A cache folder that cannot be used (incomplete, corrupt, or built for something else)."""
-
-
-# ---- building ----------------------------------------------------------------------------
 
 class EvalLeakError(CacheError):
     """A corpus image is byte-identical to an evaluation image (the test would leak into training)."""
@@ -68,66 +50,6 @@ def eval_file_hashes(suite: EvalSuite) -> dict[str, str]:
         except OSError:
             continue  # unreadable evaluation files are counted when the evaluation set is read
     return out
-
-
-def cache_identity(teacher: Any, images: ImageSource, sentences: SentenceSource, eval_suite: EvalSuite,
-                   *, pixel_size: int, max_images: int | None, max_sentences: int | None,
-                   drop_eval_overlap: bool = False) -> dict[str, Any]:
-    """Everything that determines the cache's contents; any change means a rebuild."""
-    return {
-        "version": CACHE_VERSION,
-        "teacher": teacher.identity,
-        "preprocess": teacher.preprocess_cfg,
-        "context_length": teacher.context_length,
-        "images": images.identity(),
-        "sentences": sentences.identity(),
-        "eval": hashlib.sha256(json.dumps(eval_suite.identity(), sort_keys=True).encode()).hexdigest(),
-        "pixel_size": pixel_size,
-        "max_images": max_images,
-        "max_sentences": max_sentences,
-        "drop_eval_overlap": drop_eval_overlap,
-    }
-
-
-def cache_mismatch(out_dir: str | Path, teacher_identity: dict[str, Any] | None, images: ImageSource,
-                   sentences: SentenceSource, eval_suite: EvalSuite, *, pixel_size: int,
-                   max_images: int | None = None, max_sentences: int | None = None,
-                   drop_eval_overlap: bool = False) -> str | None:
-    """Why the cache in ``out_dir`` cannot serve these inputs (missing, incomplete, built for a
-    different key), or None when it can. Needs only the teacher's identity, not the teacher."""
-    manifest = _read_manifest(Path(out_dir))
-    if manifest is None:
-        return "missing"
-    if not manifest.get("complete") or "text_cfg" not in manifest:
-        return "incomplete (a build was interrupted or is running)"
-    if teacher_identity is None:
-        return "the teacher's identity cannot be worked out without loading it"
-    recorded = manifest.get("identity", {})
-    expected = {"version": CACHE_VERSION, "teacher": teacher_identity, "images": images.identity(),
-                "sentences": sentences.identity(),
-                "eval": hashlib.sha256(json.dumps(eval_suite.identity(), sort_keys=True).encode()).hexdigest(),
-                "pixel_size": pixel_size, "max_images": max_images, "max_sentences": max_sentences,
-                "drop_eval_overlap": drop_eval_overlap}
-    for key, value in expected.items():
-        if recorded.get(key) != value:
-            return f"built for a different {key}"
-    return None
-
-
-def open_complete_cache(out_dir: str | Path, teacher_identity: dict[str, Any] | None, images: ImageSource,
-                        sentences: SentenceSource, eval_suite: EvalSuite, *, pixel_size: int,
-                        max_images: int | None = None, max_sentences: int | None = None,
-                        drop_eval_overlap: bool = False) -> FeatureCache | None:
-    """The cache in ``out_dir`` if it is complete and was built for exactly these inputs, else None.
-
-    Needs only the teacher's identity, not the teacher: the preprocessing and context
-    length in the recorded identity follow from the teacher, so they match when it does.
-    """
-    if cache_mismatch(out_dir, teacher_identity, images, sentences, eval_suite, pixel_size=pixel_size,
-                      max_images=max_images, max_sentences=max_sentences,
-                      drop_eval_overlap=drop_eval_overlap) is not None:
-        return None
-    return FeatureCache(out_dir)
 
 
 def build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, eval_suite: EvalSuite,
@@ -156,7 +78,7 @@ def _build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, e
     identity = cache_identity(teacher, images, sentences, eval_suite, pixel_size=pixel_size,
                               max_images=max_images, max_sentences=max_sentences,
                               drop_eval_overlap=drop_eval_overlap)
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     if manifest is not None and manifest.get("identity") != identity:
         changed = sorted(k for k in identity if manifest.get("identity", {}).get(k) != identity[k])
         _log.warning("cache %s was built for a different %s: rebuilding", root, ", ".join(changed) or "version")
@@ -181,7 +103,7 @@ def _build_cache(teacher: Any, images: ImageSource, sentences: SentenceSource, e
     builder.evaluation(eval_suite)
     manifest["complete"] = True
     manifest["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest)
     return FeatureCache(root)
 
 
@@ -217,18 +139,18 @@ class _Builder:
                     break
                 skipped = dict(Counter(source.log.images_skipped) - before)
                 idx = len(state["chunks"])
-                stem = self.root / "images" / f"{idx:06d}"
-                _save_npy(stem.with_suffix(".emb.npy"), np.concatenate(embeds).astype(np.float16))
-                _save_npy(stem.with_suffix(".pix.npy"), np.stack(pixels))
-                _save_text(stem.with_suffix(".keys.txt"), "\n".join(keys) + "\n")
+                stem = image_stem(self.root, idx)
+                save_npy(stem.with_suffix(".emb.npy"), np.concatenate(embeds).astype(np.float16))
+                save_npy(stem.with_suffix(".pix.npy"), np.stack(pixels))
+                write_atomic(stem.with_suffix(".keys.txt"), "\n".join(keys) + "\n")
                 state["chunks"].append({"count": len(keys), "raw_end": raw_end, "skipped": skipped})
                 done += len(keys)
                 self.m["seconds"]["images"] += time.time() - t0
                 t0 = time.time()
-                _write_manifest(self.root, self.m)
+                write_manifest(self.root, self.m)
         pool.shutdown()
         state["done"] = True
-        _write_manifest(self.root, self.m)
+        write_manifest(self.root, self.m)
 
     def _image_chunk(self, raw_iter: Iterator, source: ImageSource, want: int, pool, bar):
         keys, pixels, embeds, raw_end = [], [], [], 0
@@ -278,10 +200,10 @@ class _Builder:
                 emb = np.concatenate([self.teacher.encode_tokens(tokens[i:i + self.batch_size]).numpy()
                                       for i in range(0, len(chunk), self.batch_size)])
                 idx = len(state["chunks"])
-                stem = self.root / "texts" / f"{idx:06d}"
-                _save_npy(stem.with_suffix(".emb.npy"), emb.astype(np.float16))
-                _save_npy(stem.with_suffix(".tok.npy"), tokens.numpy().astype(np.int32))
-                _save_text(stem.with_suffix(".jsonl"), "".join(json.dumps(s) + "\n" for s in chunk))
+                stem = text_stem(self.root, idx)
+                save_npy(stem.with_suffix(".emb.npy"), emb.astype(np.float16))
+                save_npy(stem.with_suffix(".tok.npy"), tokens.numpy().astype(np.int32))
+                write_atomic(stem.with_suffix(".jsonl"), "".join(json.dumps(s) + "\n" for s in chunk))
                 after = (source.log.empty_dropped, source.log.duplicates_dropped, source.log.bad_lines)
                 state["chunks"].append({"count": len(chunk), "dropped": dict(zip(
                     ("empty", "duplicate", "bad_line"), (a - b for a, b in zip(after, before))))})
@@ -289,9 +211,9 @@ class _Builder:
                 bar.update(len(chunk))
                 self.m["seconds"]["texts"] += time.time() - t0
                 t0 = time.time()
-                _write_manifest(self.root, self.m)
+                write_manifest(self.root, self.m)
         state["done"] = True
-        _write_manifest(self.root, self.m)
+        write_manifest(self.root, self.m)
 
     def evaluation(self, suite: EvalSuite) -> None:
         if self.m["eval"] is not None:
@@ -303,7 +225,7 @@ class _Builder:
             prompts = [[t.format(c) for t in task.templates] for c in task.classnames]
             tokens = self.teacher.tokenize([p for ps in prompts for p in ps])
             prompt_emb = self._encode_tokens(tokens).reshape(len(task.classnames), len(task.templates), -1)
-            _save_npz(self.root / "eval" / f"task-{i:03d}.npz",
+            save_npz(self.root / "eval" / f"task-{i:03d}.npz",
                       split_score=split_scores([task.files[j][0] for j in keep]),
                       pixels=np.stack([pixels[j] for j in keep]),
                       image_emb=np.stack([embeds[j] for j in keep]).astype(np.float16),
@@ -319,7 +241,7 @@ class _Builder:
             pixels, embeds = self._eval_images(r.files, log)
             keep = [j for j, e in enumerate(embeds) if e is not None]
             tokens = self.teacher.tokenize([r.captions[j] for j in keep])
-            _save_npz(self.root / "eval" / "retrieval.npz", split_score=split_scores([r.files[j] for j in keep]),
+            save_npz(self.root / "eval" / "retrieval.npz", split_score=split_scores([r.files[j] for j in keep]),
                       pixels=np.stack([pixels[j] for j in keep]),
                       image_emb=np.stack([embeds[j] for j in keep]).astype(np.float16),
                       text_emb=self._encode_tokens(tokens).astype(np.float16),
@@ -327,7 +249,7 @@ class _Builder:
             retrieval = {"file": "retrieval.npz", "name": r.name, "count": len(keep)}
         self.m["eval"] = {"tasks": tasks, "retrieval": retrieval, "skipped": log.as_dict()["images_skipped"]}
         self.m["seconds"]["eval"] = time.time() - t0
-        _write_manifest(self.root, self.m)
+        write_manifest(self.root, self.m)
 
     def _eval_images(self, paths: list[Path], log) -> tuple[list, list]:
         pixels, embeds = [None] * len(paths), [None] * len(paths)
@@ -366,187 +288,3 @@ def to_pixel_store(image: Image.Image, size: int) -> np.ndarray:
         left, top = (w - size) // 2, (h - size) // 2
         image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8)
-
-
-# ---- files ---------------------------------------------------------------------------------
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def _save_text(path: Path, text: str) -> None:
-    write_atomic(path, text)
-
-
-def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    _save_text(root / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-
-
-def _read_manifest(root: Path) -> dict[str, Any] | None:
-    path = root / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}  # unreadable: treated as built for something else, so rebuilt
-
-
-# ---- reading ------------------------------------------------------------------------------
-
-class ChunkedArray:
-    """Rows spread over equal-sized .npy chunks, memory-mapped; gathered by index."""
-
-    def __init__(self, files: list[Path], counts: list[int], in_memory: bool):
-        self._chunks = [np.load(f, mmap_mode="r") for f in files]
-        if in_memory and self._chunks:
-            self._chunks = [np.concatenate(self._chunks)]
-            counts = [sum(counts)]
-        self._starts = np.cumsum([0, *counts])
-        self.shape = (int(self._starts[-1]), *(self._chunks[0].shape[1:] if self._chunks else ()))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        indices = np.asarray(indices)
-        if len(self._chunks) == 1:
-            return np.asarray(self._chunks[0][indices])
-        which = np.searchsorted(self._starts, indices, side="right") - 1
-        out = np.empty((len(indices), *self.shape[1:]), dtype=self._chunks[0].dtype)
-        for c in np.unique(which):
-            sel = which == c
-            out[sel] = self._chunks[c][indices[sel] - self._starts[c]]
-        return out
-
-
-@dataclass
-class CachedTask:
-    name: str
-    classnames: list[str]
-    templates: list[str]
-    shifted: bool
-    pixels: np.ndarray  # (N, S, S, 3) uint8
-    labels: np.ndarray  # (N,)
-    image_emb: np.ndarray  # (N, D) teacher
-    class_emb: np.ndarray  # (C, D) teacher, normalised prompt ensemble
-    prompt_tokens: np.ndarray  # (C, T, L) int32
-
-
-@dataclass
-class CachedRetrieval:
-    name: str
-    pixels: np.ndarray
-    image_emb: np.ndarray
-    text_emb: np.ndarray
-    text_tokens: np.ndarray
-
-
-SPLITS = ("val", "test", "all")
-
-
-def _split_rows(score: np.ndarray, split: str, test_fraction: float) -> np.ndarray:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if split == "all":
-        return np.ones(len(score), dtype=bool)
-    return score < test_fraction if split == "test" else score >= test_fraction
-
-
-class FeatureCache:
-    """Read side of a complete cache: what the trainer and the evaluator use (no teacher)."""
-
-    def __init__(self, root: str | Path, in_memory: bool | None = None, test_fraction: float = 0.5):
-        self.root = Path(root)
-        self.test_fraction = test_fraction  # share of each evaluation set held out as the test split
-        manifest = _read_manifest(self.root)
-        if not manifest or not manifest.get("complete"):
-            raise CacheError(f"{self.root} is not a complete feature cache (build it with `dime-nas cache`)")
-        self.manifest = manifest
-        img, txt = manifest["images"]["chunks"], manifest["texts"]["chunks"]
-        if not img or not txt:
-            raise CacheError(f"feature cache {self.root} holds no images or no sentences: check the corpora")
-        s = self.pixel_size
-        if in_memory is None:  # small caches are gathered faster from RAM
-            in_memory = sum(c["count"] for c in img) * s * s * 3 < (2 << 30)
-        stems_i = [self.root / "images" / f"{i:06d}" for i in range(len(img))]
-        stems_t = [self.root / "texts" / f"{i:06d}" for i in range(len(txt))]
-        ci, ct = [c["count"] for c in img], [c["count"] for c in txt]
-        try:
-            self.image_emb = ChunkedArray([p.with_suffix(".emb.npy") for p in stems_i], ci, in_memory)
-            self.pixels = ChunkedArray([p.with_suffix(".pix.npy") for p in stems_i], ci, in_memory)
-            self.text_emb = ChunkedArray([p.with_suffix(".emb.npy") for p in stems_t], ct, in_memory)
-            self.text_tokens = ChunkedArray([p.with_suffix(".tok.npy") for p in stems_t], ct, in_memory)
-        except (OSError, ValueError) as exc:
-            raise CacheError(f"feature cache {self.root} is damaged ({exc}): delete it to rebuild") from None
-
-    @property
-    def pixel_size(self) -> int:
-        return int(self.manifest["pixel_size"])
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.manifest["embed_dim"])
-
-    @property
-    def context_length(self) -> int:
-        return int(self.manifest["context_length"])
-
-    @property
-    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        from ..preprocess import CLIP_MEAN, CLIP_STD
-
-        p = self.manifest["preprocess"]
-        return tuple(p.get("mean", CLIP_MEAN)), tuple(p.get("std", CLIP_STD))
-
-    @property
-    def n_images(self) -> int:
-        return len(self.image_emb)
-
-    @property
-    def n_texts(self) -> int:
-        return len(self.text_emb)
-
-    def image_keys(self) -> list[str]:
-        """Corpus key of every cached image, in cache order."""
-        return [k for i in range(len(self.manifest["images"]["chunks"]))
-                for k in (self.root / "images" / f"{i:06d}.keys.txt").read_text().splitlines()]
-
-    def summary(self) -> dict[str, Any]:
-        m = self.manifest
-        skipped = Counter()
-        for c in m["images"]["chunks"]:
-            skipped.update(c.get("skipped", {}))
-        dropped = Counter()
-        for c in m["texts"]["chunks"]:
-            dropped.update(c.get("dropped", {}))
-        return {"root": str(self.root), "teacher": m["teacher"], "images": self.n_images, "sentences": self.n_texts,
-                "images_skipped": dict(skipped), "sentences_dropped": dict(dropped),
-                "eval_tasks": [t["name"] for t in m["eval"]["tasks"]], "pixel_size": self.pixel_size,
-                "embed_dim": self.embed_dim, "seconds": m["seconds"], "resumed": m.get("resumed", 0)}
-
-    def tasks(self, split: str = "val") -> list[CachedTask]:
-        """The evaluation tasks restricted to ``split``: "val" (what searches see), "test" (held out) or "all"."""
-        out = []
-        for t in self.manifest["eval"]["tasks"]:
-            with np.load(self.root / "eval" / t["file"]) as z:
-                rows = _split_rows(z["split_score"], split, self.test_fraction)
-                out.append(CachedTask(t["name"], t["classnames"], t["templates"], t["shifted"],
-                                      z["pixels"][rows], z["labels"][rows], z["image_emb"][rows].astype(np.float32),
-                                      z["class_emb"], z["prompt_tokens"]))
-        return out
-
-    def retrieval(self, split: str = "val") -> CachedRetrieval | None:
-        r = self.manifest["eval"]["retrieval"]
-        if r is None:
-            return None
-        with np.load(self.root / "eval" / r["file"]) as z:
-            rows = _split_rows(z["split_score"], split, self.test_fraction)
-            return CachedRetrieval(r["name"], z["pixels"][rows], z["image_emb"][rows].astype(np.float32),
-                                   z["text_emb"][rows].astype(np.float32), z["text_tokens"][rows])
