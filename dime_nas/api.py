@@ -306,5 +306,135 @@ def fit_predictor(source: str | Path, target: str, *, out: str | Path | None = N
     return {**predictor.report, "path": str(path)}
 
 
+def model_cost(model: str) -> dict[str, Any]:
+    """Params, MACs and FLOPs per tower of ``model`` (an open_clip model name, random init, or a
+    StudentConfig JSON file): ``{"model": name, "towers": {tower: {params, gmacs, gflops, input_shape}}}``.
+
+    Raises:
+        ConfigError: an unknown model name or a malformed StudentConfig file.
+    """
+    from .cost.flops import model_cost as count
+
+    name, towers = _towers(model)
+    return {"model": name, **count(towers)}
+
+
+def measure_latency(model: str, *, target: str | None = None, targets_file: str | Path | None = None,
+                    towers: Sequence[str] | None = None, threads: int | None = None, batch: int | None = None,
+                    runs: int | None = None, warmup: int | None = None, int8: bool = False,
+                    torch_eager: bool = False) -> dict[str, Any]:
+    """Export each tower of ``model`` to ONNX (parity-checked) and time it on a target.
+
+    ``target`` names a shipped target or one in ``targets_file``; without it, this machine's
+    onnxruntime with default settings. The other arguments override the target's fields.
+    ``torch_eager`` also times the torch module, for comparison. Returns ``{"model", "target"
+    (as measured), "total_median_ms", <tower>: its latency statistics}``.
+    """
+    import dataclasses
+    import tempfile
+
+    from .cost.latency import measure_target
+    from .cost.local import torch_eager_latency
+    from .cost.targets import Target
+
+    name, built = _towers(model)
+    base = _target(target, targets_file) if target else Target(name="cli", description="command-line options")
+    overrides: dict[str, Any] = {"towers": tuple(towers) if towers else (base.towers if target else tuple(built))}
+    for field, value in (("intra_op_threads", threads), ("batch_size", batch), ("runs", runs), ("warmup", warmup)):
+        if value is not None:
+            overrides[field] = value
+    if int8:
+        overrides["precision"] = "int8"
+    chosen = dataclasses.replace(base, **overrides)
+    with tempfile.TemporaryDirectory(prefix="dime_nas_latency_") as tmp:
+        result = measure_target(built, chosen, tmp)
+    out: dict[str, Any] = {"model": name, "target": chosen.to_dict(), "total_median_ms": result["total_median_ms"]}
+    for tower, r in result["towers"].items():
+        out[tower] = r["latency"]
+        if r["export"]:
+            out[tower]["onnx_parity_max_abs_diff"] = r["export"]["parity_max_abs_diff"]
+            if r["export"].get("int8_cosine_mean") is not None:
+                out[tower]["int8_cosine_mean"] = r["export"]["int8_cosine_mean"]
+        if torch_eager:
+            out[tower]["torch_eager"] = torch_eager_latency(built[tower], chosen.intra_op_threads, chosen.batch_size,
+                                                            chosen.warmup, chosen.runs).to_dict()
+    return out
+
+
+def list_targets(extra_file: str | Path | None = None, *, ask_agents: bool = True) -> dict[str, dict[str, Any]]:
+    """The latency targets (shipped, then ``extra_file``'s), each ``{"target": Target, "devices": [...]}``;
+    with ``ask_agents``, a remote target's devices as its agents describe them (``{"url", "device"}``
+    or ``{"url", "error"}``)."""
+    from .cost.latency import backend_class
+    from .cost.targets import load_targets
+
+    targets = load_targets()
+    if extra_file:
+        targets.update(load_targets(extra_file))
+    return {name: {"target": t, "devices": backend_class(t.backend)().devices(t) if ask_agents else []}
+            for name, t in targets.items()}
+
+
+def sample_space(space: str | Path, *, count: int = 0, grid: bool = False, seed: int = 0) -> tuple[Any, list[Any]]:
+    """A search space (a shipped name or a YAML file) and students from it: its whole grid, or
+    ``count`` drawn at random (seeded) as a search's random sampler draws them."""
+    import optuna
+
+    from .space import SearchSpace, resolve_space_path
+
+    loaded = SearchSpace.load(resolve_space_path(str(space)))
+    if grid:
+        return loaded, loaded.grid()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    configs = []
+    for _ in range(count):
+        trial = study.ask()
+        configs.append(loaded.suggest(trial))
+        study.tell(trial, 0.0)
+    return loaded, configs
+
+
+def train_demo_teacher(experiment: str | Path | ExperimentConfig | None = None, *, progress: bool = True) -> Path:
+    """Train (or find cached) the ShapesWorld demo teacher, with an experiment's teacher settings
+    or the default ones; returns its folder.
+
+    Raises:
+        ConfigError: the experiment does not use the ShapesWorld teacher.
+    """
+    from .config import ShapesTeacherConfig
+    from .errors import ConfigError
+    from .pipeline import user_cache_root
+    from .shapes.teacher import ensure_shapes_teacher
+
+    settings = ShapesTeacherConfig()
+    if experiment is not None:
+        config = load(experiment)
+        if config.teacher.shapes is None:
+            raise ConfigError(f"{experiment} does not use the ShapesWorld teacher", key="teacher.shapes")
+        settings = config.teacher.shapes
+    return ensure_shapes_teacher(settings, user_cache_root(), progress=progress)
+
+
+def _towers(model: str) -> tuple[str, dict[str, Any]]:
+    """A model name or StudentConfig JSON -> its towers; a name or file that is wrong is a user error."""
+    from .cost.towers import resolve_model
+    from .errors import ConfigError
+
+    try:
+        return resolve_model(model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _target(name: str, extra_file: str | Path | None) -> Any:
+    """A shipped target, or one from ``extra_file`` (which may redefine a shipped name)."""
+    from .cost.targets import get_target, load_targets
+
+    if extra_file and name in load_targets(extra_file):
+        return load_targets(extra_file)[name]
+    return get_target(name)
+
+
 def _run(run_dir: str | Path | RunDir) -> RunDir:
     return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)

@@ -314,27 +314,15 @@ def _add_export(sub: Any) -> None:
 
 # ---- commands --------------------------------------------------------------------------------
 
-def _resolve(spec: str):
-    """A model name or StudentConfig JSON -> towers; a name or file that is wrong is a user error."""
-    from .cost.towers import resolve_model
-    from .errors import ConfigError
-
-    try:
-        return resolve_model(spec)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def _cmd_cost(args) -> int:
-    from .cost.flops import model_cost
+    from .api import model_cost
 
-    name, towers = _resolve(args.model)
-    report = model_cost(towers)
+    report = model_cost(args.model)
     if args.json:
         print(json.dumps({t: {"params": c["params"], "gmacs": c["gmacs"], "gflops": c["gflops"]}
                           for t, c in report["towers"].items()}))
         return 0
-    print(f"{name}: per sample (batch 1); FLOPs = 2 x MACs")
+    print(f"{report['model']}: per sample (batch 1); FLOPs = 2 x MACs")
     for t, c in report["towers"].items():
         print(f"  {t:5s} params {c['params'] / 1e6:9.3f} M   {c['gmacs']:9.4f} GMACs   {c['gflops']:9.4f} GFLOPs   "
               f"input {c['input_shape']}")
@@ -342,45 +330,21 @@ def _cmd_cost(args) -> int:
 
 
 def _cmd_latency(args) -> int:
-    import dataclasses
-    import tempfile
+    from .api import measure_latency
 
-    from .cost.latency import measure_target
-    from .cost.local import torch_eager_latency
-    from .cost.targets import Target
-
-    name, towers = _resolve(args.model)
-    base = (_target(args.target, args.targets_file) if args.target
-            else Target(name="cli", description="command-line options"))
-    overrides: dict[str, Any] = {"towers": tuple(args.towers.split(",")) if args.towers else
-                                 (base.towers if args.target else tuple(towers))}
-    for field, value in (("intra_op_threads", args.threads), ("batch_size", args.batch), ("runs", args.runs),
-                         ("warmup", args.warmup)):
-        if value is not None:
-            overrides[field] = value
-    if args.int8:
-        overrides["precision"] = "int8"
-    target = dataclasses.replace(base, **overrides)
-    with tempfile.TemporaryDirectory(prefix="dime_nas_latency_") as tmp:
-        result = measure_target(towers, target, tmp)
-    out: dict[str, Any] = {"model": name, "target": target.to_dict(), "total_median_ms": result["total_median_ms"]}
-    for t, r in result["towers"].items():
-        out[t] = r["latency"]
-        if r["export"]:
-            out[t]["onnx_parity_max_abs_diff"] = r["export"]["parity_max_abs_diff"]
-            if r["export"].get("int8_cosine_mean") is not None:
-                out[t]["int8_cosine_mean"] = r["export"]["int8_cosine_mean"]
-        if args.torch:
-            out[t]["torch_eager"] = torch_eager_latency(towers[t], target.intra_op_threads, target.batch_size,
-                                                        target.warmup, target.runs).to_dict()
+    out = measure_latency(args.model, target=args.target, targets_file=args.targets_file,
+                          towers=args.towers.split(",") if args.towers else None, threads=args.threads,
+                          batch=args.batch, runs=args.runs, warmup=args.warmup, int8=args.int8,
+                          torch_eager=args.torch)
     if args.json:
         print(json.dumps(out, default=str))
         return 0
-    print(f"{name} on {target.name}: {target.precision}, batch {target.batch_size}, "
-          f"{target.intra_op_threads} thread(s), {target.runs} timed runs after {target.warmup} warm-up")
-    for t in target.towers:
-        m = out[t]
-        line = (f"  {t:5s} median {m['median_ms']:8.3f} ms  p90 {m['p90_ms']:8.3f}  p99 {m['p99_ms']:8.3f}  "
+    t = out["target"]
+    print(f"{out['model']} on {t['name']}: {t['precision']}, batch {t['batch_size']}, "
+          f"{t['intra_op_threads']} thread(s), {t['runs']} timed runs after {t['warmup']} warm-up")
+    for tower in t["towers"]:
+        m = out[tower]
+        line = (f"  {tower:5s} median {m['median_ms']:8.3f} ms  p90 {m['p90_ms']:8.3f}  p99 {m['p99_ms']:8.3f}  "
                 f"cv {m['cv']:.3f}  providers {','.join(m['providers'])}")
         if "torch_eager" in m:
             e = m["torch_eager"]["median_ms"]
@@ -390,37 +354,23 @@ def _cmd_latency(args) -> int:
     return 0
 
 
-def _target(name: str, extra_file: str | None):
-    """A shipped target, or one from ``extra_file`` (which may redefine a shipped name)."""
-    from .cost.targets import get_target, load_targets
-
-    if extra_file and name in load_targets(extra_file):
-        return load_targets(extra_file)[name]
-    return get_target(name)
-
-
 def _cmd_targets(args) -> int:
-    from .cost.targets import load_targets
+    from .api import list_targets
 
-    targets = load_targets()
-    if args.file:
-        targets.update(load_targets(args.file))
-    for name, t in targets.items():
+    for name, entry in list_targets(args.file, ask_agents=not args.offline).items():
+        t = entry["target"]
         print(f"{name:16s} {t.backend:11s} {t.precision:4s} threads={t.intra_op_threads} batch={t.batch_size} "
               f"towers={','.join(t.towers)}\n{'':16s} {t.description}")
-        if not args.offline:
-            from .cost.latency import backend_class
-
-            for agent in backend_class(t.backend)().devices(t):
-                d = agent.get("device")
-                if d is None:
-                    print(f"{'':16s} agent {agent['url']}: {agent['error']}")
-                    continue
-                labels = ", ".join(f"{k}={v}" for k, v in d.get("labels", {}).items())
-                memory = f"{d['memory_bytes'] / 1024**3:.1f} GB" if d.get("memory_bytes") else "? GB"
-                print(f"{'':16s} agent {agent['url']}: {d.get('processor')}, {d.get('cpu_count')} cores, {memory}, "
-                      f"{d.get('platform')}, onnxruntime {d.get('onnxruntime')} "
-                      f"({', '.join(d.get('providers_available', []))})" + (f" [{labels}]" if labels else ""))
+        for agent in entry["devices"]:
+            d = agent.get("device")
+            if d is None:
+                print(f"{'':16s} agent {agent['url']}: {agent['error']}")
+                continue
+            labels = ", ".join(f"{k}={v}" for k, v in d.get("labels", {}).items())
+            memory = f"{d['memory_bytes'] / 1024**3:.1f} GB" if d.get("memory_bytes") else "? GB"
+            print(f"{'':16s} agent {agent['url']}: {d.get('processor')}, {d.get('cpu_count')} cores, {memory}, "
+                  f"{d.get('platform')}, onnxruntime {d.get('onnxruntime')} "
+                  f"({', '.join(d.get('providers_available', []))})" + (f" [{labels}]" if labels else ""))
     return 0
 
 
@@ -449,21 +399,9 @@ def _cmd_predictor_fit(args) -> int:
 
 
 def _cmd_space(args) -> int:
-    import optuna
+    from .api import sample_space
 
-    from .space import SearchSpace, resolve_space_path
-
-    space = SearchSpace.load(resolve_space_path(args.space))
-    if args.grid:
-        configs = space.grid()
-    else:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
-        configs = []
-        for _ in range(args.sample):
-            trial = study.ask()
-            configs.append(space.suggest(trial))
-            study.tell(trial, 0.0)
+    space, configs = sample_space(args.space, count=args.sample, grid=args.grid, seed=args.seed)
     if not args.json:
         size = space.size()
         print(f"{space.name}: {space.source}\n  {space.description}\n  size before constraints: "
@@ -475,18 +413,9 @@ def _cmd_space(args) -> int:
 
 
 def _cmd_train_shapes(args) -> int:
-    from .config import ShapesTeacherConfig, load_experiment
-    from .pipeline import user_cache_root
-    from .shapes.teacher import ensure_shapes_teacher
+    from .api import train_demo_teacher
 
-    cfg = ShapesTeacherConfig()
-    if args.experiment:
-        exp = load_experiment(args.experiment)
-        if exp.teacher.shapes is None:
-            raise SystemExit(f"{args.experiment} does not use the ShapesWorld teacher")
-        cfg = exp.teacher.shapes
-    path = ensure_shapes_teacher(cfg, user_cache_root(), progress=True)
-    print(f"demo teacher: {path}")
+    print(f"demo teacher: {train_demo_teacher(args.experiment)}")
     return 0
 
 

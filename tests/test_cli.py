@@ -42,3 +42,32 @@ def test_any_other_error_exits_1_and_points_to_debug(monkeypatch, capsys):
     assert err == ["dime-nas: error: a bug", "(run again with --debug for the traceback)"]
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["--debug", "search", "x.yaml", "--quiet"])
+
+
+def test_the_inspection_commands_go_through_the_api(monkeypatch, capsys, tmp_path):
+    """`cost`, `space` and `train-shapes` print what the api returns (one home for each job)."""
+    import json
+
+    from dime_nas.student import StudentConfig, TextTowerConfig, VisionTowerConfig
+
+    student = StudentConfig(32, VisionTowerConfig(kind="vit", image_size=32, layers=1, width=32, heads=2,
+                                                  mlp_ratio=2.0, patch_size=16), TextTowerConfig(kind="teacher"))
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(student.to_dict()))
+    cost = api.model_cost(str(path))
+    assert cli.main(["cost", str(path), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["image"]["params"] == cost["towers"]["image"]["params"] > 0
+
+    space, drawn = api.sample_space("tiny", count=4, seed=3)
+    assert [c.arch_key for c in api.sample_space("tiny", count=4, seed=3)[1]] == [c.arch_key for c in drawn]
+    assert cli.main(["space", "tiny", "--sample", "4", "--seed", "3", "--json"]) == 0
+    assert [json.loads(line)["arch_key"] for line in capsys.readouterr().out.splitlines()] == [c.arch_key for c in drawn]
+
+    import dataclasses
+
+    demo = api.load("experiments/demo.yaml")
+    other_teacher = dataclasses.replace(demo, teacher=dataclasses.replace(demo.teacher, shapes=None,
+                                                                          checkpoint="/teacher"))
+    with pytest.raises(ConfigError, match="ShapesWorld"):
+        api.train_demo_teacher(other_teacher)
