@@ -65,6 +65,21 @@ def test_margin_edges_and_bad_arguments():
         SearchConfig(near_budget_margin=1.5)
 
 
+def test_exact_edges_one_round_and_the_recorded_budget():
+    """Values exactly representable in binary, so each edge is met exactly, not by rounding."""
+    budget = Budget.parse("latency_ms <= 1")
+    edge = decide_latency_budget(budget, 1.25, lambda: 1.0, None, margin=0.25, rounds=1)
+    assert edge.near and edge.rounds_ms == [1.25, 1.0]  # exactly margin away: inside; one round is re-measured
+    assert edge.budget == "latency_ms <= 1"  # the record names the budget it decided
+    on_budget = decide_latency_budget(budget, 1.0, lambda: 1.0, None, margin=0.25, rounds=2)
+    assert on_budget.pooled_ms == 1.0 and on_budget.feasible  # a median exactly at the budget meets it
+    # margin 0 is allowed: only a first median exactly at the budget is re-measured
+    assert decide_latency_budget(budget, 1.0, lambda: 1.0, None, margin=0.0, rounds=2).near
+    for margin, rounds in ((-0.1, 4), (0.15, -1)):
+        with pytest.raises(ValueError, match=rf"margin and rounds must be >= 0, got {margin} and {rounds}"):
+            decide_latency_budget(budget, 1.0, lambda: 1.0, None, margin=margin, rounds=rounds)
+
+
 class _ScriptedBackend(LatencyBackend):
     """Returns scripted medians: one list for the candidate's towers, one for the reference tower."""
 
