@@ -59,7 +59,6 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
         ConfigError: an export without ONNX towers, a target that cannot time ONNX files.
     """
     from .card_readme import write_readme
-    from .cost.latency import backend_class, check_target_usable
     from .pipeline import prepare_cache
 
     say = say or (print if progress else (lambda _: None))
@@ -67,16 +66,7 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
     card = read_card(out)
     settings = config.deliverable
     precision = precision or settings.precision
-    if not backend_class(target.backend).needs_onnx:
-        raise ConfigError(f"target {target.name!r} times torch modules ({target.backend}); verify measures the "
-                          "exported ONNX files: choose a target whose backend times them", key="--target")
-    problem = check_target_usable(target)
-    if problem:
-        raise ConfigError(problem, key="--target")
-    fp32 = _fp32_files(out, card)
-    missing = [t for t in target.towers if t not in fp32]
-    if missing:
-        raise ConfigError(f"target {target.name!r} counts tower(s) {missing}, but {out} exports only {sorted(fp32)}")
+    fp32 = _files_to_time(out, card, target)
     t0 = time.time()
     cache, _ = prepare_cache(config, progress=progress)
     metric = headline_quality(o.metric for o in config.objectives)
@@ -88,15 +78,8 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
 
     t0 = time.time()
     say(f"verify: test-split accuracy of the checkpoint (torch) and of {len(files)} ONNX variant(s) (onnxruntime)")
-    student = card["student"]
-    torch_scores = _torch_scores(out, student, cache)
-    variants: dict[str, dict[str, Any]] = {}
-    for name, towers in files.items():
-        scores = _onnx_scores(towers, student, cache)
-        variants[name] = {"precision": "fp32" if name == "fp32" else "int8",
-                          "quantization": None if name == "fp32" else name,
-                          "files": {t: p.name for t, p in towers.items()},
-                          "test": scores, metric: scores.get(metric)}
+    torch_scores = _torch_scores(out, card["student"], cache)
+    variants = {name: _scored_variant(name, towers, card["student"], cache, metric) for name, towers in files.items()}
     seconds["accuracy"] = time.time() - t0
 
     t0 = time.time()
@@ -104,9 +87,8 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
         f"({settings.latency_rounds} round(s) of {target.runs} runs over {target.sessions} session(s))")
     timings, device = _time_files(files, target, settings.latency_rounds)
     for name, towers in timings.items():
-        variants[name]["latency"] = towers
-        variants[name].update(_total(towers, target))
-        variants[name]["time_vs_fp32"] = paired_ratio(towers, timings["fp32"], target)
+        variants[name].update(latency=towers, **_total(towers, target),
+                              time_vs_fp32=paired_ratio(towers, timings["fp32"], target))
     seconds["latency"] = time.time() - t0
 
     int8 = representative_int8(variants, metric, settings.int8_tolerance)
@@ -137,6 +119,31 @@ def verify_export(export_dir: str | Path, config: ExperimentConfig, target: Targ
     write_atomic(out / "model_card.json", json.dumps(card, indent=1, default=str) + "\n")
     write_readme(out)
     return result
+
+
+def _files_to_time(out: Path, card: dict[str, Any], target: Target) -> dict[str, Path]:
+    """The export's fp32 ONNX towers, once the target is shown able to time each one it counts."""
+    from .cost.latency import backend_class, check_target_usable
+
+    if not backend_class(target.backend).needs_onnx:
+        raise ConfigError(f"target {target.name!r} times torch modules ({target.backend}); verify measures the "
+                          "exported ONNX files: choose a target whose backend times them", key="--target")
+    problem = check_target_usable(target)
+    if problem:
+        raise ConfigError(problem, key="--target")
+    fp32 = _fp32_files(out, card)
+    missing = [t for t in target.towers if t not in fp32]
+    if missing:
+        raise ConfigError(f"target {target.name!r} counts tower(s) {missing}, but {out} exports only {sorted(fp32)}")
+    return fp32
+
+
+def _scored_variant(name: str, towers: dict[str, Path], student: dict[str, Any], cache: Any,
+                    metric: str) -> dict[str, Any]:
+    """One variant's files and its test-split scores under onnxruntime."""
+    scores = _onnx_scores(towers, student, cache)
+    return {"precision": "fp32" if name == "fp32" else "int8", "quantization": None if name == "fp32" else name,
+            "files": {t: p.name for t, p in towers.items()}, "test": scores, metric: scores.get(metric)}
 
 
 def read_card(export_dir: Path) -> dict[str, Any]:
