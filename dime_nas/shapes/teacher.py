@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import compact_vocab
@@ -210,8 +211,6 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
             and the accuracies under ``"dime_nas_teacher"``).
         progress: show a tqdm bar and print the report at the end.
     """
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
     tokenizer = _tokenizer(cfg)
     images, texts = training_pool(cfg)
@@ -220,50 +219,14 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
-    model.train()
-    # Train only the token rows the captions use (exact, and far cheaper than 49,408 rows).
-    compact_vocab.compact(model, torch.unique(tokens))
-    torch.nn.init.normal_(model.token_embedding.weight, std=TOKEN_INIT_STD)  # the used rows only
-    optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
-                                  fused=True)
-    warmup = max(1, round(WARMUP_FRACTION * cfg.steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.steps))
-    order = np.random.default_rng([cfg.seed, 505])
-    batches = group_batches(len(images) // GROUP_SIZE, cfg.batch_size // GROUP_SIZE, order)
-    labels = torch.arange(cfg.batch_size)
-    losses: list[float] = []
-
     t_train = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="shapes teacher", unit="step", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
-        epoch, idx = next(batches)  # each epoch takes the next caption of each image
-        x = _to_input(images[idx])
-        t = tokens[torch.from_numpy(idx), epoch % CAPTIONS_PER_IMAGE]
-        img, txt, scale = model(x, t)  # normalised features and exp(logit_scale)
-        logits = scale * img @ txt.T
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    bar.close()
+    losses = _fit(model, cfg, images, tokens, progress)
     train_seconds = time.perf_counter() - t_train
-    compact_vocab.expand(model)
-    model.eval()
 
     t_eval = time.perf_counter()
-    accuracy = {}
-    for shift in (None, *SHIFTS):
-        tasks = eval_suite(EVAL_SEED, EVAL_PER_CLASS, cfg.image_size, shift)
-        accuracy.update(zero_shot_accuracy(model, tokenizer, tasks))
-    plain = [a for k, a in accuracy.items() if "-" not in k]
-    shifted = {s: float(np.mean([a for k, a in accuracy.items() if k.endswith(f"-{s}")])) for s in SHIFTS}
+    accuracy, plain, shifted = _zero_shot_report(model, tokenizer, cfg)
     eval_seconds = time.perf_counter() - t_eval
-    report = TeacherReport(accuracy=accuracy, mean_accuracy=float(np.mean(plain)), shifted_accuracy=shifted,
+    report = TeacherReport(accuracy=accuracy, mean_accuracy=plain, shifted_accuracy=shifted,
                            seconds=0.0, train_seconds=train_seconds, render_seconds=render_seconds,
                            eval_seconds=eval_seconds, save_seconds=0.0,
                            steps_per_second=cfg.steps / max(train_seconds, 1e-9),
@@ -280,6 +243,58 @@ def train_shapes_teacher(cfg: ShapesTeacherConfig, out_dir: str | Path, *, progr
     if progress:
         print(report.format())
     return report
+
+
+def _fit(model: nn.Module, cfg: ShapesTeacherConfig, images: np.ndarray, tokens: torch.Tensor,
+         progress: bool) -> list[float]:
+    """CLIP's contrastive training of ``model`` on the pool (each epoch the next caption of each
+    image); returns the loss per step. The model comes back in eval mode with its full vocabulary."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    # Train only the token rows the captions use (exact, and far cheaper than 49,408 rows).
+    compact_vocab.compact(model, torch.unique(tokens))
+    torch.nn.init.normal_(model.token_embedding.weight, std=TOKEN_INIT_STD)  # the used rows only
+    optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+                                  fused=True)
+    warmup = max(1, round(WARMUP_FRACTION * cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.steps))
+    order = np.random.default_rng([cfg.seed, 505])
+    batches = group_batches(len(images) // GROUP_SIZE, cfg.batch_size // GROUP_SIZE, order)
+    labels = torch.arange(cfg.batch_size)
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc="shapes teacher", unit="step", disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+        epoch, idx = next(batches)
+        x = _to_input(images[idx])
+        t = tokens[torch.from_numpy(idx), epoch % CAPTIONS_PER_IMAGE]
+        img, txt, scale = model(x, t)  # normalised features and exp(logit_scale)
+        logits = scale * img @ txt.T
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
+    compact_vocab.expand(model)
+    model.eval()
+    return losses
+
+
+def _zero_shot_report(model: nn.Module, tokenizer: Any, cfg: ShapesTeacherConfig
+                      ) -> tuple[dict[str, float], float, dict[str, float]]:
+    """Zero-shot accuracy per task and shift, the mean over the unshifted tasks, and the mean per shift."""
+    accuracy = {}
+    for shift in (None, *SHIFTS):
+        tasks = eval_suite(EVAL_SEED, EVAL_PER_CLASS, cfg.image_size, shift)
+        accuracy.update(zero_shot_accuracy(model, tokenizer, tasks))
+    plain = float(np.mean([a for k, a in accuracy.items() if "-" not in k]))
+    shifted = {s: float(np.mean([a for k, a in accuracy.items() if k.endswith(f"-{s}")])) for s in SHIFTS}
+    return accuracy, plain, shifted
 
 
 @torch.no_grad()
