@@ -283,19 +283,45 @@ def test_measure_target_sums_counted_towers(towers, tmp_path):
     target = _quick("local-cpu-both")
     result = measure_target(towers, target, tmp_path)
     assert set(result["towers"]) == {"image", "text"}
-    medians = [r["latency"]["median_ms"] for r in result["towers"].values()]
-    assert result["total_median_ms"] == pytest.approx(sum(medians))
+    for stat in ("median", "p10", "p90"):  # each total is the sum over the towers counted
+        assert result[f"total_{stat}_ms"] == pytest.approx(sum(r["latency"][f"{stat}_ms"]
+                                                               for r in result["towers"].values()))
     assert (tmp_path / "image.onnx").is_file() and (tmp_path / "text.onnx").is_file()
-    assert result["target"]["name"] == "local-cpu-both" and "median" in result["convention"]
+    assert all(r["export"]["path"].endswith(f"{name}.onnx") for name, r in result["towers"].items())
+    assert result["target"]["name"] == "local-cpu-both"
+    assert result["convention"].endswith("total = sum of tower medians")
     image_only = measure_target(towers, _quick("local-cpu"), tmp_path / "b")
     assert set(image_only["towers"]) == {"image"}
 
 
 def test_measure_target_torch_backend_skips_export(towers, tmp_path):
-    result = measure_target(towers, _quick("local-torch"), tmp_path)
-    assert result["towers"]["image"]["export"] is None
-    assert result["towers"]["image"]["latency"]["backend"] == "torch"
+    result = measure_target(towers, _quick("local-torch", towers=("image", "text")), tmp_path)
+    assert set(result["towers"]) == {"image", "text"}  # every tower counted is timed, not only the first
+    for tower in result["towers"].values():
+        assert tower["export"] is None and tower["latency"]["backend"] == "torch"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_kept_export_is_timed_again_not_exported_again(towers, tmp_path, monkeypatch):
+    from dime_nas.cost import onnx_export
+
+    kept: dict = {}
+    first = measure_target(towers, _quick("local-cpu"), tmp_path, kept)
+    assert set(kept) == {"image"}
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a kept export was exported again")
+
+    monkeypatch.setattr(onnx_export, "export_tower", no_export)
+    again = measure_target(towers, _quick("local-cpu"), tmp_path, kept)
+    assert again["towers"]["image"]["export"] == first["towers"]["image"]["export"]
+
+
+def test_an_unknown_backend_lists_the_known_ones():
+    from dime_nas.cost.latency import backend_class
+
+    with pytest.raises(ConfigError, match=f"backend must be one of {', '.join(LATENCY_BACKENDS)}, got 'onnx'"):
+        backend_class("onnx")
 
 
 def test_measure_target_errors(tmp_path, monkeypatch):
