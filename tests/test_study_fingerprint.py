@@ -250,6 +250,47 @@ def test_a_study_recorded_before_the_decision_rules_were_fingerprinted_continues
     assert _refused_key(config, _context(config), url, tmp_path) == "decisions.near_budget_rounds"
 
 
+def test_the_text_tower_step_scale_counts_only_where_a_student_trains_its_text_tower(tmp_path, tiny_teacher_dir):
+    """With the teacher's text tower for every student the scale changes no trial: a study continues
+    when only the scale was edited (and records it at 1.0); with a student text tower it is refused."""
+    path = _experiment(tmp_path, tiny_teacher_dir)
+    (tmp_path / "space.yaml").write_text(SPACE.replace("kind: [teacher, transformer]", "kind: [teacher]"))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    config = load_experiment(path)
+    assert experiment_fingerprint(config, _context(config))["distill"]["text_tower_step_scale"] == 1.0
+    _join(config, _context(config), url, tmp_path)
+    path.write_text(_with_top_level(path.read_text(), "distill: {text_tower_step_scale: 3.0}"))
+    config = load_experiment(path)
+    assert experiment_fingerprint(config, _context(config))["distill"]["text_tower_step_scale"] == 1.0
+    _join(config, _context(config), url, tmp_path)  # continues
+    (tmp_path / "space.yaml").write_text(SPACE)
+    second = f"sqlite:///{tmp_path / 'second.db'}"
+    _join(load_experiment(path), _context(load_experiment(path)), second, tmp_path)
+    path.write_text(path.read_text().replace("text_tower_step_scale: 3.0", "text_tower_step_scale: 1.0"))
+    config = load_experiment(path)
+    assert _refused_key(config, _context(config), second, tmp_path) == "distill.text_tower_step_scale"
+
+
+def test_the_supernet_recipe_counts_only_in_a_supernet_search(recorded, tmp_path):
+    """A short-distill study ignores the supernet section; a supernet study records it whole
+    and refuses an edited recipe, and either refuses the other evaluator."""
+    path, url = recorded
+    path.write_text(_with_top_level(path.read_text(), "supernet: {steps: 7}"))
+    config = load_experiment(path)
+    assert experiment_fingerprint(config, _context(config))["evaluator"] == {"name": "short_distill"}
+    _join(config, _context(config), url, tmp_path)  # continues: no trial reads the supernet
+    path.write_text(_with_top_level(path.read_text(), "search: {evaluator: supernet}"))
+    config = load_experiment(path)
+    evaluator = experiment_fingerprint(config, _context(config))["evaluator"]
+    assert evaluator["name"] == "supernet" and evaluator["supernet"]["steps"] == 7
+    assert _refused_key(config, _context(config), url, tmp_path) == "evaluator.name"
+    supernet_url = f"sqlite:///{tmp_path / 'supernet.db'}"
+    _join(config, _context(config), supernet_url, tmp_path)
+    path.write_text(path.read_text().replace("steps: 7", "steps: 8"))
+    config = load_experiment(path)
+    assert _refused_key(config, _context(config), supernet_url, tmp_path) == "evaluator.supernet.steps"
+
+
 def _with_top_level(text: str, line: str) -> str:
     """The experiment text with one top-level key set (merged into an existing flow mapping of that key)."""
     key, _, value = line.partition(": ")
