@@ -402,3 +402,26 @@ def test_the_pruner_compares_the_same_evaluation_of_each_trial(tmp_path, tiny_te
     reported = {t.user_attrs["config"]["text"]["kind"]: list(t.intermediate_values) for t in _evaluated(outcome.study)}
     # the plain trial evaluates at steps 5, 10, 15; the text-tower one (40 steps) at 12, 24, 36
     assert reported == {"teacher": [5, 10, 15], "transformer": [5, 10, 15]}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_silent_trial_is_failed_after_the_experiments_grace_and_run_again_as_often_as_it_allows(
+        tmp_path, tiny_teacher_dir, postgres_url):
+    """join_study opens a shared study with the experiment's heartbeat, grace and retries: a running trial
+    whose worker stops beating is failed once the grace has passed (not at Optuna's 3 beats) and
+    queued again, and the copy that falls silent too is not queued a second time (retries: 1)."""
+    from dime_nas.search.objective import TrialContext
+    from dime_nas.search.study import join_study
+
+    path = write_experiment(tmp_path, tiny_teacher_dir, extra="")
+    path.write_text(path.read_text().replace("search: {", "search: {heartbeat_s: 1, grace_s: 2, retries: 1, "))
+    config = load_experiment(path)
+    ctx = TrialContext.for_experiment(config, None, None, progress=False)
+    study, storage = join_study(config, ctx, postgres_url, run=RunDir.of(config, tmp_path / "run"))
+    for _ in range(2):
+        trial = study.ask()  # a worker starts a trial (the second time, the queued copy), beats once, falls silent
+        storage.record_heartbeat(trial._trial_id)
+        time.sleep(2.6)  # past the 2 s grace, inside 3 beats of 1 s
+        optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL], states
