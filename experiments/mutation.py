@@ -55,7 +55,14 @@ class Module:
 
 MODULES: dict[str, Module] = {
     "fingerprint": Module(
-        "dime_nas/search/study.py", ["tests/test_study_fingerprint.py"],
+        "dime_nas/search/study.py",
+        ["tests/test_study_fingerprint.py",  # and the tests of join_study's other jobs: storage, sampler, pruner, --force
+         "tests/test_search.py::test_a_rerun_with_different_settings_is_refused_naming_the_key_unless_forced",
+         "tests/test_search.py::test_a_continued_random_search_proposes_new_architectures",
+         "tests/test_search.py::test_single_objective_study_prunes_on_the_intermediate_accuracy",
+         "tests/test_search.py::test_a_silent_trial_is_failed_after_the_experiments_grace_and_run_again_as_often_as_it_allows",
+         "tests/test_search.py::test_workers_sharing_a_study_draw_their_own_students_and_a_lone_search_repeats_itself",
+         "tests/test_report.py::test_a_study_made_by_join_study_carries_what_its_report_reads"],
         ["x_teacher_identity", "x_experiment_fingerprint", "x_with_added_settings", "x_first_difference",
          "x__lookup", "x_join_study"],
         "the study fingerprint: a continued study of other settings is refused"),

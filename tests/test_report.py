@@ -116,3 +116,25 @@ def test_hypervolume_reference_is_fixed_by_the_experiment_not_by_the_trials(stud
     assert write_report(study, tmp_path / "run")["hypervolume"]["reference"] == [0.0, 0.3]
     study.set_user_attr("hv_reference", {"latency_ms": 1.0})
     assert write_report(study, tmp_path / "run")["hypervolume"]["reference"] == [0.0, 1.0]
+
+
+def test_a_study_made_by_join_study_carries_what_its_report_reads(tmp_path, tiny_teacher_dir):
+    """The objectives, budgets, target, hypervolume reference and space of the experiment reach the
+    report of the study that join_study created (the report reads them from the study alone)."""
+    from conftest import write_experiment
+    from dime_nas.config import load_experiment
+    from dime_nas.run_dir import RunDir
+    from dime_nas.search.objective import TrialContext
+    from dime_nas.search.study import join_study
+
+    path = write_experiment(tmp_path, tiny_teacher_dir, budgets=["latency_ms <= 0.3"])
+    path.write_text(path.read_text().replace("search: {", "search: {hv_reference: {latency_ms: 1.0}, "))
+    config = load_experiment(path)
+    ctx = TrialContext.for_experiment(config, None, None, progress=False)
+    study, _ = join_study(config, ctx, f"sqlite:///{tmp_path / 'study.db'}", run=RunDir.of(config, tmp_path / "run"))
+    _add(study, "a", "ok", 0.10, 0.60)
+    summary = write_report(study, tmp_path / "run")
+    assert summary["objectives"] == ["accuracy", "latency_ms"] and summary["budgets"] == ["latency_ms <= 0.3"]
+    assert summary["target"]["name"] == "fast-cpu"
+    assert summary["hypervolume"]["reference"] == [0.0, 1.0]  # the experiment's, not the budget's 0.3
+    assert "search space: `space (space.yaml)`" in (tmp_path / "run" / "report.md").read_text()

@@ -425,3 +425,24 @@ def test_a_silent_trial_is_failed_after_the_experiments_grace_and_run_again_as_o
         optuna.storages.fail_stale_trials(study)
     states = [t.state for t in study.get_trials()]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL], states
+
+
+@pytest.mark.parametrize("local_workers, differ", [(1, False), (2, True)])
+def test_workers_sharing_a_study_draw_their_own_students_and_a_lone_search_repeats_itself(
+        tmp_path, tiny_teacher_dir, monkeypatch, local_workers, differ):
+    """join_study seeds a shared study's sampler per worker (host and process), or workers would all
+    propose the same students; a study of one worker keeps the experiment's seed, so it repeats."""
+    from dime_nas.search import study as study_module
+    from dime_nas.search.objective import TrialContext
+
+    path = write_experiment(tmp_path, tiny_teacher_dir)
+    path.write_text(path.read_text().replace("search: {", f"search: {{local_workers: {local_workers}, "))
+    config = load_experiment(path)
+    ctx = TrialContext.for_experiment(config, None, None, progress=False)
+    proposals = []
+    for pid in (101, 202):  # two workers: another process each
+        monkeypatch.setattr(study_module.os, "getpid", lambda pid=pid: pid)
+        study, _ = study_module.join_study(config, ctx, f"sqlite:///{tmp_path / f'{pid}.db'}",
+                                           run=RunDir.of(config, tmp_path / f"run{pid}"))
+        proposals.append([ctx.space.suggest(study.ask()).arch_key for _ in range(6)])
+    assert (proposals[0] != proposals[1]) == differ, proposals

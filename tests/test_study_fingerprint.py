@@ -61,7 +61,9 @@ def _join(config, ctx, url, tmp_path):
 
 
 def _refused_key(config, ctx, url, tmp_path) -> str:
-    with pytest.raises(ConfigError, match="trials of different settings must not mix") as info:
+    with pytest.raises(ConfigError, match=r": trials of different settings must not mix\. Use another --out or "
+                                          r"--storage, or --force to start a new study \(the old one is kept in the "
+                                          r"run directory\)$") as info:
         _join(config, ctx, url, tmp_path)
     return info.value.key
 
@@ -299,3 +301,18 @@ def _with_top_level(text: str, line: str) -> str:
             return text.replace(existing, existing.rstrip("}").rstrip() + ", " + value.strip("{} ") + "}")
     return text + line + "\n"
 
+
+
+def test_a_study_of_other_directions_is_refused_naming_the_objectives(tmp_path, tiny_teacher_dir):
+    """A study of the experiment's name made elsewhere (no fingerprint) that optimises in other
+    directions cannot take this experiment's trials."""
+    import optuna
+
+    path = _experiment(tmp_path, tiny_teacher_dir)
+    config = load_experiment(path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name=config.name, storage=url, directions=["minimize", "minimize"])
+    with pytest.raises(ConfigError, match=r"has directions \['minimize', 'minimize'\], this experiment asks for "
+                                          r"\['maximize', 'minimize'\]: use another --out or --storage") as info:
+        _join(config, _context(config), url, tmp_path)
+    assert info.value.key == "objectives"
