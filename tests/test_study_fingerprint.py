@@ -202,7 +202,8 @@ def test_config_settings_reach_the_fingerprint(recorded, tmp_path):
 def test_settings_that_leave_trials_unchanged_continue_the_study(recorded, tmp_path):
     path, url = recorded
     config = load_experiment(path)
-    config.teacher.batch_size, config.teacher.device = 7, "cuda:3"  # where and in what batches the teacher runs
+    # where, in what batches and from which download folder the teacher runs
+    config.teacher.batch_size, config.teacher.device, config.teacher.cache_dir = 7, "cuda:3", "/elsewhere"
     config.search.trials, config.full_distill.steps = 99, 123  # how many trials, the final run
     _join(config, _context(config), url, tmp_path)
 
