@@ -200,9 +200,10 @@ def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, run: Ru
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = config.search
     storage = open_storage(url, heartbeat_s=s.heartbeat_s, grace_s=s.grace_s, retries=s.retries)
-    study = optuna.create_study(study_name=config.name, storage=storage, directions=directions,
-                                sampler=make_sampler(config, len(directions)), load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    # the sampler is set at the end, seeded for this worker and the study's size
+    study = optuna.create_study(study_name=config.name, storage=storage, directions=directions, load_if_exists=True,
+                                pruner=pruner)
     fingerprint = experiment_fingerprint(config, ctx)
     recorded = study.user_attrs.get("fingerprint")
     if recorded is not None:
@@ -215,8 +216,7 @@ def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, run: Ru
                               "trials of different settings must not mix. Use another --out or --storage, or "
                               "--force to start a new study (the old one is kept in the run directory)", key=key)
         _restart_study(study, url, run, directions, config)
-        study = optuna.load_study(study_name=config.name, storage=storage, sampler=make_sampler(config, len(directions)),
-                                  pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+        study = optuna.load_study(study_name=config.name, storage=storage, pruner=pruner)
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"the study {config.name!r} in {mask_url(url)} has directions "
                           f"{[d.name.lower() for d in study.directions]}, this experiment asks for {directions}: "
