@@ -409,22 +409,23 @@ def test_a_silent_trial_is_failed_after_the_experiments_grace_and_run_again_as_o
         tmp_path, tiny_teacher_dir, postgres_url):
     """join_study opens a shared study with the experiment's heartbeat, grace and retries: a running trial
     whose worker stops beating is failed once the grace has passed (not at Optuna's 3 beats) and
-    queued again, and the copy that falls silent too is not queued a second time (retries: 1)."""
+    queued again, twice (retries: 2, not the default 1), and not a third time."""
     from dime_nas.search.objective import TrialContext
     from dime_nas.search.study import join_study
 
     path = write_experiment(tmp_path, tiny_teacher_dir, extra="")
-    path.write_text(path.read_text().replace("search: {", "search: {heartbeat_s: 1, grace_s: 2, retries: 1, "))
+    path.write_text(path.read_text().replace("search: {", "search: {heartbeat_s: 1, grace_s: 2, retries: 2, "))
     config = load_experiment(path)
     ctx = TrialContext.for_experiment(config, None, None, progress=False)
     study, storage = join_study(config, ctx, postgres_url, run=RunDir.of(config, tmp_path / "run"))
-    for _ in range(2):
-        trial = study.ask()  # a worker starts a trial (the second time, the queued copy), beats once, falls silent
+    for _ in range(3):
+        trial = study.ask()  # a worker starts a trial (then each queued copy), beats once, falls silent
         storage.record_heartbeat(trial._trial_id)
         time.sleep(2.6)  # past the 2 s grace, inside 3 beats of 1 s
         optuna.storages.fail_stale_trials(study)
-    states = [t.state for t in study.get_trials()]
-    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL], states
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3  # no fourth copy waits
+    assert [t.system_attrs.get("failed_trial") for t in trials] == [None, 0, 0]  # both copies run trial 0 again
 
 
 @pytest.mark.parametrize("local_workers, differ", [(1, False), (2, True)])
