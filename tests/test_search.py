@@ -447,3 +447,23 @@ def test_workers_sharing_a_study_draw_their_own_students_and_a_lone_search_repea
                                            run=RunDir.of(config, tmp_path / f"run{pid}"))
         proposals.append([ctx.space.suggest(study.ask()).arch_key for _ in range(6)])
     assert (proposals[0] != proposals[1]) == differ, proposals
+
+
+def test_a_claimed_architecture_takes_the_teachers_embedding_width_and_is_recorded_whole(tmp_path, tiny_teacher_dir):
+    """claim_architecture suggests the student at the feature cache's embedding width (whatever the
+    space file says) and records its architecture key, config and description on the trial, where
+    other workers' reuse check and the report read them."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from dime_nas.search.objective import TrialContext, claim_architecture
+
+    config = load_experiment(write_experiment(tmp_path, tiny_teacher_dir))
+    ctx = dataclasses.replace(TrialContext.for_experiment(config, None, None, progress=False),
+                              cache=SimpleNamespace(embed_dim=48))  # the space file says 64
+    study = optuna.create_study(directions=[o.direction for o in config.objectives])
+    claimed = claim_architecture(study.ask(), ctx)
+    assert claimed.embed_dim == 48
+    recorded = TrialRecord.from_trial(study.get_trials()[0])
+    assert recorded.arch_key == claimed.arch_key and recorded.config == claimed.to_dict()
+    assert recorded.describe == claimed.describe()

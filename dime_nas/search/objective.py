@@ -68,14 +68,9 @@ def claim_architecture(trial: optuna.Trial, ctx: TrialContext) -> StudentConfig:
     return config
 
 
-def run_trial(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig | None = None
-              ) -> float | tuple[float, ...]:
-    """The Optuna objective. Raises TrialPruned, or any error (the study records it).
-
-    ``config``: the architecture already claimed by :func:`claim_architecture`, else claimed here.
-    """
-    if config is None:
-        config = claim_architecture(trial, ctx)
+def run_trial(trial: optuna.Trial, ctx: TrialContext, config: StudentConfig) -> float | tuple[float, ...]:
+    """The Optuna objective, for the architecture ``config`` that :func:`claim_architecture` claimed
+    for ``trial``. Raises TrialPruned, or any error (the study records it)."""
     previous = _find_previous(trial, config.arch_key, fail_stale=ctx.fail_stale)
     if previous is not None:
         return _reuse(trial, previous)

@@ -25,7 +25,7 @@ import common
 def search_split(config, cache, text_cfg, trials: int, steps: int) -> dict:
     import optuna
 
-    from dime_nas.search.objective import TrialContext, run_trial
+    from dime_nas.search.objective import TrialContext, claim_architecture, run_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config.distill = common.settings(config.distill, steps=steps, warmup_steps=max(1, steps // 10))
@@ -38,7 +38,7 @@ def search_split(config, cache, text_cfg, trials: int, steps: int) -> dict:
             break
         trial = study.ask()
         t0 = time.time()
-        values = run_trial(trial, ctx)
+        values = run_trial(trial, ctx, claim_architecture(trial, ctx))
         wall = time.time() - t0
         study.tell(trial, values)
         if trial.user_attrs.get("reused_from") is not None:  # a repeat: its timings are the original's
