@@ -467,3 +467,40 @@ def test_a_claimed_architecture_takes_the_teachers_embedding_width_and_is_record
     recorded = TrialRecord.from_trial(study.get_trials()[0])
     assert recorded.arch_key == claimed.arch_key and recorded.config == claimed.to_dict()
     assert recorded.describe == claimed.describe()
+
+
+def test_a_trial_waiting_for_its_running_twin_looks_for_dead_workers_meanwhile(tmp_path, tiny_teacher_dir,
+                                                                               monkeypatch):
+    """A trial whose architecture an earlier, still running trial holds waits for it rather than train
+    it twice, and while it waits it runs the study's check for dead workers (``fail_stale``), or a
+    twin whose worker was killed would be waited for for ever. Here the twin finishes meanwhile."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from dime_nas.search import objective, record
+    from dime_nas.search.objective import TrialContext, claim_architecture, run_trial
+
+    waits = []
+
+    def sleep(seconds):  # a wait that never ends fails the test instead of hanging it
+        waits.append(seconds)
+        assert len(waits) < 5, "waited for the twin without ever looking for dead workers"
+
+    monkeypatch.setattr(objective, "time", SimpleNamespace(time=time.time, sleep=sleep))
+
+    config = load_experiment(write_experiment(tmp_path, tiny_teacher_dir))
+    study = optuna.create_study(directions=[o.direction for o in config.objectives])
+    checks = []
+
+    def fail_stale(s):  # the study loop's check; meanwhile the twin's worker finishes it
+        checks.append(s)
+        s.tell(first, [0.5, 1.0])
+
+    ctx = dataclasses.replace(TrialContext.for_experiment(config, None, None, progress=False),
+                              cache=SimpleNamespace(embed_dim=64), fail_stale=fail_stale)
+    first = study.ask()
+    claimed = claim_architecture(first, ctx)
+    second = study.ask()
+    record.write(second, arch_key=claimed.arch_key, config=claimed.to_dict(), describe=claimed.describe())
+    assert run_trial(second, ctx, claimed) == (0.5, 1.0)  # the twin's result, nothing trained
+    assert checks == [study] and ctx.train_steps_run == 0
