@@ -504,3 +504,24 @@ def test_a_trial_waiting_for_its_running_twin_looks_for_dead_workers_meanwhile(t
     record.write(second, arch_key=claimed.arch_key, config=claimed.to_dict(), describe=claimed.describe())
     assert run_trial(second, ctx, claimed) == (0.5, 1.0)  # the twin's result, nothing trained
     assert checks == [study] and ctx.train_steps_run == 0
+
+
+@pytest.mark.parametrize("ended", [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED])
+def test_a_twin_that_failed_or_was_pruned_is_not_waited_for(ended, monkeypatch):
+    """Only a running or finished earlier trial of the same architecture counts: one that failed or was
+    pruned never finishes, and waiting for it would stall the trial for ever."""
+    from types import SimpleNamespace
+
+    from dime_nas.search import objective, record
+
+    def sleep(seconds):
+        raise AssertionError(f"waited for a twin that had {ended.name}")
+
+    monkeypatch.setattr(objective, "time", SimpleNamespace(time=time.time, sleep=sleep))
+    study = optuna.create_study()
+    twin = study.ask()
+    record.write(twin, arch_key="k1")
+    study.tell(twin, state=ended)
+    later = study.ask()
+    record.write(later, arch_key="k1")
+    assert objective._find_previous(later, "k1") is None
