@@ -107,6 +107,7 @@ def serve(token_file: str | Path, host: str = "127.0.0.1", port: int = 8765, sto
     print(f"dime-nas agent on http://{host}:{port} (store {Path(store).expanduser()}; models up to {max_model_mb:g} MB, "
           f"{max_uploads} upload(s) at a time, {upload_timeout_s:g} s each; one measurement at a time, "
           f"{queue_limit} waiting, {timeout_s:g} s and {memory_mb:g} MB each; onnxruntime telemetry off)", flush=True)
+
     async def asgi(scope: dict, receive: Any, send: Any) -> None:
         # uvicorn calls the app once with no arguments to detect a factory: a plain function
         # refuses that call, where an app object whose __call__ takes any arguments would not
