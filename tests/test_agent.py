@@ -271,3 +271,29 @@ def test_agent_binds_to_loopback_by_default():
     from dime_nas.cli import _parser
 
     assert _parser().parse_args(["agent", "--token-file", "t"]).host == "127.0.0.1"
+
+
+def test_a_websocket_is_closed_with_policy_violation_before_any_app_code_runs():
+    """The API has no WebSocket route; a connection attempt (even with the right token) is closed
+    with 1008 (policy violation) by the token gate, and the app behind it never sees it."""
+    import asyncio
+
+    from dime_nas.agent.app import _TokenGate
+
+    reached, sent = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["type"])
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    gate = _TokenGate(app, "tok")
+    scope = {"type": "websocket", "headers": [(b"authorization", b"Bearer tok")]}
+    asyncio.run(gate(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}] and reached == []
+    asyncio.run(gate({"type": "http", "headers": [(b"authorization", b"Bearer tok")]}, receive, send))
+    assert reached == ["http"]  # the right token over HTTP does reach the app
