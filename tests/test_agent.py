@@ -297,3 +297,15 @@ def test_a_websocket_is_closed_with_policy_violation_before_any_app_code_runs():
     assert sent == [{"type": "websocket.close", "code": 1008}] and reached == []
     asyncio.run(gate({"type": "http", "headers": [(b"authorization", b"Bearer tok")]}, receive, send))
     assert reached == ["http"]  # the right token over HTTP does reach the app
+
+
+@pytest.mark.parametrize("field", ["max_model_bytes", "max_memory_bytes", "timeout_s", "upload_timeout_s",
+                                   "max_uploads", "queue_limit"])
+def test_each_agent_limit_is_checked_at_its_edge(field):
+    """Every limit must be positive (1 is allowed, 0 refused); the queue may be empty (0), not negative."""
+    from dime_nas.agent.app import AgentLimits
+
+    lowest = 0 if field == "queue_limit" else 1
+    assert getattr(AgentLimits(**{field: lowest}), field) == lowest
+    with pytest.raises(ValueError, match="agent limits must be positive"):
+        AgentLimits(**{field: lowest - 1})
