@@ -378,21 +378,12 @@ def list_targets(extra_file: str | Path | None = None, *, ask_agents: bool = Tru
 def sample_space(space: str | Path, *, count: int = 0, grid: bool = False, seed: int = 0) -> tuple[Any, list[Any]]:
     """A search space (a shipped name or a YAML file) and students from it: its whole grid, or
     ``count`` drawn at random (seeded) as a search's random sampler draws them."""
-    import optuna
+    import itertools
 
     from .space import SearchSpace, resolve_space_path
 
     loaded = SearchSpace.load(resolve_space_path(str(space)))
-    if grid:
-        return loaded, loaded.grid()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    configs = []
-    for _ in range(count):
-        trial = study.ask()
-        configs.append(loaded.suggest(trial))
-        study.tell(trial, 0.0)
-    return loaded, configs
+    return loaded, loaded.grid() if grid else list(itertools.islice(loaded.draws(seed), count))
 
 
 def train_demo_teacher(experiment: str | Path | ExperimentConfig | None = None, *, progress: bool = True) -> Path:

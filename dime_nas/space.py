@@ -368,6 +368,19 @@ class SearchSpace:
         """Sample one valid StudentConfig through an Optuna trial (any sampler)."""
         return self._sample(trial, embed_dim)[0]
 
+    def draws(self, seed: int, embed_dim: int | None = None) -> Iterator[StudentConfig]:
+        """Students without end, as a search's random sampler draws them (Optuna's RandomSampler
+        seeded with ``seed``): the same seed gives the same students in the same order."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        while True:
+            trial = study.ask()
+            student = self.suggest(trial, embed_dim=embed_dim)
+            study.tell(trial, 0.0)
+            yield student
+
     def sample(self, rng: Any, embed_dim: int | None = None) -> StudentConfig:
         """One valid StudentConfig drawn by the space's own distribution (what Optuna's random
         sampler draws: each branch and each dimension uniform among its allowed values), from a

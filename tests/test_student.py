@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
@@ -17,14 +18,7 @@ SPACES = ["tiny", "edge", "dime-fm-b32"]
 
 
 def _samples(space: str, n: int, seed: int = 0) -> list[StudentConfig]:
-    s = SearchSpace.load(resolve_space_path(space))
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        out.append(s.suggest(trial))
-        study.tell(trial, 0.0)
-    return out
+    return list(itertools.islice(SearchSpace.load(resolve_space_path(space)).draws(seed), n))
 
 
 def _shuffled(d):

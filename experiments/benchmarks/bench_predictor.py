@@ -74,22 +74,15 @@ def agent_on_loopback(root: Path):
 
 
 def sample_configs(n: int, seed: int):
-    import optuna
-
     from dime_nas.space import SearchSpace, resolve_space_path
 
-    space = SearchSpace.load(resolve_space_path("edge"))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     configs, seen = [], set()
-    while len(configs) < n:
-        trial = study.ask()
-        config = space.suggest(trial)
-        study.tell(trial, 0.0)
+    for config in SearchSpace.load(resolve_space_path("edge")).draws(seed):
+        if len(configs) == n:
+            return configs
         if config.arch_key not in seen:
             seen.add(config.arch_key)
             configs.append(config)
-    return configs
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ with its seed, space and quotas in the header, so the same command redraws it ex
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -91,17 +92,10 @@ def draw(space, quotas: dict[str, int], seed: int, exclude: set[str] = frozenset
     """Students drawn by the space's own random sampling (Optuna RandomSampler, ``seed``), each kept
     while its image family's quota is open, skipping repeats and any whose ``describe()`` is in
     ``exclude``. Returned in the order drawn."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     left, picked, seen = dict(quotas), [], set()
-    for _ in range(max_draws):
+    for student in itertools.islice(space.draws(seed, embed_dim), max_draws):
         if not any(left.values()):
             return picked
-        trial = study.ask()
-        student = space.suggest(trial, embed_dim=embed_dim)
-        study.tell(trial, 0.0)
         family = student.vision.kind
         if left.get(family, 0) > 0 and student.arch_key not in seen and student.describe() not in exclude:
             seen.add(student.arch_key)
