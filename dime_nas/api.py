@@ -422,9 +422,8 @@ def _target(name: str, extra_file: str | Path | None) -> Any:
     """A shipped target, or one from ``extra_file`` (which may redefine a shipped name)."""
     from .cost.targets import get_target, load_targets
 
-    if extra_file and name in load_targets(extra_file):
-        return load_targets(extra_file)[name]
-    return get_target(name)
+    extra = load_targets(extra_file) if extra_file else {}
+    return extra[name] if name in extra else get_target(name)
 
 
 def _run(run_dir: str | Path | RunDir) -> RunDir:
