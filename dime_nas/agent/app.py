@@ -82,7 +82,10 @@ class _Measurements:
     """One measurement at a time in the measuring process; at most ``queue_limit`` waiting behind it."""
 
     def __init__(self, limits: AgentLimits) -> None:
-        self.limits, self.waiting = limits, 0
+        # admitted = the one measuring + those waiting; counted on arrival and departure (the event
+        # loop runs one coroutine at a time), never read from the lock, whose holder is
+        # still on its way out of the queue for a moment after it takes the lock
+        self.limits, self.admitted = limits, 0
         self.turn = asyncio.Lock()
         self.process = ChildProcess("measure", str(limits.max_memory_bytes), name="the measuring process")
 
@@ -92,16 +95,21 @@ class _Measurements:
         Raises:
             ChildFailed: with the HTTP status to answer (see the module docstring).
         """
-        if self.turn.locked() and self.waiting >= self.limits.queue_limit:
-            raise ChildFailed(503, f"busy: {self.waiting} measurement(s) already waiting "
+        if self.admitted > self.limits.queue_limit:
+            raise ChildFailed(503, f"busy: {self.admitted - 1} measurement(s) already waiting "
                                    f"(limit {self.limits.queue_limit})")
-        self.waiting += 1
+        self.admitted += 1
+        try:
+            return await self._when_its_turn_comes(job, client_gone)
+        finally:
+            self.admitted -= 1
+
+    async def _when_its_turn_comes(self, job: dict[str, Any], client_gone: asyncio.Future) -> dict[str, Any]:
         queued = time.monotonic()
         my_turn = asyncio.ensure_future(self.turn.acquire())
         try:
             await asyncio.wait({my_turn, client_gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.waiting -= 1
             if not my_turn.done():
                 my_turn.cancel()  # the client left (or this request was cancelled) before its turn
         if client_gone.done():
