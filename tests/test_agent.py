@@ -2,7 +2,6 @@
 measurement, timeouts, and that it keeps serving after every bad request."""
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import socket
@@ -112,7 +111,8 @@ def test_without_the_right_token_every_request_gets_401_and_does_nothing(agent, 
         assert c.head(f"/v1/models/{sha(data)}").status_code == 401
         r = c.put(f"/v1/models/{sha(data)}", content=data)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert c.post("/v1/measure", json=measure_body(sha(data))).status_code == 401
+        r = c.post("/v1/measure", json=measure_body(sha(data)))
+        assert r.status_code == 401 and r.json() == {"error": "missing or wrong token"}
     with agent.client() as c:  # nothing was stored
         assert c.head(f"/v1/models/{sha(data)}").status_code == 404
     assert not list(agent.store.rglob(f"{sha(data)}*"))
@@ -311,38 +311,3 @@ def test_each_agent_limit_is_checked_at_its_edge(field):
     with pytest.raises(ValueError, match="agent limits must be positive"):
         AgentLimits(**{field: lowest - 1})
 
-
-class _InstantProcess:
-    """Stands in for the measuring process: each run takes a few event-loop turns."""
-
-    async def run(self, job: dict, timeout_s: float, client_gone) -> dict:
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return {"job": job}
-
-
-@pytest.mark.parametrize("turns_before_the_others", range(6))
-def test_the_queue_admits_its_limit_whenever_the_others_arrive(turns_before_the_others):
-    """1 measuring + queue_limit waiting are all admitted, one more is refused, however the
-    arrivals interleave with the first taking its turn (the CI failure: a 503 for the 3rd of 3
-    with queue_limit 2, because the first was still counted as waiting once it held the lock)."""
-    from dime_nas.agent.app import AgentLimits, _Measurements
-    from dime_nas.agent.worker import ChildFailed
-
-    async def scenario() -> list:
-        measurements = _Measurements(AgentLimits(queue_limit=2))
-        measurements.process = _InstantProcess()
-        never_gone = asyncio.get_running_loop().create_future()
-
-        async def ask(i: int):
-            try:
-                return (await measurements.measure({"i": i}, never_gone))["job"]["i"]
-            except ChildFailed as err:
-                return err.status
-        first = asyncio.ensure_future(ask(0))
-        for _ in range(turns_before_the_others):
-            await asyncio.sleep(0)
-        others = [asyncio.ensure_future(ask(i)) for i in (1, 2, 3)]
-        return await asyncio.gather(first, *others)
-
-    assert asyncio.run(scenario()) == [0, 1, 2, 503]

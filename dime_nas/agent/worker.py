@@ -157,7 +157,11 @@ def _die_with_the_agent() -> None:
 
 def main(argv: list[str]) -> int:
     """A child's loop: ``measure MAX_MEMORY_BYTES`` or ``check``; a ready line, then one reply per job."""
-    kind = argv[0]
+    kind = argv[0] if argv else ""
+    if [kind, len(argv)] not in (["measure", 2], ["check", 1]):  # anything else would measure without a cap
+        print(f"usage: python -m dime_nas.agent.worker (measure MAX_MEMORY_BYTES | check); got {argv}",
+              file=sys.stderr)
+        return 2
     if kind == "measure":  # imported now, before the cap: the start-up is not a measurement's
         import numpy  # noqa: F401
         import onnxruntime  # noqa: F401
