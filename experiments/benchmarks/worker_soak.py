@@ -248,6 +248,13 @@ def summarise(runs: list[dict[str, Any]], machine: str) -> tuple[dict[str, Any],
     return data, "\n".join(lines) + "\n"
 
 
+def _finished_runs(scratch: Path) -> list[dict[str, Any]]:
+    """The runs recorded in ``scratch/runs.jsonl``, each tagged with the folder that holds its logs."""
+    done_file = scratch / "runs.jsonl"
+    lines = done_file.read_text().splitlines() if done_file.exists() else []
+    return [{**json.loads(line), "scratch": relative(scratch)} for line in lines if line]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=30, help="runs of each variant (default 30)")
@@ -256,13 +263,19 @@ def main() -> None:
     ap.add_argument("--scratch", default=str(ROOT / "runs" / "worker_soak"),
                     help="where logs, run folders and runs.jsonl (the finished runs) are kept")
     ap.add_argument("--results", default=str(RESULTS / "worker_soak"), help="results path without suffix")
+    ap.add_argument("--from-index", type=int, default=0,
+                    help="run only indices from this one on: a second instance with its own --scratch takes the "
+                         "upper indices, and --merge adds its runs to the summary")
+    ap.add_argument("--merge", nargs="*", default=[], metavar="SCRATCH",
+                    help="other instances' scratch folders whose finished runs the summary also counts")
     args = ap.parse_args()
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     done_file = scratch / "runs.jsonl"
-    runs = [json.loads(line) for line in done_file.read_text().splitlines() if line] if done_file.exists() else []
+    runs = _finished_runs(scratch)
     done = {(r["variant"], r["run"]) for r in runs}
-    todo = [(v, i) for i in range(args.runs) for v in args.variants if (v, i) not in done]
+    todo = [(v, i) for i in range(args.from_index, args.runs) for v in args.variants if (v, i) not in done]
+    runs += [r for other in args.merge for r in _finished_runs(Path(other))]
     print(f"{len(done)} run(s) already done; {len(todo)} to go", flush=True)
     machine = machine_note()
     server = PostgresServer().start()
@@ -274,7 +287,7 @@ def main() -> None:
             LIVE.clear()
             with done_file.open("a") as f:
                 f.write(json.dumps(r) + "\n")
-            runs.append(r)
+            runs.append({**r, "scratch": relative(scratch)})
             print(f"{variant} #{index}: {'clean' if r['clean'] else 'NOT CLEAN'}; exits {r['exit_codes']}, "
                   f"distinct {r['distinct']}, trained twice {r['trained_twice']}, left running {r['left_running']}, "
                   f"{r['wall_s']:.0f} s, load {r['load_1min']}" + "".join(f"\n  {c['worker']}: {c['cause']}"
