@@ -87,7 +87,7 @@ MODULES: dict[str, Module] = {
         ["x_claim_architecture", "x_run_trial", "x__find_previous", "x__reuse"],
         "a trial claims its architecture; a repeat reuses the earlier result instead of training", whole=True),
     "agent_app": Module(
-        "dime_nas/agent/app.py", ["tests/test_agent.py"],
+        "dime_nas/agent/app.py", ["tests/test_agent_requests.py", "tests/test_agent_queue.py", "tests/test_agent.py"],
         why="the measurement agent's HTTP API: authentication, uploads, measurement requests", whole=True),
 }
 
