@@ -83,7 +83,12 @@ MODULES: dict[str, Module] = {
          "tests/test_search.py::test_a_space_smaller_than_the_trial_count_stops_at_the_cap",
          # the claim across processes, on SQLite (the PostgreSQL three-worker test checks the same
          # property at 100 s a run: too slow to run per mutant on 2 cores)
-         "tests/test_local_workers.py::test_a_search_with_two_local_workers_holds_each_architecture_once"],
+         "tests/test_local_workers.py::test_a_search_with_two_local_workers_holds_each_architecture_once",
+         "tests/test_search.py::test_a_claimed_architecture_takes_the_teachers_embedding_width_and_is_recorded_whole",
+         "tests/test_search.py::test_a_trial_waiting_for_its_running_twin_looks_for_dead_workers_meanwhile",
+         "tests/test_search.py::test_a_twin_that_failed_or_was_pruned_is_not_waited_for",
+         "tests/test_record.py::test_a_repeat_copies_the_result_but_keeps_its_own_worker",
+         "tests/test_record.py::test_a_repeat_of_a_repeat_names_the_trial_that_trained_and_copies_values_and_constraints"],
         ["x_claim_architecture", "x_run_trial", "x__find_previous", "x__reuse"],
         "a trial claims its architecture; a repeat reuses the earlier result instead of training", whole=True),
     "agent_app": Module(

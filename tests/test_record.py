@@ -63,3 +63,21 @@ def test_a_repeat_copies_the_result_but_keeps_its_own_worker():
     assert repeat.reused_from == 0 and repeat.train_steps == 0 and repeat.status == "ok"
     assert repeat.metrics == first.metrics and repeat.cost == first.cost
     assert repeat.worker == {"host": "b", "pid": 2} and repeat.retry_of is None
+
+
+def test_a_repeat_of_a_repeat_names_the_trial_that_trained_and_copies_values_and_constraints():
+    from dime_nas.search.objective import _reuse
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trained = TrialRecord(arch_key="k", status="infeasible", metrics={"accuracy": 0.4}, train_steps=4)
+    study.add_trial(optuna.trial.create_trial(values=[0.4, 2.5], user_attrs=trained.to_attrs(),
+                                              constraints={"latency_ms <= 1": 0.3, "params_m <= 2": -1.0}))
+    first_repeat = study.ask()
+    assert _reuse(first_repeat, study.trials[0]) == (0.4, 2.5)
+    study.tell(first_repeat, [0.4, 2.5])
+    second = study.ask()
+    assert _reuse(second, study.trials[1]) == (0.4, 2.5)  # copied from the repeat...
+    record_of = {t.number: TrialRecord.from_attrs(t.user_attrs) for t in study.get_trials(deepcopy=False)}
+    assert record_of[1].reused_from == 0 and record_of[2].reused_from == 0  # ...but names the trained one
+    assert record_of[2].status == "infeasible" and record_of[2].train_steps == 0
+    assert study.trials[2].constraints == {"latency_ms <= 1": 0.3, "params_m <= 2": -1.0}
