@@ -16,6 +16,14 @@ Every log and exit code is kept under ``--scratch``; each finished run is append
 experiments/results/worker_soak.{json,md}. Run it in the background:
 
     nice -n 10 python experiments/benchmarks/worker_soak.py [--runs 30] > soak.log 2>&1 &
+
+Two at once (each run waits out a killed worker's grace period, leaving the cores idle): a
+second instance takes the upper indices into its own folder, and the first, once it reaches
+them, is stopped and rerun with ``--merge`` to write the summary of both:
+
+    python experiments/benchmarks/worker_soak.py --from-index 17 --scratch runs/worker_soak_b \
+        --results runs/worker_soak_b/worker_soak > soak_b.log 2>&1 &
+    python experiments/benchmarks/worker_soak.py --runs 17 --merge runs/worker_soak_b
 """
 from __future__ import annotations
 
