@@ -51,3 +51,13 @@ def test_the_summary_counts_exits_and_causes_per_variant():
     assert data["summary"]["one_kill"]["clean"] == 1 and data["summary"]["one_kill"]["exits_by_code"] == {"0": 5, "1": 1}
     assert "**1 of 2**" in md and "`ValueError: Cannot tell a FAIL trial.` | 1 | runs/w2.log" in md
     assert data["runs"] == runs  # every run is kept, so the table can be recomputed
+
+
+def test_runs_of_two_instances_are_read_back_each_with_the_folder_of_its_logs(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, runs in ((first, [0, 1]), (second, [17])):
+        folder.mkdir()
+        (folder / "runs.jsonl").write_text("".join(f'{{"variant": "one_kill", "run": {i}}}\n' for i in runs) + "\n")
+    merged = worker_soak._finished_runs(first) + worker_soak._finished_runs(second)
+    assert [(r["run"], Path(r["scratch"]).name) for r in merged] == [(0, "a"), (1, "a"), (17, "b")]
+    assert worker_soak._finished_runs(tmp_path / "never-run") == []
