@@ -188,3 +188,17 @@ def test_queued_seconds_are_the_wait_for_the_turn():
 def test_the_measuring_child_refuses_an_unknown_kind_rather_than_measure_without_its_cap(argv, capsys):
     assert main(argv) == 2
     assert "usage: python -m dime_nas.agent.worker" in capsys.readouterr().err
+
+
+def test_a_measuring_process_that_cannot_start_is_answered_503_naming_it():
+    async def scenario():
+        measurements = _Measurements(AgentLimits())
+        measurements.process.argv = ["no-such-kind"]  # the child refuses it and exits 2
+        try:
+            return await _ask(measurements, 0), measurements.admitted
+        finally:
+            await measurements.process.close()
+
+    (status, message), admitted = _run(scenario(), 60)
+    assert status == 503 and message.startswith("the measuring process did not start (exit code 2)")
+    assert admitted == 0
