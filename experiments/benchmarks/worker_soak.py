@@ -41,7 +41,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, relative  # common puts the checkout on sys.path
+from common import RESULTS, ROOT, read_records, relative  # common puts the checkout on sys.path
 
 sys.path.insert(0, str(ROOT / "tests"))
 from pg_server import PostgresServer  # noqa: E402
@@ -258,9 +258,7 @@ def summarise(runs: list[dict[str, Any]], machine: str) -> tuple[dict[str, Any],
 
 def _finished_runs(scratch: Path) -> list[dict[str, Any]]:
     """The runs recorded in ``scratch/runs.jsonl``, each tagged with the folder that holds its logs."""
-    done_file = scratch / "runs.jsonl"
-    lines = done_file.read_text().splitlines() if done_file.exists() else []
-    return [{**json.loads(line), "scratch": relative(scratch)} for line in lines if line]
+    return [{**r, "scratch": relative(scratch)} for r in read_records(scratch / "runs.jsonl")]
 
 
 def main() -> None:
