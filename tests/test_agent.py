@@ -310,4 +310,3 @@ def test_each_agent_limit_is_checked_at_its_edge(field):
     assert getattr(AgentLimits(**{field: lowest}), field) == lowest
     with pytest.raises(ValueError, match="agent limits must be positive"):
         AgentLimits(**{field: lowest - 1})
-
