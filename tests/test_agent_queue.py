@@ -16,8 +16,8 @@ class _ScriptedProcess:
     """Stands in for the measuring process: a run takes a few event-loop turns, or until
     ``release`` is set, or ends as ``outcome`` says; it stops when its client leaves."""
 
-    def __init__(self, outcome: Exception | None = None, turns: int = 3) -> None:
-        self.outcome, self.turns, self.release = outcome, turns, None
+    def __init__(self, outcome: Exception | None = None) -> None:
+        self.outcome, self.release = outcome, None
         self.intervals: list[tuple[float, float]] = []
 
     async def run(self, job: dict, timeout_s: float, client_gone: asyncio.Future) -> dict:
@@ -29,7 +29,7 @@ class _ScriptedProcess:
                                return_when=asyncio.FIRST_COMPLETED)
             if client_gone.done():
                 raise ClientLeft()
-        for _ in range(self.turns):
+        for _ in range(3):  # long enough for later arrivals to queue behind it
             await asyncio.sleep(0)
         self.intervals.append((start, time.monotonic()))
         return {"job": job}
