@@ -216,12 +216,15 @@ class ChildProcess:
             ready = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)  # type: ignore[union-attr]
         except asyncio.TimeoutError:
             ready = b""
-        except BaseException:  # cancelled (the agent is stopping): leave no process behind
+        except BaseException:  # cancelled (the agent is stopping): leave no process behind, reaped
             process.kill()
+            process.stdin.close()  # type: ignore[union-attr]
+            await process.wait()
             raise
         if not ready:
             if process.returncode is None:
                 process.kill()
+            process.stdin.close()  # type: ignore[union-attr]  # with the process reaped, its transport closes
             code = await process.wait()
             raise ChildFailed(503, f"{self.name} did not start ({_exit(code)}); the agent's log says why")
         return process
@@ -283,9 +286,12 @@ class ChildProcess:
         """Stop the child (the agent is shutting down)."""
         if self._starting is not None:
             self._starting.cancel()
+            await asyncio.wait({self._starting})  # it kills and reaps the process it was starting
         process, self._process, self._starting = self._process, None, None
-        if process is not None and process.returncode is None:
-            process.kill()
+        if process is not None:
+            if process.returncode is None:
+                process.kill()
+            process.stdin.close()  # type: ignore[union-attr]  # lets its transport close before the loop does
             await process.wait()
 
 
