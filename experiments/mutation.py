@@ -74,8 +74,14 @@ MODULES: dict[str, Module] = {
         why="the near-budget rule: a latency near the budget is re-measured before it decides"),
     "storage": Module(
         "dime_nas/search/storage.py",
-        ["tests/test_claim_lock.py", "tests/test_workers.py", "tests/test_run_dir.py",
-         "tests/test_config.py::test_unreachable_storage_is_reported"],
+        ["tests/test_claim_lock.py", "tests/test_worker_retries.py", "tests/test_run_dir.py",
+         "tests/test_config.py::test_unreachable_storage_is_reported",
+         "tests/test_workers.py::test_wrong_password_and_unreachable_host_fail_in_one_line",
+         "tests/test_workers.py::test_each_trial_records_its_architecture_while_it_holds_the_claim_lock",
+         # the heartbeat, on a real server (22 s); the three-worker run (25 s) checks the claim lock's
+         # exclusion by chance, which test_claim_lock.py checks directly, and the cache-build test
+         # does not touch the storage: both left out so that a surviving mutant costs ~45 s, not ~95 s
+         "tests/test_workers.py::test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried"],
         why="the study's storage: URLs, clear errors, heartbeats and retries, the claim lock", whole=True),
     "objective_claim_reuse": Module(
         "dime_nas/search/objective.py",
@@ -92,7 +98,8 @@ MODULES: dict[str, Module] = {
         ["x_claim_architecture", "x_run_trial", "x__find_previous", "x__reuse"],
         "a trial claims its architecture; a repeat reuses the earlier result instead of training", whole=True),
     "agent_app": Module(
-        "dime_nas/agent/app.py", ["tests/test_agent_requests.py", "tests/test_agent_queue.py", "tests/test_agent.py"],
+        "dime_nas/agent/app.py", ["tests/test_agent_requests.py", "tests/test_agent_queue.py", "tests/test_agent_routes.py",
+                                  "tests/test_agent.py"],
         why="the measurement agent's HTTP API: authentication, uploads, measurement requests", whole=True),
 }
 
