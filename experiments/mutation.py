@@ -53,6 +53,16 @@ class Module:
         return [f"{dotted}.{f}__mutmut_*" for f in self.functions]
 
 
+# storage.py's functions (mutmut's names), split in two so that each mutant runs only the tests
+# that can catch it: the heartbeat's test alone takes 18-22 s on a real server
+STORAGE_FUNCTIONS = ["x_normalise_url", "x_mask_url", "x_is_database", "x_open_storage", "x__lost_schema_race",
+                     "x_retry_callback", "x_retried_trial_number", "x__where", "x__first_line", "x_with_retries",
+                     "x_is_transient", "x__root", "x__retried", "xǁHeartbeatǁ__init__", "xǁHeartbeatǁ__enter__",
+                     "xǁHeartbeatǁ_beat", "xǁHeartbeatǁ__exit__", "x_heartbeat_interval", "xǁClaimLockǁ__init__",
+                     "xǁClaimLockǁacquire", "xǁClaimLockǁ_advisory_lock", "xǁClaimLockǁrelease", "x__close_quietly"]
+HEARTBEAT_FUNCTIONS = ["xǁHeartbeatǁ__init__", "xǁHeartbeatǁ__enter__", "xǁHeartbeatǁ_beat", "xǁHeartbeatǁ__exit__",
+                       "x_heartbeat_interval"]
+
 MODULES: dict[str, Module] = {
     "fingerprint": Module(
         "dime_nas/search/study.py",
@@ -77,12 +87,16 @@ MODULES: dict[str, Module] = {
         ["tests/test_claim_lock.py", "tests/test_worker_retries.py", "tests/test_run_dir.py",
          "tests/test_config.py::test_unreachable_storage_is_reported",
          "tests/test_workers.py::test_wrong_password_and_unreachable_host_fail_in_one_line",
-         "tests/test_workers.py::test_each_trial_records_its_architecture_while_it_holds_the_claim_lock",
-         # the heartbeat, on a real server (22 s); the three-worker run (25 s) checks the claim lock's
-         # exclusion by chance, which test_claim_lock.py checks directly, and the cache-build test
-         # does not touch the storage: both left out so that a surviving mutant costs ~45 s, not ~95 s
-         "tests/test_workers.py::test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried"],
-        why="the study's storage: URLs, clear errors, heartbeats and retries, the claim lock", whole=True),
+         "tests/test_workers.py::test_each_trial_records_its_architecture_while_it_holds_the_claim_lock"],
+        # the three-worker run (25 s) checks the claim lock's exclusion by chance, which
+        # test_claim_lock.py checks directly; the heartbeat's functions have a module of their own
+        [f for f in STORAGE_FUNCTIONS if f not in HEARTBEAT_FUNCTIONS],
+        "the study's storage: URLs, clear errors, retries, the claim lock", whole=True),
+    "storage_heartbeat": Module(
+        "dime_nas/search/storage.py",
+        ["tests/test_workers.py::test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried",  # 18-22 s
+         "tests/test_worker_retries.py"],
+        HEARTBEAT_FUNCTIONS, "the heartbeat: a dead worker's trial is failed and retried", whole=True),
     "objective_claim_reuse": Module(
         "dime_nas/search/objective.py",
         ["tests/test_search.py::test_trials_count_distinct_architectures_and_repeats_are_reused_not_retrained",
