@@ -84,7 +84,7 @@ MODULES: dict[str, Module] = {
         why="the near-budget rule: a latency near the budget is re-measured before it decides"),
     "storage": Module(
         "dime_nas/search/storage.py",
-        ["tests/test_claim_lock.py", "tests/test_worker_retries.py", "tests/test_run_dir.py",
+        ["tests/test_storage.py", "tests/test_claim_lock.py", "tests/test_worker_retries.py", "tests/test_run_dir.py",
          "tests/test_config.py::test_unreachable_storage_is_reported",
          "tests/test_workers.py::test_wrong_password_and_unreachable_host_fail_in_one_line",
          "tests/test_workers.py::test_each_trial_records_its_architecture_while_it_holds_the_claim_lock"],

@@ -43,8 +43,9 @@ def normalise_url(url: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe to print)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with its password replaced by ``***`` (safe to print), up to the last ``@`` of
+    the host part: a password with an unescaped ``@`` (an invalid URL) is not half printed."""
+    return re.sub(r"(://[^:/@]+:)[^/?#]*@", r"\1***@", url)
 
 
 def is_database(url: str) -> bool:
