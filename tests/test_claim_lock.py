@@ -14,6 +14,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 WATCH_S = 2.0  # how long the second process is watched for (wrongly) taking a held lock
+EXITED = "(the process exited)"
 START_S = 90  # a process importing optuna on a loaded machine: generous, only a failure waits this long
 
 
@@ -31,6 +32,7 @@ class Holder:
     def _read(self) -> None:
         for line in self.process.stdout:
             self.lines.put(line.strip())
+        self.lines.put(EXITED)  # a holder that died is reported at once, not after the whole timeout
 
     def next_line(self, timeout: float) -> str | None:
         try:
@@ -44,6 +46,8 @@ class Holder:
             if line == word:
                 return
             seen.append(line)
+            if line == EXITED:
+                break
         pytest.fail(f"expected {word!r} within {timeout} s; the process printed {seen[-20:]!r} "
                     f"(exit code {self.process.poll()})")
 
