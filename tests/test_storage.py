@@ -1,16 +1,19 @@
-"""The study's storage URLs: the driver a bare PostgreSQL URL gets, the password never
-printed, which URLs are shared databases, and a server that accepts a connection but never
-answers failing in one line at the connect timeout instead of hanging the worker."""
+"""The study's storage: the driver a bare PostgreSQL URL gets, the password never printed,
+which URLs are shared databases, a server that accepts a connection but never answers
+failing in one line at the connect timeout instead of hanging the worker, connections the
+server dropped replaced without an error, and the heartbeat's settings on a real server."""
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 
+import optuna
 import pytest
 
 from dime_nas.errors import ConfigError
-from dime_nas.search.storage import is_database, mask_url, normalise_url, open_storage
+from dime_nas.search.storage import is_database, mask_url, normalise_url, open_storage, retried_trial_number
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -71,3 +74,46 @@ def test_a_server_that_never_answers_fails_in_one_line_at_the_connect_timeout():
     assert message.startswith(f"search.storage: cannot open storage 'postgresql://nas:***@127.0.0.1:{port}/study' "
                               f"(host 127.0.0.1:{port}, database study): OperationalError: ")
     assert "timeout" in message and "\n" not in message
+
+
+def test_connections_the_server_dropped_are_replaced_without_an_error(postgres_url, caplog):
+    """A proxy's idle timeout or a server restart closes pooled connections: the pool checks a
+    connection before handing it out (pre-ping), so the next call neither fails nor needs a retry."""
+    import psycopg
+
+    storage = open_storage(postgres_url)
+    optuna.create_study(storage=storage, study_name="s")
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    assert dropped >= 1  # the storage's pooled connection
+    with caplog.at_level(logging.WARNING, logger="dime_nas.search.storage"):
+        assert storage.get_study_id_from_name("s") >= 0
+    assert [r.getMessage() for r in caplog.records if r.name == "dime_nas.search.storage"] == []  # no retry
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.parametrize("retries", [None, 2])
+def test_heartbeat_grace_and_retries(postgres_url, retries):
+    """A database storage beats, waits out the grace, and runs a dead worker's trial again as
+    often as asked (the default: once)."""
+    storage = open_storage(postgres_url, heartbeat_s=7, **({} if retries is None else {"retries": retries}))
+    assert storage.get_heartbeat_interval() == 7 and storage.grace_period == 21  # grace: 3 beats by default
+    assert open_storage(postgres_url, heartbeat_s=7, grace_s=5).grace_period == 5
+    assert open_storage(postgres_url).get_heartbeat_interval() is None  # no heartbeat_s: no beats
+    study = optuna.create_study(storage=storage, study_name="s")
+    stale = storage.get_heartbeat_stale_trial_callback()  # what a live worker calls on a dead one's trial
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    first = trial.number
+    for _ in range(retries or 1):
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        stale(study, study.trials[-1])
+        again = study.trials[-1]
+        assert again.state == optuna.trial.TrialState.WAITING and again.params == trial.params
+        assert retried_trial_number(again) == first  # a retry of a retry names the first
+        trial = study.ask()  # the waiting retry is the next trial asked for
+        assert trial.number == again.number
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    count = len(study.trials)
+    stale(study, study.trials[-1])
+    assert len(study.trials) == count  # retried as often as asked, then left failed
