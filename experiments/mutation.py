@@ -94,7 +94,9 @@ MODULES: dict[str, Module] = {
         "the study's storage: URLs, clear errors, retries, the claim lock", whole=True),
     "storage_heartbeat": Module(
         "dime_nas/search/storage.py",
-        ["tests/test_workers.py::test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried",  # 18-22 s
+        ["tests/test_storage.py::test_a_trial_beats_while_it_runs_and_stops_when_it_ends",
+         "tests/test_storage.py::test_a_storage_without_heartbeats_gets_no_beats",
+         "tests/test_workers.py::test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried",  # 18-22 s
          "tests/test_worker_retries.py"],
         HEARTBEAT_FUNCTIONS, "the heartbeat: a dead worker's trial is failed and retried", whole=True),
     "objective_claim_reuse": Module(

@@ -1,8 +1,11 @@
 """The claim lock excludes across processes: while one process holds a study's lock, another
 process's ``acquire`` waits, and it gets the lock once the first releases it (SQLite, journal
-file and PostgreSQL storages)."""
+file and PostgreSQL storages); on PostgreSQL each study has a lock of its own. And the
+PostgreSQL lock's session handling, on a scripted connection: a dropped connection while
+taking it is retried, one dropped while held is released quietly."""
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import subprocess
@@ -11,6 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc as sa
+
+from dime_nas.search import storage
+from dime_nas.search.storage import ClaimLock
 
 TESTS = Path(__file__).resolve().parent
 WATCH_S = 2.0  # how long the second process is watched for (wrongly) taking a held lock
@@ -93,3 +100,119 @@ def test_a_second_process_waits_for_the_claim_lock_until_the_first_releases_it(s
             if holder is not None:
                 holder.close()
     assert first.process.returncode == second.process.returncode == 0
+
+
+def test_on_postgresql_each_study_has_a_lock_of_its_own(postgres_url):
+    """Two studies on one server: a worker of the second never waits for the first's lock."""
+    first, second = Holder(postgres_url, "study-a"), None
+    try:
+        first.expect("acquired")
+        second = Holder(postgres_url, "study-b")
+        second.expect("acquired", timeout=START_S)  # while the first still holds its own
+        second.release()
+        second.expect("released")
+        first.release()
+        first.expect("released")
+    finally:
+        for holder in (first, second):
+            if holder is not None:
+                holder.close()
+
+
+class _Connection:
+    """A scripted database session: records its statements; ``fail`` maps an SQL function's
+    name to the error that a statement calling it raises."""
+
+    def __init__(self, fail: dict[str, BaseException]):
+        self.fail, self.statements, self.closed = fail, [], False
+
+    def execute(self, statement, params) -> None:
+        self.statements.append((str(statement), params))
+        for function, error in self.fail.items():
+            if function in str(statement):
+                raise error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Engine:
+    def __init__(self, *fails: dict[str, BaseException]):
+        self.connections = [_Connection(f) for f in fails]
+        self.opened = 0
+
+    def connect(self) -> _Connection:
+        self.opened += 1
+        return self.connections[self.opened - 1]
+
+
+class _Storage:
+    def __init__(self, *fails: dict[str, BaseException]):
+        self.engine = _Engine(*fails)
+
+
+def _dropped() -> sa.OperationalError:
+    class DriverError(Exception):
+        pass
+
+    return sa.OperationalError("SELECT 1", {}, DriverError("server closed the connection unexpectedly"))
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@db/nas", "postgres://u@db/nas", "postgresql+psycopg://u@db/nas"])
+def test_the_postgresql_lock_is_one_session_s_advisory_lock_on_the_study_s_key(url):
+    scripted = _Storage({})
+    lock = ClaimLock(url, scripted, "study-a")
+    assert 0 < lock.key < 2 ** 31 and lock.key != ClaimLock(url, scripted, "study-b").key
+    lock.release()  # not held: nothing to do
+    lock.acquire()
+    lock.acquire()  # held already: no second session, no second lock
+    connection = scripted.engine.connections[0]
+    assert scripted.engine.opened == 1 and not connection.closed
+    lock.release()
+    assert connection.statements == [("SELECT pg_advisory_lock(:k)", {"k": lock.key}),
+                                      ("SELECT pg_advisory_unlock(:k)", {"k": lock.key})]
+    assert connection.closed
+    lock.release()
+    assert len(connection.statements) == 2
+
+
+def test_a_connection_dropped_while_taking_the_lock_is_closed_and_the_lock_taken_on_a_new_one(monkeypatch, caplog):
+    scripted = _Storage({"pg_advisory_lock": _dropped()}, {})
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    lock = ClaimLock("postgresql://u@db/nas", scripted, "s")
+    with caplog.at_level(logging.WARNING, logger="dime_nas.search.storage"):
+        lock.acquire()
+    dropped, taken = scripted.engine.connections
+    assert dropped.closed and not taken.closed and len(taken.statements) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "the study's database failed while taking the claim lock (OperationalError: server closed the connection "
+        "unexpectedly); trying again in 0.5 s"]
+
+
+def test_ctrl_c_while_waiting_for_the_lock_closes_the_session_and_holds_nothing():
+    scripted = _Storage({"pg_advisory_lock": KeyboardInterrupt()})
+    lock = ClaimLock("postgresql://u@db/nas", scripted, "s")
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire()
+    assert scripted.engine.connections[0].closed
+    lock.release()  # nothing held: no unlock sent
+    assert len(scripted.engine.connections[0].statements) == 1
+
+
+def test_a_session_the_server_dropped_took_its_lock_with_it_and_other_errors_are_raised():
+    scripted = _Storage({"pg_advisory_unlock": _dropped()}, {"pg_advisory_unlock": ValueError("a bug")})
+    lock = ClaimLock("postgresql://u@db/nas", scripted, "s")
+    lock.acquire()
+    lock.release()  # quietly: the server freed the lock when the session went
+    assert scripted.engine.connections[0].closed
+    lock.acquire()
+    with pytest.raises(ValueError, match="a bug"):
+        lock.release()
+    assert scripted.engine.connections[1].closed
+
+
+def test_a_database_without_a_claim_lock_takes_none_and_releases_none():
+    lock = ClaimLock("mysql://u@db/nas", None, "s")  # no storage is touched
+    lock.acquire()
+    lock.release()
+    lock.release()

@@ -15,7 +15,9 @@ from conftest import write_experiment
 
 from dime_nas.search.study import trial_counts, trial_status
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _env(**extra: str) -> dict:
+    """The environment now (not at import: a mutation run sets which mutant is live after it)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
 def _experiment(tmp_path: Path, teacher: Path, trials: int, grace_s: int = 4) -> Path:
@@ -25,13 +27,13 @@ def _experiment(tmp_path: Path, teacher: Path, trials: int, grace_s: int = 4) ->
 
 
 def _cli(*args: str, cwd: Path, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dime_nas.cli", *args], cwd=cwd, env=env or ENV,
+    return subprocess.run([sys.executable, "-m", "dime_nas.cli", *args], cwd=cwd, env=env or _env(),
                           capture_output=True, text=True, timeout=600, **kw)
 
 
 def _worker(exp: Path, url: str, cwd: Path, out: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "dime_nas.cli", "worker", str(exp), "--storage", url, "--quiet",
-                             "--out", out], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--out", out], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -111,7 +113,7 @@ def test_two_concurrent_cache_builds_leave_one_valid_cache_and_workers_never_bui
     from dime_nas.data.cache import FeatureCache
 
     exp = write_experiment(tmp_path, tiny_teacher_dir)
-    env = {**ENV, "DIME_NAS_CACHE": str(tmp_path / "shared-cache")}
+    env = _env(DIME_NAS_CACHE=str(tmp_path / "shared-cache"))
     r = _cli("worker", str(exp), "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env)
     assert r.returncode == 2 and "dime-nas cache" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "shared-cache" / "features").exists()  # the worker built nothing

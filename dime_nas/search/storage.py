@@ -117,7 +117,7 @@ def _where(url: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    if isinstance(exc, ImportError) or "DB access module" in str(exc):
+    if isinstance(exc, ImportError):  # Optuna's "Failed to import DB access module", or the driver's own
         return (f"{type(exc).__name__}: no database driver ({exc}); install the extra: "
                 "pip install 'dime-nas[postgres]'")
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
@@ -268,7 +268,7 @@ class ClaimLock:
     def acquire(self) -> None:
         if self._held is not None:
             return
-        if self.url.startswith(("postgresql", "postgres")):
+        if self.url.startswith("postgres"):  # postgres://, postgresql://, postgresql+driver://
             self._held = with_retries("taking the claim lock", self._advisory_lock)
         elif self.url.startswith(("sqlite:///", "journal:")):
             path = self.url.removeprefix("sqlite:///").removeprefix("journal:")
