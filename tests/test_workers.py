@@ -15,6 +15,7 @@ from conftest import write_experiment
 
 from dime_nas.search.study import trial_counts, trial_status
 
+
 def _env(**extra: str) -> dict:
     """The environment now (not at import: a mutation run sets which mutant is live after it)."""
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
