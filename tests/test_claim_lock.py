@@ -162,7 +162,8 @@ def _dropped() -> sa.OperationalError:
 def test_the_postgresql_lock_is_one_session_s_advisory_lock_on_the_study_s_key(url):
     scripted = _Storage({})
     lock = ClaimLock(url, scripted, "study-a")
-    assert 0 < lock.key < 2 ** 31 and lock.key != ClaimLock(url, scripted, "study-b").key
+    keys = {ClaimLock(url, scripted, f"study-{i}").key for i in range(20)}
+    assert len(keys) == 20 and all(0 <= k < 2 ** 31 for k in keys)  # one per study, a positive 32-bit integer
     lock.release()  # not held: nothing to do
     lock.acquire()
     lock.acquire()  # held already: no second session, no second lock
