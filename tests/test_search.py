@@ -504,6 +504,7 @@ def test_a_trial_waiting_for_its_running_twin_looks_for_dead_workers_meanwhile(t
     record.write(second, arch_key=claimed.arch_key, config=claimed.to_dict(), describe=claimed.describe())
     assert run_trial(second, ctx, claimed) == (0.5, 1.0)  # the twin's result, nothing trained
     assert checks == [study] and ctx.train_steps_run == 0
+    assert waits == [1.0]  # one poll interval, after the check
 
 
 @pytest.mark.parametrize("ended", [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED])

@@ -155,8 +155,9 @@ def _find_previous(trial: optuna.Trial, key: str, poll_s: float = 1.0,
 def _reuse(trial: optuna.Trial, previous: optuna.trial.FrozenTrial) -> float | tuple[float, ...]:
     """A configuration already evaluated in this study: copy its result, train nothing."""
     first = TrialRecord.from_trial(previous)
-    # worker and retry_of describe this trial, not the result it copies: they stay as written
-    reused = dataclasses.replace(first, status=first.status or "ok", train_steps=0, worker=None, retry_of=None,
+    # worker and retry_of describe this trial, not the result it copies: they stay as written; the
+    # status is copied (run_trial records one on every trial that completes)
+    reused = dataclasses.replace(first, train_steps=0, worker=None, retry_of=None,
                                  reused_from=first.reused_from if first.is_repeat else previous.number)
     record.write(trial, **reused.to_attrs())
     for k, v in previous.constraints.items():
