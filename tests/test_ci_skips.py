@@ -36,7 +36,8 @@ def _postgres_test_without_driver(repo_root: Path, tmp_path: Path, ci: bool) -> 
     (fake / "psycopg.py").write_text("raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n")
     path = os.pathsep.join([str(fake), str(repo_root), os.environ.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs",
-                           "tests/test_claim_lock.py", "-k", "postgresql"], cwd=repo_root,
+                           "tests/test_claim_lock.py::test_a_second_process_waits_for_the_claim_lock_until_the_first_"
+                           "releases_it[postgresql]"], cwd=repo_root,
                           env=_env(ci, PYTHONPATH=path), capture_output=True, text=True, timeout=300)
 
 
