@@ -59,7 +59,7 @@ def test_sessions_may_equal_runs_but_not_exceed_them():
     (_body(providers="CPUExecutionProvider"), "providers must be a non-empty list of names"),
     (_body(providers=["CPUExecutionProvider", ""]), "providers must be a non-empty list of names"),
     (_body(providers=[3]), "providers must be a non-empty list of names"),
-    (_body(inputs=None), "inputs must map each input name to its shape"),
+    (_body(inputs=None), 'inputs must map each input name to its shape, e.g. {"image": [1, 3, 224, 224]}'),
     (_body(inputs={}), "inputs must map each input name to its shape"),
     (_body(inputs=[[1, 2]]), "inputs must map each input name to its shape"),
     (_body(inputs={"image": []}), "inputs['image'] must be a non-empty list of positive integers, got []"),
@@ -79,6 +79,11 @@ def test_a_bad_request_is_refused_400_naming_what_is_wrong(body, words):
 def test_a_long_bad_shape_is_quoted_short():
     status, message = _refusal(_body(inputs={"image": [1, 0] + [7] * 500}))
     assert status == 400 and len(message) == 300 and message.endswith("7, 7")
+
+
+def test_a_long_input_name_with_the_wrong_batch_is_quoted_short():
+    status, message = _refusal(_body(inputs={"x" * 500: [2, 3]}))
+    assert status == 400 and len(message) == 300 and message.startswith("bad measure request: inputs['xxx")
 
 
 def test_inputs_up_to_the_memory_limit_are_accepted_and_one_element_more_is_413():

@@ -40,6 +40,10 @@ class _Call:
     def feed(self, data: bytes, more: bool = True) -> None:
         self.chunks.put_nowait({"type": "http.request", "body": data, "more_body": more})
 
+    def leave(self) -> None:
+        """The client closes the connection."""
+        self.chunks.put_nowait({"type": "http.disconnect"})
+
     async def _receive(self) -> dict:
         return await self.chunks.get()  # waits while the test holds the body back
 
@@ -225,3 +229,147 @@ def test_serving_starts_the_measuring_and_checking_processes_and_stopping_ends_t
 
     started = _run(scenario(), 90)
     assert len(started) == 2 and not started & set(_agent_children())  # killed and reaped at shutdown
+
+
+def _identity_model() -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def test_a_checked_model_is_stored_answered_201_naming_it_and_found_by_head(tmp_path):
+    data = _identity_model()
+    name = hashlib.sha256(data).hexdigest()
+
+    async def scenario() -> tuple:
+        app = create_app(TOKEN, tmp_path)
+        async with _serving(app):
+            stored = await _request(app, "PUT", f"/v1/models/{name}", data)
+            return stored, await _request(app, "HEAD", f"/v1/models/{name}")
+
+    (status, headers, body), (found, _, _) = _run(scenario(), 120)
+    assert status == 201 and body == {"model": name, "stored": True} and "connection" not in headers
+    assert found == 200
+
+
+class _HungChecker:
+    """A checker that never answers: only the deadline the agent gives it ends the wait."""
+
+    async def run(self, job: dict, timeout_s: float) -> dict:
+        try:
+            await asyncio.wait_for(asyncio.Event().wait(), timeout_s)
+        except TimeoutError:
+            raise agent_app.PastDeadline() from None
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_check_that_does_not_finish_in_time_refuses_the_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent_app, "CHECK_TIMEOUT_S", 0.2)
+    data = b"checked for ever"
+    name = hashlib.sha256(data).hexdigest()
+
+    async def scenario() -> tuple:
+        app = create_app(TOKEN, tmp_path)  # not served: its checker is the hung one below
+        _agent(app).checker = _HungChecker()
+        return await _request(app, "PUT", f"/v1/models/{name}", data)
+
+    status, _, body = _run(scenario(), 10)
+    assert status == 400 and body["error"] == "not a valid ONNX model: the ONNX checker did not finish within 0.2 s"
+
+
+def _agent(app):
+    """The _Agent behind an app made by create_app (its routes' endpoints are its methods)."""
+    return app.app.routes[0].endpoint.__self__
+
+
+def test_upload_errors_close_the_connection_only_when_the_body_was_not_read(tmp_path):
+    """408 and 413 are answered before the body is read: the connection is closed rather than
+    drained; a 400 (the body read, its hash wrong) keeps it."""
+    async def scenario() -> tuple:
+        app = create_app(TOKEN, tmp_path, AgentLimits(max_model_bytes=10))
+        too_big = await _request(app, "PUT", f"/v1/models/{NAME}", b"x" * 11)
+        mismatch = await _request(app, "PUT", f"/v1/models/{NAME}", b"x" * 5)
+        return too_big, mismatch
+
+    (big, big_headers, _), (bad, bad_headers, body) = _run(scenario())
+    assert big == 413 and big_headers.get("connection") == "close"
+    assert bad == 400 and body["error"].startswith("hash mismatch") and "connection" not in bad_headers
+
+
+def test_a_client_that_leaves_mid_upload_or_mid_request_is_answered_499(tmp_path):
+    async def scenario() -> tuple:
+        app = create_app(TOKEN, tmp_path)
+        upload = _Call(app, "PUT", f"/v1/models/{NAME}", length=8)
+        upload.feed(b"1234")
+        upload.leave()
+        measure = _Call(app, "POST", "/v1/measure", length=100)
+        measure.feed(b'{"model": ')
+        measure.leave()
+        return await upload.answer(), await measure.answer()
+
+    (status, _, body), (measure_status, _, measure_body) = _run(scenario())
+    assert (status, body) == (499, {"error": "the client left during the upload"})
+    assert (measure_status, measure_body) == (499, {"error": "the client left"})
+
+
+def test_a_measure_request_that_stalls_is_answered_408_and_closed(tmp_path):
+    async def scenario() -> tuple:
+        app = create_app(TOKEN, tmp_path, AgentLimits(upload_timeout_s=0.3))
+        call = _Call(app, "POST", "/v1/measure", length=100)
+        call.feed(b'{"model": ')
+        return await call.answer()
+
+    status, headers, body = _run(scenario(), 10)
+    assert (status, body) == (408, {"error": "request not read within 0.3 s"}) and headers.get("connection") == "close"
+
+
+def test_measure_refusals_close_the_connection_only_for_a_body_too_big_to_read(tmp_path):
+    async def scenario() -> tuple:
+        app = create_app(TOKEN, tmp_path)
+        big = await _request(app, "POST", "/v1/measure", b" " * (agent_app.MAX_REQUEST_BYTES + 1))
+        bad = await _request(app, "POST", "/v1/measure", b"{not json")
+        missing = await _request(app, "POST", "/v1/measure", json.dumps(
+            {"model": NAME, "inputs": {"x": [1, 2]}}).encode())
+        return big, bad, missing
+
+    (big, big_headers, _), (bad, bad_headers, _), (missing, missing_headers, body) = _run(scenario())
+    assert big == 413 and big_headers.get("connection") == "close"
+    assert bad == 400 and "connection" not in bad_headers
+    assert (missing, body) == (404, {"error": f"model {NAME} is not stored here: PUT /v1/models/{NAME} first"})
+    assert "connection" not in missing_headers  # read whole: the connection serves the next request
+
+
+@pytest.mark.parametrize("client_leaves", [False, True])
+def test_a_measurement_is_answered_with_its_model_and_batch_and_told_when_the_client_leaves(
+        tmp_path, monkeypatch, client_leaves):
+    """The measurement itself is scripted: it reports whether the agent told it that the client left."""
+    seen = {}
+
+    async def measure(self, job: dict, client_gone: asyncio.Future) -> dict:
+        seen["job"] = job
+        done, _ = await asyncio.wait({client_gone}, timeout=0.5)
+        return {"median_ms": 1.5, "client_left": bool(done) and client_gone.exception() is None}
+
+    monkeypatch.setattr(agent_app._Measurements, "measure", measure)
+
+    async def scenario() -> tuple:
+        app = create_app(TOKEN, tmp_path)
+        model = _agent(app).store.path(NAME)
+        model.write_bytes(b"stored")
+        call = _Call(app, "POST", "/v1/measure")
+        call.feed(json.dumps({"model": NAME, "batch": 2, "inputs": {"x": [2, 3]}}).encode(), more=False)
+        if client_leaves:
+            await _turns()
+            call.leave()
+        return await call.answer(), str(model)
+
+    (status, _, body), path = _run(scenario())
+    assert status == 200 and body == {"median_ms": 1.5, "client_left": client_leaves, "model": NAME, "batch": 2}
+    assert seen["job"]["path"] == path and seen["job"]["inputs"] == {"x": [2, 3]}
