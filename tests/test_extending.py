@@ -59,8 +59,8 @@ def test_a_metric_a_backend_and_a_sampler_added_in_one_place_each_drive_a_search
     # the sampler: one entry
     built = []
 
-    def brute_force(search, seed, n_objectives):
-        built.append(seed)
+    def brute_force(search, seed, n_objectives):  # told how many objectives the study has
+        built.append(n_objectives)
         return optuna.samplers.BruteForceSampler(seed=seed)
 
     monkeypatch.setitem(samplers.SAMPLERS, "brute-force", samplers.Sampler(brute_force))
@@ -72,7 +72,7 @@ def test_a_metric_a_backend_and_a_sampler_added_in_one_place_each_drive_a_search
     (tmp_path / "targets.yaml").write_text((tmp_path / "targets.yaml").read_text() + BOARD)
     outcome = api.search(load_experiment(path), out=tmp_path / "run", progress=False)
 
-    assert built and isinstance(outcome.study.sampler, optuna.samplers.BruteForceSampler)
+    assert built and set(built) == {2} and isinstance(outcome.study.sampler, optuna.samplers.BruteForceSampler)
     done = [t for t in outcome.study.get_trials() if t.user_attrs.get("status") == "ok"]
     assert len({t.user_attrs["arch_key"] for t in done}) == 3, [t.user_attrs.get("reason") for t in
                                                                  outcome.study.get_trials()]
