@@ -207,6 +207,49 @@ def test_single_objective_study_prunes_on_the_intermediate_accuracy(tmp_path, ti
     assert list(second.intermediate_values) == [2]
 
 
+def _bad_trial_pruned_at(study: optuna.Study, step: int) -> bool:
+    """A trial far below the others, reported up to ``step``: does the study's pruner stop it?"""
+    trial = study.ask()
+    for s in range(step + 1):
+        trial.report(0.1, s)
+    pruned = trial.should_prune()
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return pruned
+
+
+@pytest.mark.parametrize("joined", ["new", "continued", "forced"])
+def test_pruning_starts_after_four_finished_trials_and_from_the_second_report(tmp_path, tiny_teacher_dir, joined):
+    """join_study's pruner, in a new study, a continued one and one started again by --force: a
+    trial far below the median is stopped only once 4 trials have finished, and never at its
+    first report (warm-up)."""
+    from dime_nas.run_dir import RunDir
+    from dime_nas.search.objective import TrialContext
+    from dime_nas.search.study import join_study
+
+    config = load_experiment(write_experiment(tmp_path, tiny_teacher_dir, extra="objectives: [{metric: accuracy}]"))
+    ctx = TrialContext.for_experiment(config, None, None, progress=False)
+    url, run = f"sqlite:///{tmp_path / 'study.db'}", RunDir.of(config, tmp_path / "run")
+    run.path.mkdir()  # --force keeps the old study there
+    study, _ = join_study(config, ctx, url, run=run)
+    if joined != "new":
+        if joined == "forced":
+            config.distill.steps += 1  # a fingerprinted setting: only --force starts the study again
+        study, _ = join_study(config, ctx, url, run=run, force=joined == "forced")
+
+    def finish(n: int) -> None:
+        for _ in range(n):
+            trial = study.ask()
+            trial.report(0.9, 0)
+            trial.report(0.9, 1)
+            study.tell(trial, 0.9)
+
+    finish(3)
+    assert not _bad_trial_pruned_at(study, 1)  # 3 finished: too few to judge by
+    finish(1)
+    assert not _bad_trial_pruned_at(study, 0)  # the first report is warm-up
+    assert _bad_trial_pruned_at(study, 1)
+
+
 def test_only_trials_of_dead_workers_are_marked_interrupted(tmp_path, monkeypatch):
     """On a journal (or any) storage: live workers' trials stay RUNNING; dead or orphaned ones fail."""
     import datetime

@@ -200,7 +200,7 @@ def join_study(config: ExperimentConfig, ctx: TrialContext, url: str, *, run: Ru
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = config.search
     storage = open_storage(url, heartbeat_s=s.heartbeat_s, grace_s=s.grace_s, retries=s.retries)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    pruner = _pruner()
     # the sampler is set at the end, seeded for this worker and the study's size
     study = optuna.create_study(study_name=config.name, storage=storage, directions=directions, load_if_exists=True,
                                 pruner=pruner)
@@ -241,16 +241,20 @@ def _counts(study: optuna.Study) -> tuple[int, int, int]:
 
 
 def _restart_study(study: optuna.Study, url: str, run: RunDir, directions: list[str],
-                   config: ExperimentConfig) -> optuna.Study:
-    """Keep a copy of the study in the run folder, then start it afresh under the same name."""
+                   config: ExperimentConfig) -> None:
+    """Keep a copy of the study in the run folder, then start it afresh under the same name (the
+    caller loads it with its pruner and sets its sampler)."""
     backup = run.previous_study(time.strftime('%Y%m%d-%H%M%S'))
     optuna.copy_study(from_study_name=study.study_name, from_storage=open_storage(url),
                       to_storage=f"sqlite:///{backup.resolve()}")
     optuna.delete_study(study_name=study.study_name, storage=open_storage(url))
     _log.warning("started a new study %r; the previous one is kept in %s", study.study_name, backup)
-    return optuna.create_study(study_name=config.name, storage=open_storage(url), directions=directions,
-                               sampler=make_sampler(config, len(directions)),
-                               pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+    optuna.create_study(study_name=config.name, storage=open_storage(url), directions=directions)
+
+
+def _pruner() -> optuna.pruners.BasePruner:
+    """A trial far below the median is stopped once 4 trials have finished, from its second report."""
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
 
 
 def _fail_interrupted(study: optuna.Study, *, heartbeat: bool = False, orphan_grace_s: float = ORPHAN_GRACE_S,
