@@ -223,3 +223,14 @@ def postgres_url(postgres_server, request):
     import re
 
     return postgres_server.create_database(re.sub(r"\W", "_", request.node.name.lower())[:50])
+
+
+class DriverError(Exception):
+    """Stands in for a psycopg error (SQLAlchemy wraps whatever the driver raised)."""
+
+
+def dropped_connection():
+    """The error SQLAlchemy raises when the server closed the connection (two lines, as psycopg's)."""
+    import sqlalchemy.exc as sa
+
+    return sa.OperationalError("SELECT 1", {}, DriverError("server closed the connection unexpectedly\nDETAIL: x"))

@@ -256,6 +256,11 @@ def test_a_checked_model_is_stored_answered_201_naming_it_and_found_by_head(tmp_
     assert found == 200
 
 
+def _agent(app):
+    """The _Agent behind an app made by create_app (its routes' endpoints are its methods)."""
+    return app.app.routes[0].endpoint.__self__
+
+
 class _HungChecker:
     """A checker that never answers: only the deadline the agent gives it ends the wait."""
 
@@ -265,9 +270,6 @@ class _HungChecker:
         except TimeoutError:
             raise agent_app.PastDeadline() from None
         raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        pass
 
 
 def test_a_check_that_does_not_finish_in_time_refuses_the_model(tmp_path, monkeypatch):
@@ -282,11 +284,6 @@ def test_a_check_that_does_not_finish_in_time_refuses_the_model(tmp_path, monkey
 
     status, _, body = _run(scenario(), 10)
     assert status == 400 and body["error"] == "not a valid ONNX model: the ONNX checker did not finish within 0.2 s"
-
-
-def _agent(app):
-    """The _Agent behind an app made by create_app (its routes' endpoints are its methods)."""
-    return app.app.routes[0].endpoint.__self__
 
 
 def test_upload_errors_close_the_connection_only_when_the_body_was_not_read(tmp_path):

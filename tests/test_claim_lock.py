@@ -5,6 +5,7 @@ PostgreSQL lock's session handling, on a scripted connection: a dropped connecti
 taking it is retried, one dropped while held is released quietly."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -12,9 +13,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
-import sqlalchemy.exc as sa
+from conftest import dropped_connection
 
 from dime_nas.search import storage
 from dime_nas.search.storage import ClaimLock
@@ -81,12 +83,27 @@ def storage_url(request, tmp_path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-def test_a_second_process_waits_for_the_claim_lock_until_the_first_releases_it(storage_url):
-    first = Holder(storage_url)
-    second = None
+@contextlib.contextmanager
+def _holders() -> Iterator[Callable[..., Holder]]:
+    """Starts holders (``start(url, study)``); every one started is closed at the end."""
+    started: list[Holder] = []
+
+    def start(*args: str) -> Holder:
+        started.append(Holder(*args))
+        return started[-1]
+
     try:
+        yield start
+    finally:
+        for holder in started:
+            holder.close()
+
+
+def test_a_second_process_waits_for_the_claim_lock_until_the_first_releases_it(storage_url):
+    with _holders() as start:
+        first = start(storage_url)
         first.expect("acquired")
-        second = Holder(storage_url)
+        second = start(storage_url)
         second.expect("trying")
         early = second.next_line(WATCH_S)
         assert early is None, f"the second process printed {early!r} while the first held the lock"
@@ -95,28 +112,20 @@ def test_a_second_process_waits_for_the_claim_lock_until_the_first_releases_it(s
         second.expect("acquired", timeout=30)  # the first still runs: the release itself freed it
         second.release()
         second.expect("released")
-    finally:
-        for holder in (first, second):
-            if holder is not None:
-                holder.close()
     assert first.process.returncode == second.process.returncode == 0
 
 
 def test_on_postgresql_each_study_has_a_lock_of_its_own(postgres_url):
     """Two studies on one server: a worker of the second never waits for the first's lock."""
-    first, second = Holder(postgres_url, "study-a"), None
-    try:
+    with _holders() as start:
+        first = start(postgres_url, "study-a")
         first.expect("acquired")
-        second = Holder(postgres_url, "study-b")
+        second = start(postgres_url, "study-b")
         second.expect("acquired", timeout=START_S)  # while the first still holds its own
         second.release()
         second.expect("released")
         first.release()
         first.expect("released")
-    finally:
-        for holder in (first, second):
-            if holder is not None:
-                holder.close()
 
 
 class _Connection:
@@ -151,13 +160,6 @@ class _Storage:
         self.engine = _Engine(*fails)
 
 
-def _dropped() -> sa.OperationalError:
-    class DriverError(Exception):
-        pass
-
-    return sa.OperationalError("SELECT 1", {}, DriverError("server closed the connection unexpectedly"))
-
-
 @pytest.mark.parametrize("url", ["postgresql://u@db/nas", "postgres://u@db/nas", "postgresql+psycopg://u@db/nas"])
 def test_the_postgresql_lock_is_one_session_s_advisory_lock_on_the_study_s_key(url):
     scripted = _Storage({})
@@ -178,7 +180,7 @@ def test_the_postgresql_lock_is_one_session_s_advisory_lock_on_the_study_s_key(u
 
 
 def test_a_connection_dropped_while_taking_the_lock_is_closed_and_the_lock_taken_on_a_new_one(monkeypatch, caplog):
-    scripted = _Storage({"pg_advisory_lock": _dropped()}, {})
+    scripted = _Storage({"pg_advisory_lock": dropped_connection()}, {})
     monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     lock = ClaimLock("postgresql://u@db/nas", scripted, "s")
     with caplog.at_level(logging.WARNING, logger="dime_nas.search.storage"):
@@ -201,7 +203,7 @@ def test_ctrl_c_while_waiting_for_the_lock_closes_the_session_and_holds_nothing(
 
 
 def test_a_session_the_server_dropped_took_its_lock_with_it_and_other_errors_are_raised():
-    scripted = _Storage({"pg_advisory_unlock": _dropped()}, {"pg_advisory_unlock": ValueError("a bug")})
+    scripted = _Storage({"pg_advisory_unlock": dropped_connection()}, {"pg_advisory_unlock": ValueError("a bug")})
     lock = ClaimLock("postgresql://u@db/nas", scripted, "s")
     lock.acquire()
     lock.release()  # quietly: the server freed the lock when the session went

@@ -13,19 +13,12 @@ import warnings
 import optuna
 import pytest
 import sqlalchemy.exc as sa
+from conftest import DriverError, dropped_connection
 
 from dime_nas.errors import ConfigError
 from dime_nas.search import storage as storage_module
 from dime_nas.search.storage import (Heartbeat, _close_quietly, _first_line, _where, heartbeat_interval, is_database,
                                      mask_url, normalise_url, open_storage, retried_trial_number)
-
-
-class _DriverError(Exception):
-    """Stands in for a psycopg error (SQLAlchemy wraps whatever the driver raised)."""
-
-
-def _dropped() -> sa.OperationalError:
-    return sa.OperationalError("SELECT 1", {}, _DriverError("server closed the connection unexpectedly\nDETAIL: x"))
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -143,7 +136,7 @@ def test_an_error_names_where_the_storage_is_and_never_the_password(url, where):
 
 
 @pytest.mark.parametrize("exc, line", [
-    (_dropped(), "OperationalError: server closed the connection unexpectedly"),  # the driver's words, first line
+    (dropped_connection(), "OperationalError: server closed the connection unexpectedly"),  # the driver's words, first line
     (ValueError("  \n could not reach postgresql://nas:pw@db/study\nmore"),
      "ValueError: could not reach postgresql://nas:***@db/study"),
     (ValueError(""), "ValueError: "),
@@ -168,7 +161,7 @@ def test_a_missing_database_driver_or_an_unwritable_file_is_a_one_line_config_er
 
 
 def _race(kind: type, message: str) -> Exception:
-    return kind("CREATE TABLE studies ...", {}, _DriverError(message))
+    return kind("CREATE TABLE studies ...", {}, DriverError(message))
 
 
 @pytest.mark.parametrize("error, lost_race", [
@@ -233,7 +226,7 @@ def test_a_repeatable_storage_call_is_retried_after_a_dropped_connection(tmp_pat
     def first_session_dropped():
         sessions.append(1)
         if len(sessions) == 1:
-            raise _dropped()
+            raise dropped_connection()
         return real()
 
     monkeypatch.setattr(storage, "scoped_session", first_session_dropped)
@@ -257,7 +250,7 @@ class _Closing:
 
 
 def test_a_connection_whose_server_is_gone_is_closed_quietly_and_other_errors_are_raised():
-    _close_quietly(_Closing(_dropped()))
+    _close_quietly(_Closing(dropped_connection()))
     _close_quietly(_Closing(None))
     with pytest.raises(ValueError, match="a bug"):
         _close_quietly(_Closing(ValueError("a bug")))
@@ -273,7 +266,7 @@ class _BeatRecorder:
     def record_heartbeat(self, trial_id: int) -> None:
         self.beats.append(trial_id)
         if len(self.beats) <= self.failing:
-            raise _dropped()
+            raise dropped_connection()
 
 
 @pytest.mark.parametrize("failing", [0, 1])

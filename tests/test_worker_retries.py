@@ -6,20 +6,17 @@ import logging
 import optuna
 import pytest
 import sqlalchemy.exc as sa
+from conftest import DriverError
 
 from dime_nas.search import storage
 from dime_nas.search.storage import StorageUnavailable, is_transient, with_retries
-
-
-class _DriverError(Exception):
-    """Stands in for a psycopg error (SQLAlchemy wraps whatever the driver raised)."""
 
 
 def _optuna_wrapped(driver_message: str) -> optuna.exceptions.StorageInternalError:
     """How Optuna's RDBStorage reports a lost connection: StorageInternalError from SQLAlchemy's error."""
     try:
         try:
-            raise sa.OperationalError("UPDATE trials ...", {}, _DriverError(driver_message))
+            raise sa.OperationalError("UPDATE trials ...", {}, DriverError(driver_message))
         except sa.OperationalError as exc:
             raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from exc
     except optuna.exceptions.StorageInternalError as wrapped:
@@ -28,9 +25,9 @@ def _optuna_wrapped(driver_message: str) -> optuna.exceptions.StorageInternalErr
 
 def test_errors_a_retry_can_cure_are_told_from_ones_it_cannot():
     assert is_transient(_optuna_wrapped("terminating connection due to administrator command"))
-    assert is_transient(sa.OperationalError("SELECT 1", {}, _DriverError("could not serialize access")))
-    assert is_transient(sa.InterfaceError("SELECT 1", {}, _DriverError("the connection is closed")))
-    assert not is_transient(sa.IntegrityError("INSERT", {}, _DriverError("duplicate key")))
+    assert is_transient(sa.OperationalError("SELECT 1", {}, DriverError("could not serialize access")))
+    assert is_transient(sa.InterfaceError("SELECT 1", {}, DriverError("the connection is closed")))
+    assert not is_transient(sa.IntegrityError("INSERT", {}, DriverError("duplicate key")))
     assert not is_transient(ValueError("a bug"))
     assert not is_transient(optuna.exceptions.UpdateFinishedTrialError("finished"))
     try:  # a call that already gave up is not retried again by an outer retry
@@ -42,7 +39,7 @@ def test_errors_a_retry_can_cure_are_told_from_ones_it_cannot():
         assert is_transient(exc.__context__) and not is_transient(exc)
     try:  # an error raised while handling a lost connection (no "from"): the context is searched too
         try:
-            raise sa.OperationalError("SELECT 1", {}, _DriverError("the connection is closed"))
+            raise sa.OperationalError("SELECT 1", {}, DriverError("the connection is closed"))
         except sa.OperationalError:
             raise RuntimeError("while committing")
     except RuntimeError as exc:
