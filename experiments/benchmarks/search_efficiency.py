@@ -2,7 +2,8 @@
 
     python experiments/benchmarks/search_efficiency.py --space experiments/benchmarks/search-grid.yaml \
         --config experiments/demo.yaml --cost log10-macs --seeds 10 --samplers random,tpe,nsga2,gp \
-        --encodings ordinal --max-fraction 0.25 --name search_efficiency_500
+        --encodings ordinal --max-fraction 0.25 --gp-max-raw 400 \
+        --store experiments/results/search_efficiency_500_runs.jsonl --name search_efficiency_500
 
 A discrete space (``--space``; default the 137-student grid of the first measurement, kept as
 history) is evaluated exhaustively once with the experiment's own proxy (its short run, seed
