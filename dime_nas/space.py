@@ -337,6 +337,11 @@ class SearchSpace:
                 full = f"{where}.{key}" if where else str(key)
                 raise self._error(full, "unknown key" + did_you_mean(str(key), allowed))
 
+    def branches(self) -> list[tuple[str, str]]:
+        """The (image kind, text kind) pairs some student of the space has: with more than one, the
+        space is conditional (a dimension exists only in some branches)."""
+        return [combo for combo, ok in self._branch_ok.items() if ok]
+
     # ---- sampling ----------------------------------------------------------------------
     def _active(self, image_kind: str, text_kind: str) -> list[Dimension]:
         prefixes = (f"image.{image_kind}.", f"text.{text_kind}.")

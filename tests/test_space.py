@@ -162,3 +162,34 @@ def test_a_folder_named_like_a_shipped_space_does_not_shadow_it(tmp_path, monkey
     (tmp_path / "tiny").mkdir()
     monkeypatch.chdir(tmp_path)
     assert resolve_space_path("tiny") == shipped_spaces_dir() / "tiny.yaml"
+
+
+TWO_FAMILIES = {**BASE, "image": {"kind": ["vit", "timm"], "vit": BASE["image"]["vit"],
+                                  "timm": {"model": ["test_resnet"], "image_size": [32]}}}
+
+
+def test_branches_are_the_kind_pairs_some_student_has():
+    assert SearchSpace(BASE).branches() == [("vit", "teacher")]
+    assert SearchSpace(TWO_FAMILIES).branches() == [("vit", "teacher"), ("timm", "teacher")]
+    # a branch no student satisfies is not one
+    unsatisfiable = {**TWO_FAMILIES, "constraints": ["image.timm.image_size > 64"]}
+    assert SearchSpace(unsatisfiable).branches() == [("vit", "teacher")]
+
+
+@pytest.mark.parametrize("sampler", ["gp", "nsga2"])
+def test_samplers_of_shared_dimensions_warn_on_a_space_of_several_branches(tmp_path, caplog, sampler):
+    """GP and NSGA-II drew a two-family space's ViT dimensions at random (search_efficiency_500): say so at load."""
+    from dime_nas.search.samplers import check_space
+
+    with caplog.at_level("WARNING", logger="dime_nas.search.samplers"):
+        check_space(sampler, _write(tmp_path, TWO_FAMILIES))
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert f"{sampler!r}" in message and "2 branches" in message and "timm + text teacher" in message \
+        and "'tpe'" in message, message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dime_nas.search.samplers"):
+        check_space(sampler, _write(tmp_path, BASE))  # one branch: every dimension is shared
+        check_space("tpe", _write(tmp_path, TWO_FAMILIES))
+        check_space("random", _write(tmp_path, TWO_FAMILIES))
+    assert caplog.records == []
