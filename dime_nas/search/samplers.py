@@ -113,10 +113,10 @@ def check_space(name: str, space_path: str) -> None:
     branches = space.branches()
     if sampler.shared_dimensions_only and len(branches) > 1:
         kinds = ", ".join(f"{image} + text {text}" for image, text in branches)
-        _log.warning("search.sampler %r models only the dimensions every student has; space %s has %d branches "
-                     "(%s), so it draws their other dimensions at random (on a 522-student space of two image families it "
-                     "did no better than random search); 'tpe' models each branch", name, space.name,
-                     len(branches), kinds)
+        _log.warning("search.sampler %r models only the dimensions every student has; space %s has %d "
+                     "branches (%s), so it draws their other dimensions at random (on a 522-student space of "
+                     "two image families it did no better than random search); 'tpe' models each branch",
+                     name, space.name, len(branches), kinds)
 
 
 def sampler_seed(seed: int, trials_in_study: int, salt: str = "") -> int:
